@@ -1,0 +1,270 @@
+"""``ConsumerApp``: decorator-registered async handlers, rebalance hooks, lifespan, run/stop."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+from aiokafka.structs import TopicPartition
+
+from ._codecs import CodecSpec
+from ._config import ConsumerSettings, OffsetReset
+from ._errors import ConfigurationError, ConsumerStoppedError
+from ._handlers import HandlerRegistry, handler_name
+from ._runtime._engine import Engine
+from ._runtime._rebalance import RebalanceHook
+
+__all__ = ["ConsumerApp", "Lifespan"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+H = TypeVar("H", bound=RebalanceHook)
+
+Lifespan = Callable[["ConsumerApp"], AbstractAsyncContextManager[None]]
+"""``lifespan(app)``: an async context manager entered before the consumer starts
+and exited after it stopped (open and close connection pools there)."""
+
+
+class ConsumerApp:
+    """A Kafka consumer group member that runs registered async handlers.
+
+    Records of one partition are handled one at a time, in offset order;
+    partitions run concurrently. The offset after the last record whose handler
+    returned is committed every ``commit_interval`` seconds, before partitions
+    are revoked, and at stop; a record whose handler is running, failed or was
+    cancelled is never committed (at-least-once).
+
+    ``kafka_options`` are passed to :class:`aiokafka.AIOKafkaConsumer`
+    (``max_poll_records``, ``fetch_max_wait_ms``, ``session_timeout_ms``,
+    ``isolation_level``, ``client_id``, security settings, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str | list[str],
+        group_id: str,
+        auto_offset_reset: OffsetReset = "latest",
+        commit_interval: float = 5.0,
+        shutdown_timeout: float = 30.0,
+        drain_timeout: float | None = None,
+        max_buffered_records: int = 1000,
+        lifespan: Lifespan | None = None,
+        **kafka_options: Any,
+    ) -> None:
+        if not group_id:
+            raise ConfigurationError(
+                "ConsumerApp needs a group_id: it subscribes as a member of a consumer group"
+            )
+        if not isinstance(max_buffered_records, int) or max_buffered_records < 1:
+            raise ConfigurationError(
+                f"max_buffered_records must be an int >= 1, not {max_buffered_records!r}"
+            )
+        self.settings = ConsumerSettings(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            auto_offset_reset=auto_offset_reset,
+            commit_interval=commit_interval,
+            shutdown_timeout=shutdown_timeout,
+            drain_timeout=drain_timeout,
+            kafka_options=kafka_options,
+        )
+        self.max_buffered_records = max_buffered_records
+        self._lifespan = lifespan
+        self._registry = HandlerRegistry()
+        self._on_assign: list[RebalanceHook] = []
+        self._on_revoke: list[RebalanceHook] = []
+        self._engine: Engine | None = None
+        self._stop_early = False
+        self._stack: AsyncExitStack | None = None
+        self._background_error: BaseException | None = None
+
+    # -- registration ----------------------------------------------------------
+
+    def handler(
+        self,
+        *topics: str,
+        pattern: str | re.Pattern[str] | None = None,
+        key_codec: CodecSpec = "bytes",
+        value_codec: CodecSpec = "bytes",
+    ) -> Callable[[F], F]:
+        """Register ``async def handler(msg: Message) -> None`` for topics or a pattern.
+
+        ``pattern`` is a regular expression matched against topic names from
+        their start (:func:`re.match`); topics created later that match it are
+        picked up at the next metadata refresh (``metadata_max_age_ms``).
+        """
+
+        def register(fn: F) -> F:
+            self._registry.add(fn, topics, pattern, key_codec, value_codec)
+            return fn
+
+        return register
+
+    def on_assign(self, hook: H) -> H:
+        """Register ``async def hook(partitions: list[TopicPartition])``, run after
+        partitions are assigned and before their records are handled; it may
+        :meth:`seek`."""
+        self._on_assign.append(self._check_hook(hook))
+        return hook
+
+    def on_revoke(self, hook: H) -> H:
+        """Register ``async def hook(partitions: list[TopicPartition])``, run when
+        partitions are taken away, after their in-flight records finished and
+        their offsets were committed; also run at stop."""
+        self._on_revoke.append(self._check_hook(hook))
+        return hook
+
+    @staticmethod
+    def _check_hook(hook: H) -> H:
+        if not inspect.iscoroutinefunction(hook):
+            raise ConfigurationError(
+                f"rebalance hook {handler_name(hook)} must be a coroutine function (async def)"
+            )
+        return hook
+
+    # -- running ---------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`stop`, an error, or cancellation; then stop gracefully.
+
+        Raises the first exception of a handler or hook (the original exception,
+        with a note naming the record), after the graceful stop.
+        """
+        if not self._registry:
+            raise ConfigurationError("no handlers registered: use @app.handler(...)")
+        if self._engine is not None:
+            raise RuntimeError("this app is already running")
+        engine = self._engine = Engine(
+            self.settings,
+            self._registry,
+            self._on_assign,
+            self._on_revoke,
+            max_buffered_records=self.max_buffered_records,
+        )
+        if self._stop_early:
+            engine.request_stop()
+        try:
+            async with self._lifespan_context():
+                await engine.run(task_status=task_status)
+        finally:
+            self._engine = None
+            self._stop_early = False
+
+    def stop(self) -> None:
+        """Ask the app to stop gracefully; returns at once (``run()`` returns when stopped)."""
+        if self._engine is None:
+            self._stop_early = True
+        else:
+            self._engine.request_stop()
+
+    def abort(self) -> None:
+        """Stop now: in-flight handlers are cancelled without waiting (their
+        records are not committed); completed offsets are still committed."""
+        if self._engine is None:
+            self._stop_early = True
+        else:
+            self._engine.abort()
+
+    async def __aenter__(self) -> ConsumerApp:
+        """Start the app in the background; it is subscribed when this returns."""
+        stack = AsyncExitStack()
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        try:
+            await tg.start(self._run_in_background)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop gracefully; raise the error the app stopped on, if any."""
+        self.stop()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        error, self._background_error = self._background_error, None
+        if error is not None:
+            if exc is None:
+                raise error
+            exc.add_note(f"asyncconsumer: the app had also stopped on {error!r}")
+
+    async def _run_in_background(self, *, task_status: TaskStatus[None]) -> None:
+        status = _TrackedStatus(task_status)
+        try:
+            await self.run(task_status=status)
+        except Exception as exc:
+            if not status.called:
+                raise  # start-up failed: __aenter__ raises it
+            self._background_error = exc
+
+    # -- while running ------------------------------------------------------------
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Handle ``tp`` from ``offset`` on (records buffered for it are dropped).
+
+        Call it from ``on_assign`` to resume from an external offset store, or at
+        any time while running. The offset is committed as the partition's
+        position until a later record completes.
+        """
+        self._running().seek(tp, offset)
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        """Seek the given (default: all assigned) partitions to their earliest offset."""
+        await self._running().seek_to_beginning(*partitions)
+
+    async def seek_to_end(self, *partitions: TopicPartition) -> None:
+        """Seek the given (default: all assigned) partitions to their end."""
+        await self._running().seek_to_end(*partitions)
+
+    async def committed(self, partition: TopicPartition) -> int | None:
+        """The group's committed offset of ``partition`` as the broker has it."""
+        return await self._running().committed(partition)
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member currently handles."""
+        return self._engine.assignment() if self._engine is not None else frozenset()
+
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot of the runtime: assigned, buffered, in-flight, paused, loop lag."""
+        return self._running().statistics()
+
+    @property
+    def running(self) -> bool:
+        return self._engine is not None
+
+    def _running(self) -> Engine:
+        if self._engine is None or self._engine.client is None:
+            raise ConsumerStoppedError("the app is not running")
+        return self._engine
+
+    @asynccontextmanager
+    async def _lifespan_context(self) -> AsyncIterator[None]:
+        if self._lifespan is None:
+            yield
+        else:
+            async with self._lifespan(self):
+                yield
+
+
+class _TrackedStatus(TaskStatus[None]):
+    """Passes ``started()`` on and remembers that it was called."""
+
+    def __init__(self, inner: TaskStatus[None]) -> None:
+        self._inner = inner
+        self.called = False
+
+    def started(self, value: None = None) -> None:
+        self.called = True
+        self._inner.started(value)

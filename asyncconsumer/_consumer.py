@@ -1,0 +1,396 @@
+"""``Consumer``: ``async for msg in consumer`` with at-least-once commits."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import IllegalStateError
+from aiokafka.structs import TopicPartition
+
+from ._codecs import CodecSpec, resolve_codec
+from ._config import ConsumerSettings, OffsetReset
+from ._errors import CommitError, ConfigurationError, ConsumerStoppedError
+from ._message import Message, make_decoder
+from ._runtime._offsets import OffsetBook, PartitionOffsets
+from ._runtime._rebalance import RebalanceAdapter, RebalanceHook
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+
+__all__ = ["Consumer"]
+
+log = logging.getLogger("asyncconsumer")
+
+_EMPTY: list[Any] = []
+
+
+class Consumer:
+    """Iterate over records with ``async for``; commit what the loop has processed.
+
+    Give exactly one of: topic names, ``pattern=`` (a regex, matched from the
+    start of topic names) or ``partitions=`` (manual assignment, no group
+    membership; ``group_id`` then only names where offsets are committed).
+
+    A yielded record counts as processed when the loop asks for the next one,
+    or on :meth:`commit`. Processed offsets are committed every
+    ``commit_interval`` seconds, before partitions are revoked, and on close.
+    Leaving ``async with`` normally counts the last record as processed;
+    leaving it by an exception does not.
+
+    A record that cannot be decoded raises :class:`~asyncconsumer.DeserializationError`
+    from the loop and stays the partition's next record (it is not skipped): to
+    go past it, ``consumer.seek(TopicPartition(e.topic, e.partition), e.offset + 1)``.
+    """
+
+    def __init__(
+        self,
+        *topics: str,
+        bootstrap_servers: str | list[str],
+        group_id: str | None = None,
+        pattern: str | re.Pattern[str] | None = None,
+        partitions: Iterable[TopicPartition] | None = None,
+        key_codec: CodecSpec = "bytes",
+        value_codec: CodecSpec = "bytes",
+        auto_offset_reset: OffsetReset = "latest",
+        commit_interval: float = 5.0,
+        drain_timeout: float | None = None,
+        on_assign: RebalanceHook | None = None,
+        on_revoke: RebalanceHook | None = None,
+        **kafka_options: Any,
+    ) -> None:
+        modes = [name for name, given in (("topics", bool(topics)), ("pattern=", pattern is not None),
+                                          ("partitions=", partitions is not None)) if given]
+        if len(modes) != 1:
+            raise ConfigurationError(
+                "give topic names, pattern= or partitions=: exactly one of them"
+                + (f" (got {' and '.join(modes)})" if modes else "")
+            )
+        self._topics = list(topics)
+        self._pattern = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
+        self._partitions = sorted(partitions) if partitions is not None else None
+        if self._partitions is not None:
+            if not self._partitions or not all(
+                isinstance(tp, TopicPartition) for tp in self._partitions
+            ):
+                raise ConfigurationError("partitions= needs a non-empty list of TopicPartition")
+            if on_assign is not None or on_revoke is not None:
+                raise ConfigurationError(
+                    "on_assign/on_revoke need group membership; partitions= assigns by hand"
+                )
+        elif not group_id:
+            raise ConfigurationError(
+                "subscribing to topics or a pattern needs a group_id "
+                "(or use partitions=[TopicPartition(...)] to consume without a group)"
+            )
+        if self._pattern is not None:
+            try:
+                re.compile(self._pattern)
+            except re.error as exc:
+                raise ConfigurationError(f"invalid pattern {self._pattern!r}: {exc}") from exc
+        for hook in (on_assign, on_revoke):
+            if hook is not None and not inspect.iscoroutinefunction(hook):
+                raise ConfigurationError(f"rebalance hook {hook!r} must be an async def")
+        self.settings = ConsumerSettings(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            auto_offset_reset=auto_offset_reset,
+            commit_interval=commit_interval,
+            drain_timeout=drain_timeout,
+            kafka_options=kafka_options,
+        )
+        self._decode = make_decoder(
+            resolve_codec(key_codec, what="key_codec"),
+            resolve_codec(value_codec, what="value_codec"),
+        )
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._client: AIOKafkaConsumer | None = None
+        self._book = OffsetBook()
+        self._pending: deque[tuple[TopicPartition, list[ConsumerRecord]]] = deque()
+        self._batch: list[ConsumerRecord] = _EMPTY
+        self._batch_tp: TopicPartition | None = None
+        self._batch_offsets = PartitionOffsets()
+        self._index = 0
+        self._last: ConsumerRecord | None = None  # yielded, not yet processed
+        self._last_offsets = self._batch_offsets
+        self._error: BaseException | None = None
+        self._gate: anyio.Event | None = None  # a revoke waits for the loop body
+        self._resume: anyio.Event | None = None
+        self._next_commit = 0.0
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, then join the group (or take the given partitions)."""
+        if self._client is not None:
+            raise RuntimeError("this consumer was already started")
+        client = self._client = self.settings.build_client()
+        await client.start()
+        if self._partitions is not None:
+            client.assign(self._partitions)
+            for tp in self._partitions:
+                self._book.track(tp)
+        else:
+            client.subscribe(
+                topics=self._topics,
+                pattern=self._pattern,
+                listener=RebalanceAdapter(self._on_revoked, self._on_assigned, self._fail),
+            )
+        self._next_commit = time.monotonic() + self.settings.commit_interval
+
+    async def stop(self, *, commit_last: bool = True) -> None:
+        """Commit processed offsets, run ``on_revoke``, and leave the group.
+
+        ``commit_last=False`` leaves the record last yielded uncommitted (it was
+        not processed); ``async with`` passes that when its body raised.
+        """
+        if self._closed or self._client is None:
+            return
+        self._closed = True
+        client = self._client
+        with anyio.CancelScope(shield=True):
+            try:
+                if commit_last:
+                    self._mark_last_processed()
+                if self.settings.group_id is not None:
+                    try:
+                        await self._book.commit(client)
+                    except CommitError as exc:
+                        log.error("commit on close failed, records will be delivered again: %s",
+                                  exc)
+                assigned = sorted(client.assignment())
+                if self._on_revoke is not None and assigned:
+                    await self._on_revoke(assigned)
+            finally:
+                await client.stop()
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop(commit_last=exc_type is None)
+
+    # -- iteration -----------------------------------------------------------------
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Message[Any]:
+        last = self._last
+        if last is not None:
+            self._last = None
+            self._last_offsets.completed = last.offset + 1
+        if self._gate is not None or self._error is not None:
+            await self._wait_rebalance()
+        batch = self._batch
+        i = self._index
+        if i >= len(batch):
+            batch = await self._next_batch()
+            i = 0
+        record = batch[i]
+        msg = self._decode(record)  # raises DeserializationError; the record stays next
+        self._index = i + 1
+        self._last = record
+        return msg
+
+    async def _next_batch(self) -> list[ConsumerRecord]:
+        client = self._require_client()
+        while True:
+            if self._error is not None or self._gate is not None:
+                await self._wait_rebalance()
+            if self._pending:
+                tp, records = self._pending.popleft()
+                offsets = self._book.get(tp)
+                if offsets is None:
+                    continue
+                self._batch, self._batch_tp, self._index = records, tp, 0
+                self._last_offsets = offsets
+                return records
+            if self.settings.group_id is not None and time.monotonic() >= self._next_commit:
+                await self._commit_quietly()
+            batches = await client.getmany(timeout_ms=1000)
+            for tp, records in batches.items():
+                if records:
+                    self._book.track(tp)
+                    self._pending.append((tp, records))
+
+    # -- commits ---------------------------------------------------------------------
+
+    async def commit(self) -> dict[TopicPartition, int]:
+        """Count the record last yielded as processed and commit every processed offset.
+
+        Returns the offsets committed (the next offset to read, per partition).
+        Raises :class:`~asyncconsumer.CommitError` if the broker refused.
+        """
+        client = self._require_client()
+        if self.settings.group_id is None:
+            raise ConfigurationError("commit() needs a group_id to commit offsets to")
+        self._mark_last_processed()
+        return await self._book.commit(client)
+
+    async def _commit_quietly(self) -> None:
+        self._next_commit = time.monotonic() + self.settings.commit_interval
+        try:
+            await self._book.commit(self._require_client())
+        except CommitError as exc:
+            log.warning("%s; retrying at the next interval", exc)
+
+    def _mark_last_processed(self) -> None:
+        last = self._last
+        if last is not None:
+            self._last = None
+            self._last_offsets.completed = last.offset + 1
+
+    # -- positions -----------------------------------------------------------------
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Read ``partition`` from ``offset`` next; that offset is also what gets
+        committed for it until a later record is processed."""
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, not {offset!r}")
+        client = self._require_client()
+        try:
+            client.seek(partition, offset)
+        except IllegalStateError as exc:
+            raise ValueError(f"{partition} is not assigned to this consumer") from exc
+        self._drop_buffered([partition])
+        self._forget_last([partition])
+        self._book.track(partition).completed = offset
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        """Read the given (default: all assigned) partitions from their first offset."""
+        tps = list(partitions) or sorted(self.assignment())
+        await self._require_client().seek_to_beginning(*tps)
+        self._drop_buffered(tps)
+        self._forget_last(tps)
+
+    async def seek_to_end(self, *partitions: TopicPartition) -> None:
+        """Read the given (default: all assigned) partitions from their end."""
+        tps = list(partitions) or sorted(self.assignment())
+        await self._require_client().seek_to_end(*tps)
+        self._drop_buffered(tps)
+        self._forget_last(tps)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        """Stop yielding records of these partitions until :meth:`resume`."""
+        client = self._require_client()
+        client.pause(*partitions)
+        # Records already fetched go back: the position returns to the first
+        # record not yielded, so resume() continues exactly there.
+        for tp, first in self._drop_buffered(partitions).items():
+            client.seek(tp, first)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        """Yield records of these paused partitions again."""
+        self._require_client().resume(*partitions)
+
+    def paused(self) -> frozenset[TopicPartition]:
+        return frozenset(self._require_client().paused())
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions currently assigned to this consumer."""
+        return frozenset(self._require_client().assignment())
+
+    async def committed(self, partition: TopicPartition) -> int | None:
+        """The group's committed offset of ``partition`` as the broker has it."""
+        offset: int | None = await self._require_client().committed(partition)
+        return offset
+
+    async def position(self, partition: TopicPartition) -> int:
+        """The offset of the next record the client will fetch (not yield) for ``partition``."""
+        offset: int = await self._require_client().position(partition)
+        return offset
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        """The partition's end offset as of the last fetch response (``None`` before one)."""
+        offset: int | None = self._require_client().highwater(partition)
+        return offset
+
+    # -- rebalance ---------------------------------------------------------------------
+
+    async def _on_assigned(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self._book.track(tp)
+        if self._on_assign is not None and tps and not self._closed:
+            await self._on_assign(tps)
+
+    async def _on_revoked(self, tps: list[TopicPartition]) -> None:
+        if self._closed or not tps:
+            return
+        gate = self._gate = anyio.Event()
+        resume = self._resume = anyio.Event()
+        try:
+            if self._last is not None:
+                # The loop body holds a record: give it the time to finish.
+                with anyio.move_on_after(self.settings.rebalance_drain_timeout):
+                    await gate.wait()
+            self._drop_buffered(tps)
+            self._forget_last(tps)  # not processed in time: the next owner gets it again
+            try:
+                await self._book.commit(self._require_client(), tps)
+            except CommitError as exc:
+                log.warning("commit before revoke failed, the next owner will redo: %s", exc)
+            self._book.forget(tps)
+            if self._on_revoke is not None:
+                await self._on_revoke(tps)
+        finally:
+            self._gate = self._resume = None
+            resume.set()
+
+    async def _wait_rebalance(self) -> None:
+        gate, resume = self._gate, self._resume
+        if gate is not None and resume is not None:
+            gate.set()
+            await resume.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+
+    def _drop_buffered(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Forget fetched, not yielded records of ``tps``; return the first such offset."""
+        drop = set(tps)
+        first: dict[TopicPartition, int] = {}
+        if self._batch_tp in drop:
+            assert self._batch_tp is not None
+            if self._index < len(self._batch):
+                first[self._batch_tp] = self._batch[self._index].offset
+            self._batch, self._index, self._batch_tp = _EMPTY, 0, None
+        kept: deque[tuple[TopicPartition, list[ConsumerRecord]]] = deque()
+        for tp, records in self._pending:
+            if tp in drop:
+                first.setdefault(tp, records[0].offset)
+            else:
+                kept.append((tp, records))
+        self._pending = kept
+        return first
+
+    def _forget_last(self, tps: Iterable[TopicPartition]) -> None:
+        """The record the loop body holds no longer counts once its partition was
+        sought elsewhere or revoked."""
+        last = self._last
+        if last is not None and TopicPartition(last.topic, last.partition) in set(tps):
+            self._last = None
+
+    def _require_client(self) -> AIOKafkaConsumer:
+        if self._client is None or self._closed:
+            raise ConsumerStoppedError("the consumer is not running: use `async with Consumer(...)`")
+        return self._client

@@ -1,0 +1,54 @@
+"""``asyncconsumer.run(app)``: the synchronous entry point, with signal handling."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import anyio
+
+from ._app import ConsumerApp
+
+__all__ = ["run"]
+
+log = logging.getLogger("asyncconsumer")
+
+
+def run(app: ConsumerApp, *, handle_signals: bool = True) -> None:
+    """Run ``app`` in a new event loop until it stops.
+
+    SIGINT or SIGTERM asks for a graceful stop (in-flight records get
+    ``shutdown_timeout`` to finish, then the final commit); a second signal
+    cancels in-flight handlers at once (their records are not committed).
+    Raises what the app stopped on.
+    """
+
+    async def main() -> None:
+        error: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(_watch_signals, app)
+            try:
+                await app.run()
+            except Exception as exc:
+                error = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+    anyio.run(main)
+
+
+async def _watch_signals(app: ConsumerApp) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        count = 0
+        async for signum in signals:
+            count += 1
+            name = signal.Signals(signum).name
+            if count == 1:
+                log.info("%s received: stopping gracefully (again to cancel in-flight work)", name)
+                app.stop()
+            else:
+                log.warning("%s received again: cancelling in-flight handlers", name)
+                app.abort()

@@ -1,0 +1,339 @@
+"""The engine behind :class:`~asyncconsumer.ConsumerApp`.
+
+One anyio task group owns everything that runs::
+
+    Engine.run
+    └── task group
+        ├── fetch loop      getmany -> lanes; pauses a partition whose lane is full
+        ├── commit loop     every commit_interval: commit completed offsets
+        ├── liveness        event-loop lag and fetch-loop watch
+        └── lanes           one worker per assigned partition (see _lanes)
+
+Rebalances arrive from aiokafka's coordinator through :class:`RebalanceAdapter`:
+
+- revoke: close the revoked lanes (buffered records dropped), wait for their
+  in-flight records (``drain_timeout``), cancel what is still running, commit
+  their completed offsets, then run the user's ``on_revoke`` hooks;
+- assign: create lanes, run the user's ``on_assign`` hooks (which may seek),
+  then start the lanes.
+
+Stop (``stop()``, an error, or cancellation of ``run``): stop fetching, drain
+every lane within ``shutdown_timeout``, cancel the rest, commit, run
+``on_revoke``, then close the client, which leaves the group. A lock keeps
+rebalance handling, periodic commits and the stop sequence from interleaving.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import IllegalStateError
+from aiokafka.structs import TopicPartition
+
+from .._config import ConsumerSettings
+from .._errors import CommitError, ConsumerStoppedError
+from ._lanes import LaneOwner, PartitionLane
+from ._liveness import LivenessMonitor
+from ._offsets import OffsetBook
+from ._rebalance import RebalanceAdapter, RebalanceHook
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup, TaskStatus
+    from aiokafka.structs import ConsumerRecord
+
+    from .._handlers import HandlerRegistry
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("asyncconsumer")
+
+
+class Engine(LaneOwner):
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        registry: HandlerRegistry,
+        on_assign: Sequence[RebalanceHook],
+        on_revoke: Sequence[RebalanceHook],
+        *,
+        max_buffered_records: int,
+        poll_timeout: float = 0.5,
+    ) -> None:
+        self.settings = settings
+        self._registry = registry
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._max_buffered = max_buffered_records
+        self._low_water = max_buffered_records // 2
+        self._poll_ms = int(poll_timeout * 1000)
+        self.client: AIOKafkaConsumer | None = None
+        self.failure: BaseException | None = None
+        self._lanes: dict[TopicPartition, PartitionLane] = {}
+        self._book = OffsetBook()
+        self._lock = anyio.Lock()
+        self._stop_requested = anyio.Event()
+        self._closing = False
+        self._aborted = False
+        self._tg: TaskGroup | None = None
+        self._fetch_scope = anyio.CancelScope()
+        self.liveness = LivenessMonitor(self._describe_running)
+
+    # -- public surface used by ConsumerApp ---------------------------------
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    def abort(self) -> None:
+        """Stop now: cancel in-flight handlers without waiting (they are not committed)."""
+        self._aborted = True
+        self._stop_requested.set()
+        for lane in list(self._lanes.values()):
+            lane.close()
+            lane.scope.cancel()
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return frozenset(self._lanes)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        lane = self._assigned_lane(tp)
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, not {offset!r}")
+        self._client().seek(tp, offset)
+        lane.seek(offset)
+        self._unpause(lane)
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        await self._seek_to_edge(tps, end=False)
+
+    async def seek_to_end(self, *tps: TopicPartition) -> None:
+        await self._seek_to_edge(tps, end=True)
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        offset: int | None = await self._client().committed(tp)
+        return offset
+
+    def statistics(self) -> dict[str, Any]:
+        lanes = self._lanes.values()
+        return {
+            "assigned": len(self._lanes),
+            "buffered": sum(lane.buffered for lane in lanes),
+            "in_flight": sum(lane.current is not None for lane in lanes),
+            "paused": sorted(lane.tp for lane in lanes if lane.paused),
+            "loop_lag": self.liveness.loop_lag,
+            "max_loop_lag": self.liveness.max_loop_lag,
+        }
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        client = self.client = self.settings.build_client()
+        try:
+            await client.start()
+            topics, pattern = self._registry.subscription()
+            client.subscribe(
+                topics=topics,
+                pattern=pattern,
+                listener=RebalanceAdapter(self._on_revoked, self._on_assigned, self.fail),
+            )
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._fetch_loop, name="asyncconsumer fetch")
+                tg.start_soon(self._commit_loop, name="asyncconsumer commit")
+                tg.start_soon(self.liveness.run, name="asyncconsumer liveness")
+                task_status.started()
+                try:
+                    await self._stop_requested.wait()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._shutdown()
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.stop()  # leaves the group
+        if self.failure is not None:
+            raise self.failure
+
+    def fail(self, exc: BaseException) -> None:
+        """Record the first error, and stop; ``run()`` raises it once stopped."""
+        if self.failure is None:
+            self.failure = exc
+        elif exc is not self.failure:
+            log.error("another error while stopping on %r", self.failure, exc_info=exc)
+        self._stop_requested.set()
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        self._fetch_scope.cancel()
+        async with self._lock:
+            lanes = list(self._lanes.values())
+            timeout = 0.0 if self._aborted else self.settings.shutdown_timeout
+            await self._drain(lanes, timeout)
+            try:
+                await self._book.commit(self._client())
+            except CommitError as exc:
+                log.error("final commit failed, these records will be delivered again: %s", exc)
+            tps = sorted(self._lanes)
+            self._lanes.clear()
+            if tps:
+                try:
+                    await self._run_hooks(self._on_revoke, tps)
+                except Exception as exc:
+                    self.fail(exc)
+
+    # -- tasks ---------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        client = self._client()
+        lanes = self._lanes
+        polled = self.liveness.polled
+        max_buffered = self._max_buffered
+        try:
+            with self._fetch_scope:
+                while True:
+                    batches = await client.getmany(timeout_ms=self._poll_ms)
+                    polled()
+                    for tp, records in batches.items():
+                        lane = lanes.get(tp)
+                        if lane is None or lane.closed:
+                            continue  # revoked meanwhile: the next owner fetches them
+                        if lane.push(records) >= max_buffered and not lane.paused:
+                            lane.paused = True
+                            client.pause(tp)
+                    # getmany returns without suspending when records are ready:
+                    # let the lanes run.
+                    await anyio.lowlevel.checkpoint()
+        except Exception as exc:
+            self.fail(exc)
+
+    async def _commit_loop(self) -> None:
+        interval = self.settings.commit_interval
+        client = self._client()
+        while True:
+            await anyio.sleep(interval)
+            async with self._lock:
+                if self._closing:
+                    return
+                try:
+                    await self._book.commit(client, self._lanes)
+                except CommitError as exc:
+                    log.warning("%s; retrying at the next interval", exc)
+
+    # -- rebalance -----------------------------------------------------------
+
+    async def _on_revoked(self, tps: list[TopicPartition]) -> None:
+        if self._closing or not tps:
+            return
+        async with self._lock:
+            lanes = [self._lanes.pop(tp) for tp in tps if tp in self._lanes]
+            await self._drain(lanes, self.settings.rebalance_drain_timeout)
+            try:
+                await self._book.commit(self._client(), tps)
+            except CommitError as exc:
+                log.warning("commit before revoke failed, the next owner will redo: %s", exc)
+            self._book.forget(tps)
+            await self._run_hooks(self._on_revoke, tps)
+
+    async def _on_assigned(self, tps: list[TopicPartition]) -> None:
+        if self._closing:
+            return
+        async with self._lock:
+            new: list[PartitionLane] = []
+            for tp in tps:
+                if tp in self._lanes:
+                    continue
+                spec = self._registry.resolve(tp.topic)
+                lane = PartitionLane(
+                    tp,
+                    spec.fn,
+                    spec.decode,
+                    self._book.track(tp),
+                    self,
+                    low_water=self._low_water,
+                    handler_name=spec.name,
+                )
+                self._lanes[tp] = new_lane = lane
+                new.append(new_lane)
+            if tps:
+                await self._run_hooks(self._on_assign, tps)
+            assert self._tg is not None
+            for lane in new:
+                if not lane.closed:
+                    self._tg.start_soon(lane.run, name=f"asyncconsumer lane {lane.tp}")
+
+    # -- lanes ---------------------------------------------------------------
+
+    def lane_failed(self, lane: PartitionLane, record: ConsumerRecord, exc: Exception) -> None:
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        exc.add_note(f"asyncconsumer: raised while handling {where} in {lane.handler_name}")
+        log.error("handling %s failed with %r; stopping", where, exc)
+        self.fail(exc)
+
+    def lane_drained(self, lane: PartitionLane) -> None:
+        self._unpause(lane)
+
+    def _unpause(self, lane: PartitionLane) -> None:
+        if lane.paused:
+            lane.paused = False
+            try:
+                self._client().resume(lane.tp)
+            except IllegalStateError:
+                pass  # no longer assigned: nothing to resume
+
+    async def _drain(self, lanes: Iterable[PartitionLane], timeout: float) -> None:
+        lanes = list(lanes)
+        for lane in lanes:
+            lane.close()
+        with anyio.move_on_after(timeout):
+            for lane in lanes:
+                await lane.done.wait()
+        for lane in lanes:
+            if not lane.done.is_set():
+                current = lane.current
+                if current is not None:
+                    log.warning(
+                        "cancelling %s on %s@%d after %.1fs: the record is not committed",
+                        lane.handler_name, lane.tp, current.offset, timeout,
+                    )
+                lane.scope.cancel()
+        for lane in lanes:
+            await lane.done.wait()
+
+    def _describe_running(self) -> list[str]:
+        return [
+            f"{lane.handler_name} on {lane.tp.topic}[{lane.tp.partition}]@{lane.current.offset}"
+            for lane in self._lanes.values()
+            if lane.current is not None
+        ]
+
+    # -- helpers -------------------------------------------------------------
+
+    async def _run_hooks(self, hooks: Sequence[RebalanceHook], tps: list[TopicPartition]) -> None:
+        for hook in hooks:
+            await hook(list(tps))
+
+    def _client(self) -> AIOKafkaConsumer:
+        if self.client is None:
+            raise ConsumerStoppedError("the app is not running")
+        return self.client
+
+    def _assigned_lane(self, tp: TopicPartition) -> PartitionLane:
+        lane = self._lanes.get(tp)
+        if lane is None:
+            raise ValueError(f"{tp} is not assigned to this app")
+        return lane
+
+    async def _seek_to_edge(self, tps: tuple[TopicPartition, ...], *, end: bool) -> None:
+        lanes = [self._assigned_lane(tp) for tp in tps] if tps else list(self._lanes.values())
+        targets = [lane.tp for lane in lanes]
+        client = self._client()
+        if end:
+            await client.seek_to_end(*targets)
+        else:
+            await client.seek_to_beginning(*targets)
+        for lane in lanes:
+            lane.discard_buffered()
+            self._unpause(lane)

@@ -1,0 +1,89 @@
+"""Per-partition offsets: processed (ready to commit) and committed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+from .._errors import CommitError
+
+__all__ = ["OffsetBook", "PartitionOffsets"]
+
+log = logging.getLogger("asyncconsumer")
+
+
+class PartitionOffsets:
+    """One partition's offsets. ``completed`` is the offset *after* the last
+    processed record: the value to commit, so that the group resumes there.
+    ``-1`` means nothing to commit yet.
+    """
+
+    __slots__ = ("committed", "completed")
+
+    def __init__(self) -> None:
+        self.completed = -1
+        self.committed = -1
+
+
+class OffsetBook:
+    """The :class:`PartitionOffsets` of every partition a consumer owns."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: dict[TopicPartition, PartitionOffsets] = {}
+
+    def track(self, tp: TopicPartition) -> PartitionOffsets:
+        """The offsets of ``tp``, created empty on first use."""
+        part = self._parts.get(tp)
+        if part is None:
+            part = self._parts[tp] = PartitionOffsets()
+        return part
+
+    def get(self, tp: TopicPartition) -> PartitionOffsets | None:
+        return self._parts.get(tp)
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        """Drop partitions that this consumer no longer owns."""
+        for tp in tps:
+            self._parts.pop(tp, None)
+
+    def uncommitted(
+        self, tps: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The processed offsets that differ from what was last committed."""
+        parts = self._parts
+        selected = parts.items() if tps is None else ((tp, parts[tp]) for tp in tps if tp in parts)
+        return {
+            tp: OffsetAndMetadata(p.completed, "")
+            for tp, p in selected
+            if p.completed >= 0 and p.completed != p.committed
+        }
+
+    async def commit(
+        self, client: AIOKafkaConsumer, tps: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, int]:
+        """Commit what is processed but not committed yet; return what was committed.
+
+        Raises :class:`CommitError` when the broker refuses (for example because
+        the group rebalanced meanwhile); the offsets then stay uncommitted.
+        """
+        offsets = self.uncommitted(tps)
+        if not offsets:
+            return {}
+        try:
+            await client.commit(offsets)
+        except KafkaError as exc:
+            raise CommitError(f"offset commit failed: {exc!r}") from exc
+        done: dict[TopicPartition, int] = {}
+        for tp, meta in offsets.items():
+            part = self._parts.get(tp)
+            if part is not None:
+                part.committed = meta.offset
+            done[tp] = meta.offset
+        log.debug("committed %s", done)
+        return done

@@ -1,0 +1,108 @@
+"""Helpers for tests that run against the session's real broker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import anyio
+import pytest
+from aiokafka import AIOKafkaConsumer
+from confluent_kafka import KafkaException, Producer
+
+from asyncconsumer import TopicPartition
+from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class Topics:
+    """Creates uniquely named topics on the session broker."""
+
+    def __init__(self, broker: KafkaTestBroker) -> None:
+        self.broker = broker
+
+    async def create(self, prefix: str, partitions: int = 1) -> str:
+        name = unique(prefix)
+        await self.broker.create_topic(name, partitions)
+        return name
+
+
+@pytest.fixture
+def topics(kafka_broker: KafkaTestBroker) -> Topics:
+    return Topics(kafka_broker)
+
+
+def produce(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+    partition: int | None = None,
+) -> dict[TopicPartition, list[int]]:
+    """Produce with confluent-kafka (another client than ours); return the
+    offsets the broker gave each record, per partition."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    offsets: dict[TopicPartition, list[int]] = defaultdict(list)
+    errors: list[str] = []
+
+    def delivered(err: object, msg: object) -> None:
+        if err is not None:
+            errors.append(str(err))
+        else:
+            offsets[TopicPartition(msg.topic(), msg.partition())].append(msg.offset())  # type: ignore[attr-defined]
+
+    for key, value in records:
+        kwargs = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=delivered, **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    remaining = producer.flush(30)
+    if remaining or errors:
+        raise KafkaException(f"produce failed: {remaining} undelivered, errors {errors[:3]}")
+    return dict(offsets)
+
+
+async def aproduce(
+    bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes]],
+    partition: int | None = None,
+) -> dict[TopicPartition, list[int]]:
+    return await anyio.to_thread.run_sync(lambda: produce(bootstrap, topic, records, partition))
+
+
+async def committed_offsets(
+    bootstrap: str, group_id: str, tps: Iterable[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """The group's committed offsets, read by a client that does not join the group."""
+    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
+                              enable_auto_commit=False)
+    await client.start()
+    try:
+        return {tp: await client.committed(tp) for tp in tps}
+    finally:
+        await client.stop()
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await anyio.sleep(0.05)
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await anyio.sleep(0.1)
