@@ -343,7 +343,7 @@ class Consumer:
             self._drop_buffered(tps)
             self._forget_last(tps)  # not processed in time: the next owner gets it again
             try:
-                await self._book.commit(self._require_client(), tps)
+                await self._book.commit(self._require_client(), tps, revoking=True)
             except CommitError as exc:
                 log.warning("commit before revoke failed, the next owner will redo: %s", exc)
             self._book.forget(tps)

@@ -231,7 +231,7 @@ class Engine(LaneOwner):
             lanes = [self._lanes.pop(tp) for tp in tps if tp in self._lanes]
             await self._drain(lanes, self.settings.rebalance_drain_timeout)
             try:
-                await self._book.commit(self._client(), tps)
+                await self._book.commit(self._client(), tps, revoking=True)
             except CommitError as exc:
                 log.warning("commit before revoke failed, the next owner will redo: %s", exc)
             self._book.forget(tps)

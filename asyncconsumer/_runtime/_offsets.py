@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from .._errors import CommitError
@@ -65,9 +65,16 @@ class OffsetBook:
         }
 
     async def commit(
-        self, client: AIOKafkaConsumer, tps: Iterable[TopicPartition] | None = None
+        self,
+        client: AIOKafkaConsumer,
+        tps: Iterable[TopicPartition] | None = None,
+        *,
+        revoking: bool = False,
     ) -> dict[TopicPartition, int]:
         """Commit what is processed but not committed yet; return what was committed.
+
+        ``revoking``: called from a revoke callback, where the member still owns
+        the partitions until it rejoins.
 
         Raises :class:`CommitError` when the broker refuses (for example because
         the group rebalanced meanwhile); the offsets then stay uncommitted.
@@ -76,7 +83,18 @@ class OffsetBook:
         if not offsets:
             return {}
         try:
-            await client.commit(offsets)
+            try:
+                await client.commit(offsets)
+            except IllegalStateError:
+                if not revoking:
+                    raise
+                # A pattern subscription that matched a new topic replaces
+                # aiokafka's subscription object before the rejoin, and
+                # commit() then refuses ("No partitions assigned") although the
+                # member still owns these partitions for this generation. The
+                # coordinator's commit is what aiokafka itself uses before a
+                # rejoin; it does not look at the assignment.
+                await client._coordinator.commit_offsets(None, offsets)
         except KafkaError as exc:
             raise CommitError(f"offset commit failed: {exc!r}") from exc
         done: dict[TopicPartition, int] = {}

@@ -1,0 +1,103 @@
+"""``async for msg in Consumer(...)`` on a real broker."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from asyncconsumer import Consumer, DeserializationError, TopicPartition
+from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
+
+from .conftest import Topics, aproduce, committed_offsets, unique
+
+
+async def test_break_after_n_then_a_new_member_starts_at_n_plus_one(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("iter")
+    await aproduce(bootstrap, topic, [(None, f"r{i}".encode()) for i in range(20)])
+    group = unique("g-iter")
+    n = 7
+    got: list[int] = []
+    with anyio.fail_after(60):
+        async with Consumer(topic, bootstrap_servers=bootstrap, group_id=group,
+                            auto_offset_reset="earliest", value_codec="str") as consumer:
+            async for msg in consumer:
+                got.append(msg.offset)
+                assert msg.value == f"r{msg.offset}"
+                if len(got) == n:
+                    break
+        assert got == list(range(n))
+        async with Consumer(topic, bootstrap_servers=bootstrap, group_id=group,
+                            auto_offset_reset="earliest") as consumer:
+            first = await anext(consumer)
+    assert first.offset == n  # record N+1
+
+
+async def test_leaving_by_an_exception_does_not_commit_the_record_in_hand(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("iter-exc")
+    await aproduce(bootstrap, topic, [(None, b"x")] * 10)
+    tp = TopicPartition(topic, 0)
+    group = unique("g-iter-exc")
+    with pytest.raises(RuntimeError, match="failed on 4"):  # noqa: PT012
+        # partitions= assigns by hand (no group join); group_id is where offsets go.
+        async with Consumer(partitions=[tp], bootstrap_servers=bootstrap, group_id=group,
+                            auto_offset_reset="earliest") as consumer:
+            async for msg in consumer:
+                if msg.offset == 4:
+                    raise RuntimeError("failed on 4")
+    assert await committed_offsets(bootstrap, group, [tp]) == {tp: 4}
+
+
+async def test_manual_assignment_seek_pause_resume_and_commit(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("manual", partitions=2)
+    for p in (0, 1):
+        await aproduce(bootstrap, topic, [(None, f"{p}-{i}".encode()) for i in range(10)],
+                       partition=p)
+    tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    group = unique("g-manual")
+    with anyio.fail_after(60):
+        async with Consumer(partitions=[tp0, tp1], bootstrap_servers=bootstrap, group_id=group,
+                            auto_offset_reset="earliest") as consumer:
+            assert consumer.assignment() == {tp0, tp1}
+            consumer.seek(tp1, 6)
+            consumer.pause(tp0)
+            got = [(m.partition, m.offset) for m in [await anext(consumer) for _ in range(4)]]
+            assert got == [(1, 6), (1, 7), (1, 8), (1, 9)]  # nothing from the paused partition
+            assert consumer.paused() == {tp0}
+            consumer.resume(tp0)
+            got = [(m.partition, m.offset) for m in [await anext(consumer) for _ in range(3)]]
+            assert got == [(0, 0), (0, 1), (0, 2)]
+            # Pausing with records already fetched: they come again after resume.
+            consumer.pause(tp0)
+            consumer.resume(tp0)
+            assert (await anext(consumer)).offset == 3
+            assert await consumer.commit() == {tp0: 4, tp1: 10}
+            assert consumer.highwater(tp1) == 10
+    assert await committed_offsets(bootstrap, group, [tp0, tp1]) == {tp0: 4, tp1: 10}
+
+
+async def test_undecodable_record_raises_and_is_not_skipped(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("iter-poison")
+    await aproduce(bootstrap, topic, [(None, b"1"), (None, b"{bad"), (None, b"3")])
+    tp = TopicPartition(topic, 0)
+    with anyio.fail_after(60):
+        async with Consumer(partitions=[tp], bootstrap_servers=bootstrap,
+                            auto_offset_reset="earliest", value_codec="json") as consumer:
+            assert (await anext(consumer)).value == 1
+            for _ in range(2):  # asking again does not move past it
+                with pytest.raises(DeserializationError) as info:
+                    await anext(consumer)
+                assert (info.value.partition, info.value.offset) == (0, 1)
+            consumer.seek(tp, info.value.offset + 1)  # the caller decides to skip it
+            assert (await anext(consumer)).value == 3
