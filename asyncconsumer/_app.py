@@ -10,8 +10,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
-from anyio.abc import TaskStatus
 from aiokafka.structs import TopicPartition
+from anyio.abc import TaskStatus
 
 from ._codecs import CodecSpec
 from ._config import ConsumerSettings, OffsetReset
@@ -110,22 +110,14 @@ class ConsumerApp:
         """Register ``async def hook(partitions: list[TopicPartition])``, run after
         partitions are assigned and before their records are handled; it may
         :meth:`seek`."""
-        self._on_assign.append(self._check_hook(hook))
+        self._on_assign.append(_check_hook(hook))
         return hook
 
     def on_revoke(self, hook: H) -> H:
         """Register ``async def hook(partitions: list[TopicPartition])``, run when
         partitions are taken away, after their in-flight records finished and
         their offsets were committed; also run at stop."""
-        self._on_revoke.append(self._check_hook(hook))
-        return hook
-
-    @staticmethod
-    def _check_hook(hook: H) -> H:
-        if not inspect.iscoroutinefunction(hook):
-            raise ConfigurationError(
-                f"rebalance hook {handler_name(hook)} must be a coroutine function (async def)"
-            )
+        self._on_revoke.append(_check_hook(hook))
         return hook
 
     # -- running ---------------------------------------------------------------
@@ -268,3 +260,11 @@ class _TrackedStatus(TaskStatus[None]):
     def started(self, value: None = None) -> None:
         self.called = True
         self._inner.started(value)
+
+
+def _check_hook(hook: RebalanceHook) -> RebalanceHook:
+    if not inspect.iscoroutinefunction(hook):
+        raise ConfigurationError(
+            f"rebalance hook {handler_name(hook)} must be a coroutine function (async def)"
+        )
+    return hook

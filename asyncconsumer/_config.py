@@ -1,4 +1,4 @@
-"""Settings shared by :class:`ConsumerApp` and :class:`Consumer`, and the aiokafka client they build."""
+"""Settings shared by ConsumerApp and Consumer, and the aiokafka client they build."""
 
 from __future__ import annotations
 
@@ -61,7 +61,9 @@ class ConsumerSettings:
             if not value > 0:
                 raise ConfigurationError(f"{name} must be > 0 seconds, not {value!r}")
         if self.drain_timeout is not None and not self.drain_timeout > 0:
-            raise ConfigurationError(f"drain_timeout must be > 0 seconds, not {self.drain_timeout!r}")
+            raise ConfigurationError(
+                f"drain_timeout must be > 0 seconds, not {self.drain_timeout!r}"
+            )
         for name in self.kafka_options:
             if name in _OWNED:
                 raise ConfigurationError(f"option {name!r} is not accepted: {_OWNED[name]}")
@@ -82,7 +84,7 @@ class ConsumerSettings:
         """
         if self.drain_timeout is not None:
             return self.drain_timeout
-        ms = self.kafka_options.get("rebalance_timeout_ms") or self.kafka_options.get(
+        ms: float = self.kafka_options.get("rebalance_timeout_ms") or self.kafka_options.get(
             "session_timeout_ms", 10_000
         )
         return min(self.shutdown_timeout, 0.8 * ms / 1000)

@@ -67,8 +67,15 @@ class Consumer:
         on_revoke: RebalanceHook | None = None,
         **kafka_options: Any,
     ) -> None:
-        modes = [name for name, given in (("topics", bool(topics)), ("pattern=", pattern is not None),
-                                          ("partitions=", partitions is not None)) if given]
+        modes = [
+            name
+            for name, given in (
+                ("topics", bool(topics)),
+                ("pattern=", pattern is not None),
+                ("partitions=", partitions is not None),
+            )
+            if given
+        ]
         if len(modes) != 1:
             raise ConfigurationError(
                 "give topic names, pattern= or partitions=: exactly one of them"
@@ -166,8 +173,9 @@ class Consumer:
                     try:
                         await self._book.commit(client)
                     except CommitError as exc:
-                        log.error("commit on close failed, records will be delivered again: %s",
-                                  exc)
+                        log.error(
+                            "commit on close failed, records will be delivered again: %s", exc
+                        )
                 assigned = sorted(client.assignment())
                 if self._on_revoke is not None and assigned:
                     await self._on_revoke(assigned)
@@ -392,5 +400,7 @@ class Consumer:
 
     def _require_client(self) -> AIOKafkaConsumer:
         if self._client is None or self._closed:
-            raise ConsumerStoppedError("the consumer is not running: use `async with Consumer(...)`")
+            raise ConsumerStoppedError(
+                "the consumer is not running: use `async with Consumer(...)`"
+            )
         return self._client

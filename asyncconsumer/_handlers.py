@@ -70,9 +70,13 @@ class HandlerRegistry:
             try:
                 compiled = re.compile(pattern)
             except re.error as exc:
-                raise ConfigurationError(f"handler {name}: invalid pattern {pattern!r}: {exc}") from exc
-            if any(p.pattern is not None and p.pattern.pattern == compiled.pattern
-                   for p in self._patterns):
+                raise ConfigurationError(
+                    f"handler {name}: invalid pattern {pattern!r}: {exc}"
+                ) from exc
+            if any(
+                p.pattern is not None and p.pattern.pattern == compiled.pattern
+                for p in self._patterns
+            ):
                 raise ConfigurationError(
                     f"pattern {compiled.pattern!r} already has a handler; one handler per topic"
                 )
@@ -99,7 +103,9 @@ class HandlerRegistry:
             raise ConfigurationError(f"no handler for topic {topic!r}")
         if len(matches) > 1:
             names = ", ".join(s.name for s in matches)
-            raise ConfigurationError(f"topic {topic!r} matches the patterns of several handlers: {names}")
+            raise ConfigurationError(
+                f"topic {topic!r} matches the patterns of several handlers: {names}"
+            )
         self._resolved[topic] = matches[0]
         return matches[0]
 

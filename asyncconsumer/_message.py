@@ -54,8 +54,9 @@ def make_decoder(key_codec: Codec | None, value_codec: Codec | None) -> Decoder:
     if key_codec is None and value_codec is None:
 
         def decode_raw(r: Any) -> Message[Any]:
-            return new(Message, (r.topic, r.partition, r.offset, r.key, r.value, r.headers,
-                                 r.timestamp))
+            return new(
+                Message, (r.topic, r.partition, r.offset, r.key, r.value, r.headers, r.timestamp)
+            )
 
         return decode_raw
 

@@ -25,6 +25,7 @@ rebalance handling, periodic commits and the stop sequence from interleaving.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -42,8 +43,8 @@ from ._offsets import OffsetBook
 from ._rebalance import RebalanceAdapter, RebalanceHook
 
 if TYPE_CHECKING:
-    from anyio.abc import TaskGroup, TaskStatus
     from aiokafka.structs import ConsumerRecord
+    from anyio.abc import TaskGroup, TaskStatus
 
     from .._handlers import HandlerRegistry
 
@@ -278,16 +279,14 @@ class Engine(LaneOwner):
     def _unpause(self, lane: PartitionLane) -> None:
         if lane.paused:
             lane.paused = False
-            try:
+            with contextlib.suppress(IllegalStateError):  # no longer assigned
                 self._client().resume(lane.tp)
-            except IllegalStateError:
-                pass  # no longer assigned: nothing to resume
 
-    async def _drain(self, lanes: Iterable[PartitionLane], timeout: float) -> None:
+    async def _drain(self, lanes: Iterable[PartitionLane], grace: float) -> None:
         lanes = list(lanes)
         for lane in lanes:
             lane.close()
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(grace):
             for lane in lanes:
                 await lane.done.wait()
         for lane in lanes:
@@ -296,7 +295,10 @@ class Engine(LaneOwner):
                 if current is not None:
                     log.warning(
                         "cancelling %s on %s@%d after %.1fs: the record is not committed",
-                        lane.handler_name, lane.tp, current.offset, timeout,
+                        lane.handler_name,
+                        lane.tp,
+                        current.offset,
+                        grace,
                     )
                 lane.scope.cancel()
         for lane in lanes:

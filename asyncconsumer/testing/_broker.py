@@ -57,8 +57,9 @@ class EmbeddedBroker:
             app = ConsumerApp(bootstrap_servers=broker.bootstrap_servers, group_id="g")
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int | None = None,
-                 startup_timeout: float = 15.0) -> None:
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int | None = None, startup_timeout: float = 15.0
+    ) -> None:
         self.host = host
         self.port = port
         self.startup_timeout = startup_timeout
@@ -81,8 +82,16 @@ class EmbeddedBroker:
             port = self.port if self.port is not None else _free_port(self.host)
             url = f"tcp://{self.host}:{port}"
             proc = subprocess.Popen(
-                [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/"],
+                [
+                    binary,
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -90,8 +99,12 @@ class EmbeddedBroker:
                 env={**os.environ, "NO_COLOR": "1"},
             )
             ready = threading.Event()
-            pump = threading.Thread(target=self._pump, args=(proc, ready), daemon=True,
-                                    name="asyncconsumer-broker-output")
+            pump = threading.Thread(
+                target=self._pump,
+                args=(proc, ready),
+                daemon=True,
+                name="asyncconsumer-broker-output",
+            )
             pump.start()
             deadline = time.monotonic() + self.startup_timeout
             while not ready.wait(0.05):
@@ -150,21 +163,33 @@ class EmbeddedBroker:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     async def __aenter__(self) -> EmbeddedBroker:
         await anyio.to_thread.run_sync(self.start)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await anyio.to_thread.run_sync(self.stop)
 
 
 async def create_topic(
-    bootstrap_servers: str, name: str, partitions: int = 1, *, replication_factor: int = 1,
+    bootstrap_servers: str,
+    name: str,
+    partitions: int = 1,
+    *,
+    replication_factor: int = 1,
     exist_ok: bool = False,
 ) -> None:
     """Create ``name`` with ``partitions`` partitions on any Kafka-protocol broker."""

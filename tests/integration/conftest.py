@@ -38,7 +38,9 @@ def topics(kafka_broker: KafkaTestBroker) -> Topics:
 
 
 def produce(
-    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
     partition: int | None = None,
 ) -> dict[TopicPartition, list[int]]:
     """Produce with confluent-kafka (another client than ours); return the
@@ -53,11 +55,11 @@ def produce(
         else:
             offsets[TopicPartition(msg.topic(), msg.partition())].append(msg.offset())  # type: ignore[attr-defined]
 
+    target = -1 if partition is None else partition  # -1 (RD_KAFKA_PARTITION_UA): partitioner
     for key, value in records:
-        kwargs = {} if partition is None else {"partition": partition}
         while True:
             try:
-                producer.produce(topic, key=key, value=value, on_delivery=delivered, **kwargs)
+                producer.produce(topic, value, key, target, on_delivery=delivered)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -69,7 +71,9 @@ def produce(
 
 
 async def aproduce(
-    bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes]],
+    bootstrap: str,
+    topic: str,
+    records: Sequence[tuple[bytes | None, bytes]],
     partition: int | None = None,
 ) -> dict[TopicPartition, list[int]]:
     return await anyio.to_thread.run_sync(lambda: produce(bootstrap, topic, records, partition))
@@ -79,8 +83,9 @@ async def committed_offsets(
     bootstrap: str, group_id: str, tps: Iterable[TopicPartition]
 ) -> dict[TopicPartition, int | None]:
     """The group's committed offsets, read by a client that does not join the group."""
-    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
-                              enable_auto_commit=False)
+    client = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
+    )
     await client.start()
     try:
         return {tp: await client.committed(tp) for tp in tps}

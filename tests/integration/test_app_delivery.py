@@ -7,7 +7,7 @@ import anyio
 from asyncconsumer import ConsumerApp, Message, TopicPartition
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
-from .conftest import Topics, committed_offsets, produce, unique, wait_until
+from .conftest import Topics, aproduce, committed_offsets, unique, wait_until
 
 
 async def test_every_record_once_in_partition_order_and_committed(
@@ -20,13 +20,17 @@ async def test_every_record_once_in_partition_order_and_committed(
     for t, name in enumerate(names):
         count = total // 3 + (1 if t < total % 3 else 0)
         records = [(f"key-{i % 97}".encode(), f"{name}:{i}".encode()) for i in range(count)]
-        produced.update(await anyio.to_thread.run_sync(lambda n=name, r=records: produce(bootstrap, n, r)))
+        produced.update(await aproduce(bootstrap, name, records))
     assert sum(len(v) for v in produced.values()) == total
     assert len(produced) == 12  # keyed records spread over every partition
 
     group = unique("g-delivery")
-    app = ConsumerApp(bootstrap_servers=bootstrap, group_id=group,
-                      auto_offset_reset="earliest", commit_interval=0.5)
+    app = ConsumerApp(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        commit_interval=0.5,
+    )
     seen: dict[TopicPartition, list[int]] = {}
     values: set[bytes] = set()
 
@@ -36,8 +40,9 @@ async def test_every_record_once_in_partition_order_and_committed(
         values.add(msg.value)
 
     async with app:
-        await wait_until(lambda: sum(map(len, seen.values())) >= total, timeout=60,
-                         what="all records handled")
+        await wait_until(
+            lambda: sum(map(len, seen.values())) >= total, timeout=60, what="all records handled"
+        )
         await anyio.sleep(0.3)  # anything extra would show up now
 
     assert sum(map(len, seen.values())) == total, "a record was handled twice"

@@ -1,4 +1,4 @@
-"""ConsumerApp failure and stop semantics: nothing past a failed or cancelled record is committed."""
+"""ConsumerApp failure and stop: nothing past a failed or cancelled record is committed."""
 
 from __future__ import annotations
 
@@ -25,8 +25,12 @@ async def test_handler_error_stops_app_run_raises_it_and_offset_stays(
     for p in (0, 1):
         await aproduce(bootstrap, topic, [(None, b"x")] * 10, partition=p)
     group = unique("g-fail")
-    app = ConsumerApp(bootstrap_servers=bootstrap, group_id=group,
-                      auto_offset_reset="earliest", commit_interval=0.2)
+    app = ConsumerApp(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        commit_interval=0.2,
+    )
     handled: dict[int, list[int]] = {0: [], 1: []}
 
     @app.handler(topic)
@@ -41,7 +45,8 @@ async def test_handler_error_stops_app_run_raises_it_and_offset_stays(
     assert f"{topic}[0]@5" in "".join(info.value.__notes__)
     assert handled[0] == [0, 1, 2, 3, 4]
     committed = await committed_offsets(
-        bootstrap, group, [TopicPartition(topic, 0), TopicPartition(topic, 1)])
+        bootstrap, group, [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    )
     assert committed[TopicPartition(topic, 0)] == 5  # at the failed record, not past it
     # The other partition's completed records were committed at stop.
     assert committed[TopicPartition(topic, 1)] == (max(handled[1]) + 1 if handled[1] else None)
@@ -52,8 +57,11 @@ async def test_undecodable_record_stops_app_with_clear_error_and_is_not_committe
 ) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     topic = await topics.create("poison")
-    await aproduce(bootstrap, topic, [(None, b'{"n": 0}'), (None, b'{"n": 1}'), (None, b"not json"),
-                                      (None, b'{"n": 3}')])
+    await aproduce(
+        bootstrap,
+        topic,
+        [(None, b'{"n": 0}'), (None, b'{"n": 1}'), (None, b"not json"), (None, b'{"n": 3}')],
+    )
     group = unique("g-poison")
     app = ConsumerApp(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest")
     values: list[object] = []
@@ -81,8 +89,13 @@ async def test_stop_waits_shutdown_timeout_then_cancels_and_does_not_commit_canc
         await aproduce(bootstrap, topic, [(None, b"x")] * 3, partition=p)
     group = unique("g-slow")
     shutdown_timeout = 1.5
-    app = ConsumerApp(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-                      shutdown_timeout=shutdown_timeout, commit_interval=30.0)
+    app = ConsumerApp(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        shutdown_timeout=shutdown_timeout,
+        commit_interval=30.0,
+    )
     in_flight = {0: anyio.Event(), 1: anyio.Event()}
     finished: list[tuple[int, int]] = []
     cancelled: list[tuple[int, int]] = []
@@ -111,9 +124,11 @@ async def test_stop_waits_shutdown_timeout_then_cancels_and_does_not_commit_canc
     assert stopped_after >= shutdown_timeout - 0.05  # it waited for the slow handler...
     assert stopped_after < shutdown_timeout + 10  # ...then cancelled it rather than waiting 60 s
     assert cancelled == [(1, 1)]
-    assert (0, 1) in finished and (1, 1) not in finished
+    assert (0, 1) in finished
+    assert (1, 1) not in finished
     committed = await committed_offsets(
-        bootstrap, group, [TopicPartition(topic, 0), TopicPartition(topic, 1)])
+        bootstrap, group, [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    )
     # Partition 0: its in-flight record finished and was committed (records
     # buffered behind it were not started). Partition 1: the cancelled record
     # is the next one.
@@ -127,8 +142,12 @@ async def test_cancelling_run_stops_gracefully_and_commits(
     topic = await topics.create("cancel")
     await aproduce(bootstrap, topic, [(None, b"x")] * 5)
     group = unique("g-cancel")
-    app = ConsumerApp(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-                      commit_interval=30.0)
+    app = ConsumerApp(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        commit_interval=30.0,
+    )
     handled: list[int] = []
 
     @app.handler(topic)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import anyio
 
 from asyncconsumer import ConsumerApp, Message, TopicPartition
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
-from .conftest import Topics, produce, unique, wait_until
+from .conftest import Topics, aproduce, unique, wait_until
 
-FAST_GROUP = {"heartbeat_interval_ms": 300, "session_timeout_ms": 6000}
+FAST_GROUP: dict[str, Any] = {"heartbeat_interval_ms": 300, "session_timeout_ms": 6000}
 
 
 async def test_member_joins_then_leaves_gracefully_no_record_lost_or_twice(
@@ -25,8 +26,13 @@ async def test_member_joins_then_leaves_gracefully_no_record_lost_or_twice(
     revoke_checks: list[tuple[str, TopicPartition, int | None, int | None]] = []
 
     def member(name: str) -> ConsumerApp:
-        app = ConsumerApp(bootstrap_servers=bootstrap, group_id=group,
-                          auto_offset_reset="earliest", commit_interval=30.0, **FAST_GROUP)
+        app = ConsumerApp(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            commit_interval=30.0,
+            **FAST_GROUP,
+        )
         next_unprocessed: dict[TopicPartition, int | None] = {}
 
         @app.handler(topic)
@@ -56,8 +62,7 @@ async def test_member_joins_then_leaves_gracefully_no_record_lost_or_twice(
         while producing:
             batch = [(f"k{j % 13}".encode(), f"v{j}".encode()) for j in range(i, i + 40)]
             i += 40
-            for tp, offsets in (await anyio.to_thread.run_sync(
-                    lambda b=batch: produce(bootstrap, topic, b))).items():
+            for tp, offsets in (await aproduce(bootstrap, topic, batch)).items():
                 produced.setdefault(tp, []).extend(offsets)
             await anyio.sleep(0.05)
         producer_done.set()
@@ -69,18 +74,29 @@ async def test_member_joins_then_leaves_gracefully_no_record_lost_or_twice(
     async with anyio.create_task_group() as tg:
         tg.start_soon(keep_producing)
         async with first:
-            await wait_until(lambda: count("first") > 200, timeout=30, what="first member consuming")
+            await wait_until(
+                lambda: count("first") > 200, timeout=30, what="first member consuming"
+            )
             async with second:
-                await wait_until(lambda: len(second.assignment()) > 0 and count("second") > 100,
-                                 timeout=40, what="second member consuming")
+                await wait_until(
+                    lambda: len(second.assignment()) > 0 and count("second") > 100,
+                    timeout=40,
+                    what="second member consuming",
+                )
                 assert len(first.assignment()) + len(second.assignment()) == 4
             # The second member left: the first one gets every partition back.
-            await wait_until(lambda: len(first.assignment()) == 4, timeout=40,
-                             what="first member owning all partitions again")
+            await wait_until(
+                lambda: len(first.assignment()) == 4,
+                timeout=40,
+                what="first member owning all partitions again",
+            )
             producing = False
             await producer_done.wait()
-            await wait_until(lambda: len(handled) >= sum(map(len, produced.values())),
-                             timeout=30, what="every produced record handled")
+            await wait_until(
+                lambda: len(handled) >= sum(map(len, produced.values())),
+                timeout=30,
+                what="every produced record handled",
+            )
             await anyio.sleep(0.3)  # a duplicate would show up now
 
     total = sum(map(len, produced.values()))

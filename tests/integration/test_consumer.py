@@ -21,16 +21,22 @@ async def test_break_after_n_then_a_new_member_starts_at_n_plus_one(
     n = 7
     got: list[int] = []
     with anyio.fail_after(60):
-        async with Consumer(topic, bootstrap_servers=bootstrap, group_id=group,
-                            auto_offset_reset="earliest", value_codec="str") as consumer:
+        async with Consumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            value_codec="str",
+        ) as consumer:
             async for msg in consumer:
                 got.append(msg.offset)
                 assert msg.value == f"r{msg.offset}"
                 if len(got) == n:
                     break
         assert got == list(range(n))
-        async with Consumer(topic, bootstrap_servers=bootstrap, group_id=group,
-                            auto_offset_reset="earliest") as consumer:
+        async with Consumer(
+            topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest"
+        ) as consumer:
             first = await anext(consumer)
     assert first.offset == n  # record N+1
 
@@ -45,8 +51,12 @@ async def test_leaving_by_an_exception_does_not_commit_the_record_in_hand(
     group = unique("g-iter-exc")
     with pytest.raises(RuntimeError, match="failed on 4"):  # noqa: PT012
         # partitions= assigns by hand (no group join); group_id is where offsets go.
-        async with Consumer(partitions=[tp], bootstrap_servers=bootstrap, group_id=group,
-                            auto_offset_reset="earliest") as consumer:
+        async with Consumer(
+            partitions=[tp],
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+        ) as consumer:
             async for msg in consumer:
                 if msg.offset == 4:
                     raise RuntimeError("failed on 4")
@@ -59,13 +69,18 @@ async def test_manual_assignment_seek_pause_resume_and_commit(
     bootstrap = kafka_broker.bootstrap_servers
     topic = await topics.create("manual", partitions=2)
     for p in (0, 1):
-        await aproduce(bootstrap, topic, [(None, f"{p}-{i}".encode()) for i in range(10)],
-                       partition=p)
+        await aproduce(
+            bootstrap, topic, [(None, f"{p}-{i}".encode()) for i in range(10)], partition=p
+        )
     tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
     group = unique("g-manual")
     with anyio.fail_after(60):
-        async with Consumer(partitions=[tp0, tp1], bootstrap_servers=bootstrap, group_id=group,
-                            auto_offset_reset="earliest") as consumer:
+        async with Consumer(
+            partitions=[tp0, tp1],
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+        ) as consumer:
             assert consumer.assignment() == {tp0, tp1}
             consumer.seek(tp1, 6)
             consumer.pause(tp0)
@@ -92,8 +107,12 @@ async def test_undecodable_record_raises_and_is_not_skipped(
     await aproduce(bootstrap, topic, [(None, b"1"), (None, b"{bad"), (None, b"3")])
     tp = TopicPartition(topic, 0)
     with anyio.fail_after(60):
-        async with Consumer(partitions=[tp], bootstrap_servers=bootstrap,
-                            auto_offset_reset="earliest", value_codec="json") as consumer:
+        async with Consumer(
+            partitions=[tp],
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            value_codec="json",
+        ) as consumer:
             assert (await anext(consumer)).value == 1
             for _ in range(2):  # asking again does not move past it
                 with pytest.raises(DeserializationError) as info:

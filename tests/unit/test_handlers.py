@@ -1,0 +1,95 @@
+import re
+from typing import Any
+
+import pytest
+
+from asyncconsumer import ConfigurationError, ConsumerApp, Message, TopicPartition
+from asyncconsumer._handlers import HandlerRegistry
+
+
+def app() -> ConsumerApp:
+    return ConsumerApp(bootstrap_servers="127.0.0.1:9", group_id="g")
+
+
+async def noop(msg: Message[Any]) -> None: ...
+
+
+async def other(msg: Message[Any]) -> None: ...
+
+
+def test_handler_must_be_a_coroutine_function() -> None:
+    def sync_handler(msg: Message[Any]) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="coroutine function"):
+        app().handler("t")(sync_handler)
+
+
+def test_rebalance_hooks_must_be_coroutine_functions() -> None:
+    def hook(partitions: list[TopicPartition]) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="async def"):
+        app().on_assign(hook)  # type: ignore[type-var]
+
+
+def test_two_handlers_for_one_topic_is_an_error() -> None:
+    a = app()
+    a.handler("orders", "payments")(noop)
+    with pytest.raises(ConfigurationError, match="'payments' already has a handler"):
+        a.handler("payments")(other)
+    a.handler(pattern=r"^x")(noop)
+    with pytest.raises(ConfigurationError, match="one handler per topic"):
+        a.handler(pattern=r"^x")(other)
+
+
+@pytest.mark.parametrize(
+    ("topics", "pattern", "match"),
+    [
+        ((), None, "exactly one"),
+        (("t",), "^t", "exactly one"),
+        ((), "(", "invalid pattern"),
+        (("",), None, "invalid topic name"),
+    ],
+)
+def test_handler_needs_topics_or_a_valid_pattern(
+    topics: tuple[str, ...], pattern: str | None, match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        app().handler(*topics, pattern=pattern)(noop)
+
+
+def test_unknown_codec_is_rejected_at_registration() -> None:
+    with pytest.raises(ConfigurationError, match="unknown key_codec 'protobuf'"):
+        app().handler("t", key_codec="protobuf")(noop)  # type: ignore[arg-type]
+
+
+def test_resolution_exact_names_win_over_patterns() -> None:
+    registry = HandlerRegistry()
+    exact = registry.add(noop, ("audit.login",), None, "bytes", "bytes")
+    by_pattern = registry.add(other, (), r"audit\.", "bytes", "json")
+    assert registry.resolve("audit.login") is exact
+    assert registry.resolve("audit.logout") is by_pattern
+    with pytest.raises(ConfigurationError, match="no handler for topic 'billing'"):
+        registry.resolve("billing")
+
+
+def test_topic_matching_two_patterns_is_an_error_naming_both() -> None:
+    registry = HandlerRegistry()
+    registry.add(noop, (), r"a\.", None, None)
+    registry.add(other, (), r"a\.b", None, None)
+    with pytest.raises(ConfigurationError, match=r"several handlers.*noop.*other"):
+        registry.resolve("a.b.c")
+
+
+def test_subscription_is_topics_or_one_union_pattern() -> None:
+    registry = HandlerRegistry()
+    registry.add(noop, ("b.x", "a"), None, None, None)
+    assert registry.subscription() == (["a", "b.x"], None)
+    registry.add(other, (), r"audit\..*", None, None)
+    topics, pattern = registry.subscription()
+    assert topics == []
+    assert pattern is not None
+    union = re.compile(pattern)
+    for name in ("a", "b.x", "audit.login"):
+        assert union.match(name), name
+    for name in ("ab", "bxx", "b-x", "billing"):  # names are matched exactly, dots literally
+        assert not union.match(name), name
