@@ -63,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run_p = sub.add_parser("run", help="run a ConsumerApp until SIGINT/SIGTERM")
-    run_p.add_argument("app", help="module:attribute of the ConsumerApp, e.g. myservice.consumers:app")
+    run_p.add_argument(
+        "app", help="module:attribute of the ConsumerApp, e.g. myservice.consumers:app"
+    )
     run_p.set_defaults(func=_cmd_run)
 
     broker_p = sub.add_parser("broker", help="run the embedded broker in the foreground")
@@ -72,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     broker_p.set_defaults(func=_cmd_broker)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     code: int = args.func(args)
     return code
 

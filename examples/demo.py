@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asyncconsumer import TopicPartition  # noqa: E402
-from asyncconsumer.testing import EmbeddedBroker, create_topic  # noqa: E402
+from asyncconsumer import TopicPartition
+from asyncconsumer.testing import EmbeddedBroker, create_topic
 
 ORDERS, PAYMENTS = 5_000, 2_000
 
@@ -42,8 +42,11 @@ async def produce(bootstrap: str, topic: str, count: int) -> dict[TopicPartition
         futures = []
         for i in range(count):
             value = {"id": i, "amount": round(random.uniform(1, 100), 2)}
-            futures.append(await producer.send(topic, json.dumps(value).encode(),
-                                               key=f"customer-{i % 50}".encode()))
+            futures.append(
+                await producer.send(
+                    topic, json.dumps(value).encode(), key=f"customer-{i % 50}".encode()
+                )
+            )
         for meta in await asyncio.gather(*futures):
             tp = TopicPartition(meta.topic, meta.partition)
             ends[tp] = max(ends.get(tp, 0), meta.offset + 1)
@@ -52,9 +55,10 @@ async def produce(bootstrap: str, topic: str, count: int) -> dict[TopicPartition
     return ends
 
 
-async def committed(bootstrap: str, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
-    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                              enable_auto_commit=False)
+async def committed(
+    bootstrap: str, group: str, tps: list[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await client.start()
     try:
         return {tp: await client.committed(tp) for tp in tps}

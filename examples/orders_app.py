@@ -70,5 +70,6 @@ async def assigned(partitions: list[TopicPartition]) -> None:
 
 @app.on_revoke
 async def revoked(partitions: list[TopicPartition]) -> None:
-    log.info("revoked %d partitions (in-flight records finished, offsets committed)",
-             len(partitions))
+    log.info(
+        "revoked %d partitions (in-flight records finished, offsets committed)", len(partitions)
+    )

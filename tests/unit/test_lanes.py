@@ -3,7 +3,6 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import pytest
 
 from asyncconsumer import Message, TopicPartition
 from asyncconsumer._message import make_decoder
