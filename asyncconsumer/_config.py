@@ -89,6 +89,12 @@ class ConsumerSettings:
         )
         return min(self.shutdown_timeout, 0.8 * ms / 1000)
 
+    @property
+    def commit_timeout(self) -> float:
+        """Seconds before a commit is given up (aiokafka's ``request_timeout_ms``)."""
+        ms: float = self.kafka_options.get("request_timeout_ms", 40_000)
+        return ms / 1000
+
     def build_client(self) -> AIOKafkaConsumer:
         """Create (not start) the aiokafka consumer. Must run inside the event loop."""
         try:

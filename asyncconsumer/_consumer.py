@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import ConsumerStoppedError as AioConsumerStoppedError
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
@@ -121,7 +122,7 @@ class Consumer:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._client: AIOKafkaConsumer | None = None
-        self._book = OffsetBook()
+        self._book = OffsetBook(self.settings.commit_timeout)
         self._pending: deque[tuple[TopicPartition, list[ConsumerRecord]]] = deque()
         self._batch: list[ConsumerRecord] = _EMPTY
         self._batch_tp: TopicPartition | None = None
@@ -133,7 +134,8 @@ class Consumer:
         self._gate: anyio.Event | None = None  # a revoke waits for the loop body
         self._resume: anyio.Event | None = None
         self._next_commit = 0.0
-        self._closed = False
+        self._closed = False  # stop() began: iteration ends
+        self._client_stopped = False
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -165,6 +167,8 @@ class Consumer:
             return
         self._closed = True
         client = self._client
+        self._batch, self._index, self._batch_tp = _EMPTY, 0, None
+        self._pending.clear()
         with anyio.CancelScope(shield=True):
             try:
                 if commit_last:
@@ -180,6 +184,7 @@ class Consumer:
                 if self._on_revoke is not None and assigned:
                     await self._on_revoke(assigned)
             finally:
+                self._client_stopped = True
                 await client.stop()
 
     async def __aenter__(self) -> Consumer:
@@ -218,8 +223,14 @@ class Consumer:
         return msg
 
     async def _next_batch(self) -> list[ConsumerRecord]:
-        client = self._require_client()
+        client = self._client
+        if client is None:
+            raise ConsumerStoppedError(
+                "the consumer was not started: use `async with Consumer(...)`"
+            )
         while True:
+            if self._closed:
+                raise StopAsyncIteration  # stop() was called: the loop ends
             if self._error is not None or self._gate is not None:
                 await self._wait_rebalance()
             if self._pending:
@@ -232,7 +243,10 @@ class Consumer:
                 return records
             if self.settings.group_id is not None and time.monotonic() >= self._next_commit:
                 await self._commit_quietly()
-            batches = await client.getmany(timeout_ms=1000)
+            try:
+                batches = await client.getmany(timeout_ms=1000)
+            except AioConsumerStoppedError:
+                raise StopAsyncIteration from None  # stopped from another task
             for tp, records in batches.items():
                 if records:
                     self._book.track(tp)
@@ -399,7 +413,7 @@ class Consumer:
             self._last = None
 
     def _require_client(self) -> AIOKafkaConsumer:
-        if self._client is None or self._closed:
+        if self._client is None or self._client_stopped:
             raise ConsumerStoppedError(
                 "the consumer is not running: use `async with Consumer(...)`"
             )

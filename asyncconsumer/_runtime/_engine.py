@@ -74,7 +74,7 @@ class Engine(LaneOwner):
         self.client: AIOKafkaConsumer | None = None
         self.failure: BaseException | None = None
         self._lanes: dict[TopicPartition, PartitionLane] = {}
-        self._book = OffsetBook()
+        self._book = OffsetBook(settings.commit_timeout)
         self._lock = anyio.Lock()
         self._stop_requested = anyio.Event()
         self._closing = False

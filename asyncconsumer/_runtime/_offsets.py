@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import anyio
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
@@ -32,10 +33,11 @@ class PartitionOffsets:
 class OffsetBook:
     """The :class:`PartitionOffsets` of every partition a consumer owns."""
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_parts", "commit_timeout")
 
-    def __init__(self) -> None:
+    def __init__(self, commit_timeout: float = 30.0) -> None:
         self._parts: dict[TopicPartition, PartitionOffsets] = {}
+        self.commit_timeout = commit_timeout
 
     def track(self, tp: TopicPartition) -> PartitionOffsets:
         """The offsets of ``tp``, created empty on first use."""
@@ -74,29 +76,34 @@ class OffsetBook:
         """Commit what is processed but not committed yet; return what was committed.
 
         ``revoking``: called from a revoke callback, where the member still owns
-        the partitions until it rejoins.
+        the partitions until it rejoins. ``commit_timeout`` bounds the call: aiokafka
+        retries retriable errors (coordinator unavailable, ...) without end.
 
         Raises :class:`CommitError` when the broker refuses (for example because
-        the group rebalanced meanwhile); the offsets then stay uncommitted.
+        the group rebalanced meanwhile) or ``commit_timeout`` passes; the offsets then
+        stay uncommitted.
         """
         offsets = self.uncommitted(tps)
         if not offsets:
             return {}
-        try:
+        with anyio.move_on_after(self.commit_timeout) as scope:
             try:
-                await client.commit(offsets)
-            except IllegalStateError:
-                if not revoking:
-                    raise
-                # A pattern subscription that matched a new topic replaces
-                # aiokafka's subscription object before the rejoin, and
-                # commit() then refuses ("No partitions assigned") although the
-                # member still owns these partitions for this generation. The
-                # coordinator's commit is what aiokafka itself uses before a
-                # rejoin; it does not look at the assignment.
-                await client._coordinator.commit_offsets(None, offsets)
-        except KafkaError as exc:
-            raise CommitError(f"offset commit failed: {exc!r}") from exc
+                try:
+                    await client.commit(offsets)
+                except IllegalStateError:
+                    if not revoking:
+                        raise
+                    # A pattern subscription that matched a new topic replaces
+                    # aiokafka's subscription object before the rejoin, and
+                    # commit() then refuses ("No partitions assigned") although
+                    # the member still owns these partitions for this generation.
+                    # The coordinator's commit is what aiokafka itself uses
+                    # before a rejoin; it does not look at the assignment.
+                    await client._coordinator.commit_offsets(None, offsets)
+            except KafkaError as exc:
+                raise CommitError(f"offset commit failed: {exc!r}") from exc
+        if scope.cancelled_caught:
+            raise CommitError(f"offset commit did not complete within {self.commit_timeout:.1f}s")
         done: dict[TopicPartition, int] = {}
         for tp, meta in offsets.items():
             part = self._parts.get(tp)

@@ -120,3 +120,91 @@ async def test_undecodable_record_raises_and_is_not_skipped(
                 assert (info.value.partition, info.value.offset) == (0, 1)
             consumer.seek(tp, info.value.offset + 1)  # the caller decides to skip it
             assert (await anext(consumer)).value == 3
+
+
+async def test_stop_from_another_task_ends_the_loop(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("iter-stop")
+    await aproduce(bootstrap, topic, [(None, b"x")] * 3)
+    tp = TopicPartition(topic, 0)
+    got: list[int] = []
+    consumer = Consumer(partitions=[tp], bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    with anyio.fail_after(30):
+        async with consumer, anyio.create_task_group() as tg:
+
+            async def iterate() -> None:
+                async for msg in consumer:  # waits in getmany after the third record
+                    got.append(msg.offset)
+
+            tg.start_soon(iterate)
+            while len(got) < 3:
+                await anyio.sleep(0.02)
+            await consumer.stop()
+    assert got == [0, 1, 2]
+    with pytest.raises(StopAsyncIteration):
+        await anext(consumer)
+
+
+async def test_group_rebalance_waits_for_the_loop_body_and_commits_before_revoke(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("iter-group", partitions=2)
+    for p in (0, 1):
+        await aproduce(bootstrap, topic, [(None, b"x")] * 60, partition=p)
+    group = unique("g-iter-group")
+    handled: list[tuple[str, TopicPartition, int]] = []
+    next_unprocessed: dict[str, dict[TopicPartition, int]] = {"a": {}, "b": {}}
+    revoke_checks: list[tuple[str, TopicPartition, int | None, int | None]] = []
+    members: dict[str, Consumer] = {}
+
+    async def member(name: str) -> None:
+        async def on_revoke(partitions: list[TopicPartition]) -> None:
+            for tp in partitions:
+                committed = await members[name].committed(tp)
+                revoke_checks.append((name, tp, committed, next_unprocessed[name].get(tp)))
+
+        async def on_assign(partitions: list[TopicPartition]) -> None:
+            for tp in partitions:
+                next_unprocessed[name].pop(tp, None)
+
+        async with Consumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            commit_interval=60,
+            heartbeat_interval_ms=300,
+            on_revoke=on_revoke,
+            on_assign=on_assign,
+        ) as consumer:
+            members[name] = consumer
+            async for msg in consumer:
+                await anyio.sleep(0.05)  # the body holds the record when B joins
+                handled.append((name, msg.tp, msg.offset))
+                next_unprocessed[name][msg.tp] = msg.offset + 1
+
+    with anyio.fail_after(90):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(member, "a")
+            while not handled:
+                await anyio.sleep(0.05)
+            tg.start_soon(member, "b")
+            while len(handled) < 120:
+                await anyio.sleep(0.05)
+            await anyio.sleep(0.3)
+            await members["b"].stop()
+            await members["a"].stop()
+
+    offsets = [(tp, offset) for _, tp, offset in handled]
+    assert len(offsets) == 120
+    assert len(set(offsets)) == 120, "a record was handled twice"
+    assert {name for name, _, _ in handled} == {"a", "b"}
+    # A was revoked when B joined: its loop body finished the record in hand,
+    # and that record's offset was committed before on_revoke ran.
+    assert any(name == "a" and expected for name, _, _, expected in revoke_checks)
+    for name, tp, committed, expected in revoke_checks:
+        if expected is not None:
+            assert committed == expected, f"{name}: {tp} committed {committed}, not {expected}"

@@ -1,5 +1,6 @@
 from typing import Any
 
+import anyio
 import pytest
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import OffsetAndMetadata
@@ -69,3 +70,15 @@ def test_forget() -> None:
     book.forget([A, B])
     assert book.get(A) is None
     assert book.uncommitted() == {}
+
+
+async def test_a_commit_that_hangs_is_given_up_as_a_commit_error() -> None:
+    class Hanging(FakeClient):
+        async def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+            await anyio.sleep(60)  # aiokafka retries retriable errors without end
+
+    book = OffsetBook(commit_timeout=0.05)
+    book.track(A).completed = 1
+    with anyio.fail_after(5), pytest.raises(CommitError, match="did not complete"):
+        await book.commit(Hanging())
+    assert book.uncommitted() == {A: OffsetAndMetadata(1, "")}
