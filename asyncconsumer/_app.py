@@ -27,7 +27,8 @@ H = TypeVar("H", bound=RebalanceHook)
 
 Lifespan = Callable[["ConsumerApp"], AbstractAsyncContextManager[None]]
 """``lifespan(app)``: an async context manager entered before the consumer starts
-and exited after it stopped (open and close connection pools there)."""
+and exited after it stopped (open and close connection pools there). It exits
+normally also when the app stopped on an error; ``run()`` raises that error after."""
 
 
 class ConsumerApp:
@@ -141,12 +142,20 @@ class ConsumerApp:
         )
         if self._stop_early:
             engine.request_stop()
+        failure: Exception | None = None
         try:
             async with self._lifespan_context():
-                await engine.run(task_status=task_status)
+                try:
+                    await engine.run(task_status=task_status)
+                except Exception as exc:
+                    # The lifespan closes its resources the normal way; the
+                    # error is raised once it has.
+                    failure = exc
         finally:
             self._engine = None
             self._stop_early = False
+        if failure is not None:
+            raise failure
 
     def stop(self) -> None:
         """Ask the app to stop gracefully; returns at once (``run()`` returns when stopped)."""

@@ -38,7 +38,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         run(app)
     except Exception as exc:
-        logging.getLogger("asyncconsumer").error("the app stopped on an error: %r", exc)
+        logging.getLogger("asyncconsumer").error(
+            "the app stopped on an error: %r", exc, exc_info=exc
+        )
         return 1
     return 0
 

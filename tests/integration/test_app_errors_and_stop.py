@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -162,3 +164,44 @@ async def test_cancelling_run_stops_gracefully_and_commits(
     assert not scope.cancelled_caught
     committed = await committed_offsets(bootstrap, group, [TopicPartition(topic, 0)])
     assert committed[TopicPartition(topic, 0)] == 5
+
+
+async def test_on_assign_error_stops_app_before_any_record_and_lifespan_wraps_run(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("hook-fail")
+    await aproduce(bootstrap, topic, [(None, b"x")] * 3)
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: ConsumerApp) -> AsyncIterator[None]:
+        events.append("lifespan enter")
+        yield
+        events.append("lifespan exit")
+
+    app = ConsumerApp(
+        bootstrap_servers=bootstrap,
+        group_id=unique("g-hook"),
+        auto_offset_reset="earliest",
+        lifespan=lifespan,
+    )
+
+    @app.handler(topic)
+    async def handle(msg: Message[bytes]) -> None:
+        events.append(f"handled {msg.offset}")
+
+    @app.on_assign
+    async def assigned(partitions: list[TopicPartition]) -> None:
+        events.append("on_assign")
+        raise LookupError("offset store unavailable")
+
+    @app.on_revoke
+    async def revoked(partitions: list[TopicPartition]) -> None:
+        events.append("on_revoke")
+
+    with anyio.fail_after(60), pytest.raises(LookupError, match="offset store unavailable"):
+        await app.run()
+    # No record ran: lanes start only after on_assign returned. The stop still
+    # revoked the partitions, inside the lifespan.
+    assert events == ["lifespan enter", "on_assign", "on_revoke", "lifespan exit"]

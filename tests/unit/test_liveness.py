@@ -17,7 +17,7 @@ async def test_a_blocked_event_loop_is_reported_with_what_was_running(
         tg.start_soon(monitor.run)
         await anyio.sleep(0.05)
         with caplog.at_level(logging.WARNING, logger="asyncconsumer"):
-            time.sleep(0.4)  # a handler blocking the loop
+            time.sleep(0.4)  # noqa: ASYNC251 -- a handler blocking the loop, on purpose
             await anyio.sleep(0.1)
         tg.cancel_scope.cancel()
     assert monitor.max_loop_lag >= 0.3

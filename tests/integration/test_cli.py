@@ -1,0 +1,138 @@
+"""The command line in subprocesses: ``asyncconsumer run`` and ``asyncconsumer broker``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from asyncconsumer import TopicPartition
+from asyncconsumer.testing import create_topic
+from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
+
+from .conftest import aproduce, committed_offsets, unique
+
+ROOT = Path(__file__).resolve().parents[2]
+# The subprocesses import this checkout's package, whatever is installed.
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+async def read_all(stream: anyio.abc.ByteReceiveStream) -> str:
+    chunks = [chunk async for chunk in stream]
+    return b"".join(chunks).decode()
+
+
+async def wait_exit(proc: anyio.abc.Process, within: float) -> int:
+    with anyio.fail_after(within):
+        return await proc.wait()
+
+
+async def test_run_drains_on_sigterm_and_exits_0_with_offsets_committed(
+    kafka_broker: KafkaTestBroker,
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    orders, payments, group = unique("cli-orders"), unique("cli-payments"), unique("g-cli")
+    await kafka_broker.create_topic(orders, 2)
+    await kafka_broker.create_topic(payments, 1)
+    ends: dict[TopicPartition, int] = {}
+    for topic, count in ((orders, 300), (payments, 100)):
+        records = [(f"c{i % 7}".encode(), b'{"amount": 1.5}') for i in range(count)]
+        for tp, offsets in (await aproduce(bootstrap, topic, records)).items():
+            ends[tp] = max(offsets) + 1
+    env = {
+        **ENV,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "ASYNCCONSUMER_GROUP_ID": group,
+        "EXAMPLE_ORDERS_TOPIC": orders,
+        "EXAMPLE_PAYMENTS_TOPIC": payments,
+    }
+    async with await anyio.open_process(
+        [sys.executable, "-m", "asyncconsumer", "run", "examples.orders_app:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    ) as proc:
+        with anyio.fail_after(60):
+            # The example commits every second: wait until everything is committed.
+            while await committed_offsets(bootstrap, group, ends) != ends:
+                assert proc.returncode is None, "the app exited early"
+                await anyio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        code = await wait_exit(proc, 30)
+        assert proc.stdout is not None
+        output = await read_all(proc.stdout)
+    assert code == 0, output
+    assert "SIGTERM received: stopping gracefully" in output
+    assert "revoked 3 partitions" in output
+    assert await committed_offsets(bootstrap, group, ends) == ends
+
+
+FAILING_APP = """
+import os
+from asyncconsumer import ConsumerApp, Message
+
+app = ConsumerApp(bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+                  group_id=os.environ["GROUP"], auto_offset_reset="earliest")
+
+@app.handler(os.environ["TOPIC"])
+async def handle(msg: Message[bytes]) -> None:
+    raise RuntimeError(f"cannot handle offset {msg.offset}")
+"""
+
+
+async def test_run_exits_1_when_the_app_stops_on_an_error(
+    kafka_broker: KafkaTestBroker, tmp_path: Path
+) -> None:
+    topic = unique("cli-fail")
+    await kafka_broker.create_topic(topic, 1)
+    await aproduce(kafka_broker.bootstrap_servers, topic, [(None, b"x")])
+    (tmp_path / "failing_app.py").write_text(FAILING_APP)
+    env = {
+        **ENV,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
+        "GROUP": unique("g-cli-fail"),
+        "TOPIC": topic,
+    }
+    with anyio.fail_after(60):
+        result = await anyio.run_process(
+            [sys.executable, "-m", "asyncconsumer", "run", "failing_app:app"],
+            cwd=tmp_path,
+            env=env,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert b"RuntimeError('cannot handle offset 0')" in result.stderr
+
+
+async def test_run_rejects_a_target_that_is_not_an_app() -> None:
+    result = await anyio.run_process(
+        [sys.executable, "-m", "asyncconsumer", "run", "examples:missing"],
+        cwd=ROOT,
+        env=ENV,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert b"'examples:missing' is not a ConsumerApp" in result.stderr
+
+
+async def test_broker_command_serves_until_sigterm() -> None:
+    async with await anyio.open_process(
+        [sys.executable, "-m", "asyncconsumer", "broker"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        with anyio.fail_after(30):
+            line = (await proc.stdout.receive()).decode()
+            while "broker" not in line:
+                line += (await proc.stdout.receive()).decode()
+        address = line.split(" at ", 1)[1].split()[0]
+        await create_topic(address, unique("cli-broker"), 1)  # it is a working broker
+        proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(proc, 15) == 0
