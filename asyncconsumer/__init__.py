@@ -18,6 +18,7 @@ from ._errors import (
 )
 from ._message import Message, TopicPartition
 from ._run import run
+from ._statistics import Statistics
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "DeserializationError",
     "Lifespan",
     "Message",
+    "Statistics",
     "TopicPartition",
     "__version__",
     "run",

@@ -19,6 +19,7 @@ from ._errors import ConfigurationError, ConsumerStoppedError
 from ._handlers import HandlerRegistry, handler_name
 from ._runtime._engine import Engine
 from ._runtime._rebalance import RebalanceHook
+from ._statistics import Statistics
 
 __all__ = ["ConsumerApp", "Lifespan"]
 
@@ -237,8 +238,8 @@ class ConsumerApp:
         """The partitions this member currently handles."""
         return self._engine.assignment() if self._engine is not None else frozenset()
 
-    def statistics(self) -> dict[str, Any]:
-        """A snapshot of the runtime: assigned, buffered, in-flight, paused, loop lag."""
+    def statistics(self) -> Statistics:
+        """A snapshot of the runtime: assigned, in-flight, buffered, paused, offsets, loop lag."""
         return self._running().statistics()
 
     @property

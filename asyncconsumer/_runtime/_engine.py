@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from aiokafka import AIOKafkaConsumer
@@ -37,6 +37,7 @@ from aiokafka.structs import TopicPartition
 
 from .._config import ConsumerSettings
 from .._errors import CommitError, ConsumerStoppedError
+from .._statistics import Statistics
 from ._lanes import LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
 from ._offsets import OffsetBook
@@ -117,16 +118,22 @@ class Engine(LaneOwner):
         offset: int | None = await self._client().committed(tp)
         return offset
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> Statistics:
         lanes = self._lanes.values()
-        return {
-            "assigned": len(self._lanes),
-            "buffered": sum(lane.buffered for lane in lanes),
-            "in_flight": sum(lane.current is not None for lane in lanes),
-            "paused": sorted(lane.tp for lane in lanes if lane.paused),
-            "loop_lag": self.liveness.loop_lag,
-            "max_loop_lag": self.liveness.max_loop_lag,
-        }
+        return Statistics(
+            assigned=frozenset(self._lanes),
+            in_flight=sum(lane.current is not None for lane in lanes),
+            buffered=sum(lane.buffered for lane in lanes),
+            paused=frozenset(lane.tp for lane in lanes if lane.paused),
+            completed={
+                lane.tp: lane.offsets.completed for lane in lanes if lane.offsets.completed >= 0
+            },
+            committed={
+                lane.tp: lane.offsets.committed for lane in lanes if lane.offsets.committed >= 0
+            },
+            loop_lag=self.liveness.loop_lag,
+            max_loop_lag=self.liveness.max_loop_lag,
+        )
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -134,14 +141,15 @@ class Engine(LaneOwner):
         client = self.client = self.settings.build_client()
         try:
             await client.start()
-            topics, pattern = self._registry.subscription()
-            client.subscribe(
-                topics=topics,
-                pattern=pattern,
-                listener=RebalanceAdapter(self._on_revoked, self._on_assigned, self.fail),
-            )
             async with anyio.create_task_group() as tg:
+                # The task group exists before the first assignment can arrive.
                 self._tg = tg
+                topics, pattern = self._registry.subscription()
+                client.subscribe(
+                    topics=topics,
+                    pattern=pattern,
+                    listener=RebalanceAdapter(self._on_revoked, self._on_assigned, self.fail),
+                )
                 tg.start_soon(self._fetch_loop, name="asyncconsumer fetch")
                 tg.start_soon(self._commit_loop, name="asyncconsumer commit")
                 tg.start_soon(self.liveness.run, name="asyncconsumer liveness")
@@ -226,17 +234,21 @@ class Engine(LaneOwner):
     # -- rebalance -----------------------------------------------------------
 
     async def _on_revoked(self, tps: list[TopicPartition]) -> None:
-        if self._closing or not tps:
-            return
+        # No shortcut while stopping: a revoke that races with the stop sequence
+        # waits for it (the lock), so the final commit still lands in this
+        # generation, and then finds nothing left to do.
         async with self._lock:
             lanes = [self._lanes.pop(tp) for tp in tps if tp in self._lanes]
+            if not lanes:
+                return
+            owned = [lane.tp for lane in lanes]
             await self._drain(lanes, self.settings.rebalance_drain_timeout)
             try:
-                await self._book.commit(self._client(), tps, revoking=True)
+                await self._book.commit(self._client(), owned, revoking=True)
             except CommitError as exc:
                 log.warning("commit before revoke failed, the next owner will redo: %s", exc)
-            self._book.forget(tps)
-            await self._run_hooks(self._on_revoke, tps)
+            self._book.forget(owned)
+            await self._run_hooks(self._on_revoke, owned)
 
     async def _on_assigned(self, tps: list[TopicPartition]) -> None:
         if self._closing:
@@ -256,8 +268,8 @@ class Engine(LaneOwner):
                     low_water=self._low_water,
                     handler_name=spec.name,
                 )
-                self._lanes[tp] = new_lane = lane
-                new.append(new_lane)
+                self._lanes[tp] = lane
+                new.append(lane)
             if tps:
                 await self._run_hooks(self._on_assign, tps)
             assert self._tg is not None

@@ -1,0 +1,30 @@
+"""``ConsumerApp.statistics()``: a snapshot of the runtime, for tests, health checks and metrics."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from aiokafka.structs import TopicPartition
+
+__all__ = ["Statistics"]
+
+
+class Statistics(NamedTuple):
+    """What the app is doing right now."""
+
+    assigned: frozenset[TopicPartition]
+    """Partitions this member handles."""
+    in_flight: int
+    """Records whose handler is running."""
+    buffered: int
+    """Records fetched and not started yet."""
+    paused: frozenset[TopicPartition]
+    """Partitions whose fetching is paused because their buffer is full."""
+    completed: dict[TopicPartition, int]
+    """Per partition, the offset after the last completed record (what a commit would store)."""
+    committed: dict[TopicPartition, int]
+    """Per partition, the offset this member last committed."""
+    loop_lag: float
+    """Event-loop lag at the last liveness check, in seconds."""
+    max_loop_lag: float
+    """Largest event-loop lag seen since start, in seconds."""
