@@ -20,7 +20,8 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +67,22 @@ def tps(topic: str) -> list[TopicPartition]:
     return [TopicPartition(topic, p) for p in range(PARTITIONS)]
 
 
-async def raw_getmany(bootstrap: str, topic: str, total: int) -> float:
+@asynccontextmanager
+async def raw_client(bootstrap: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A plain aiokafka consumer, assigned every partition by hand, no commits."""
     client = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await client.start()
     client.assign(tps(topic))
     try:
+        yield client
+    finally:
+        await client.stop()
+
+
+async def raw_getmany(bootstrap: str, topic: str, total: int) -> float:
+    async with raw_client(bootstrap, topic) as client:
         count, first = 0, 0.0
         while count < total:
             batches = await client.getmany(timeout_ms=1000)
@@ -82,17 +92,10 @@ async def raw_getmany(bootstrap: str, topic: str, total: int) -> float:
                 for _record in records:
                     count += 1
         return time.perf_counter() - first
-    finally:
-        await client.stop()
 
 
 async def raw_async_for(bootstrap: str, topic: str, total: int) -> float:
-    client = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await client.start()
-    client.assign(tps(topic))
-    try:
+    async with raw_client(bootstrap, topic) as client:
         count, first = 0, 0.0
         async for _record in client:
             if not count:
@@ -101,8 +104,6 @@ async def raw_async_for(bootstrap: str, topic: str, total: int) -> float:
             if count == total:
                 break
         return time.perf_counter() - first
-    finally:
-        await client.stop()
 
 
 async def app_per_record(bootstrap: str, topic: str, total: int) -> float:
