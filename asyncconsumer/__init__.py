@@ -18,7 +18,7 @@ from ._errors import (
 )
 from ._message import Message, TopicPartition
 from ._run import run
-from ._statistics import Statistics
+from ._statistics import HandlerStatistics, Statistics
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,7 @@ __all__ = [
     "ConsumerApp",
     "ConsumerStoppedError",
     "DeserializationError",
+    "HandlerStatistics",
     "Lifespan",
     "Message",
     "Statistics",

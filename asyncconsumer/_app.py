@@ -16,7 +16,7 @@ from anyio.abc import TaskStatus
 from ._codecs import CodecSpec
 from ._config import ConsumerSettings, OffsetReset
 from ._errors import ConfigurationError, ConsumerStoppedError
-from ._handlers import HandlerRegistry, handler_name
+from ._handlers import BatchSettings, HandlerRegistry, Ordering, handler_name
 from ._runtime._engine import Engine
 from ._runtime._rebalance import RebalanceHook
 from ._statistics import Statistics
@@ -94,16 +94,63 @@ class ConsumerApp:
         pattern: str | re.Pattern[str] | None = None,
         key_codec: CodecSpec = "bytes",
         value_codec: CodecSpec = "bytes",
+        ordering: Ordering = "partition",
+        concurrency: int | None = None,
     ) -> Callable[[F], F]:
         """Register ``async def handler(msg: Message) -> None`` for topics or a pattern.
 
         ``pattern`` is a regular expression matched against topic names from
         their start (:func:`re.match`); topics created later that match it are
         picked up at the next metadata refresh (``metadata_max_age_ms``).
+
+        ``ordering``: ``"partition"`` (default) runs one record at a time per
+        partition, in offset order. ``"key"`` runs records of one key in offset
+        order and different keys concurrently (records without a key share one
+        lane per partition). ``"none"`` runs records in any order. With ``key``
+        and ``none``, up to ``concurrency`` (default 100) records of this handler
+        run at once, and the committed offset of a partition is the one after its
+        highest contiguous completed record.
         """
 
         def register(fn: F) -> F:
-            self._registry.add(fn, topics, pattern, key_codec, value_codec)
+            self._registry.add(
+                fn,
+                topics,
+                pattern,
+                key_codec,
+                value_codec,
+                ordering=ordering,
+                concurrency=concurrency,
+            )
+            return fn
+
+        return register
+
+    def batch_handler(
+        self,
+        *topics: str,
+        pattern: str | re.Pattern[str] | None = None,
+        max_records: int = 500,
+        max_wait: float = 0.05,
+        key_codec: CodecSpec = "bytes",
+        value_codec: CodecSpec = "bytes",
+    ) -> Callable[[F], F]:
+        """Register ``async def handler(msgs: list[Message]) -> None``.
+
+        It receives up to ``max_records`` records of one partition, in offset
+        order, waiting up to ``max_wait`` seconds for a short batch to fill; the
+        records count as completed when it returns. Partitions run concurrently.
+        """
+
+        def register(fn: F) -> F:
+            self._registry.add(
+                fn,
+                topics,
+                pattern,
+                key_codec,
+                value_codec,
+                batch=BatchSettings(max_records, max_wait),
+            )
             return fn
 
         return register

@@ -4,24 +4,64 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 from ._codecs import CodecSpec, resolve_codec
 from ._errors import ConfigurationError
 from ._message import Decoder, make_decoder
-from ._runtime._lanes import Handler
 
-__all__ = ["HandlerRegistry", "HandlerSpec"]
+__all__ = ["BatchSettings", "HandlerRegistry", "HandlerSpec", "Ordering"]
+
+
+Ordering = Literal["partition", "key", "none"]
+ORDERINGS = ("partition", "key", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    max_records: int
+    max_wait: float
 
 
 @dataclass(frozen=True, slots=True)
 class HandlerSpec:
-    fn: Handler
+    fn: Callable[[Any], Awaitable[Any]]
     name: str
     topics: tuple[str, ...]
     pattern: re.Pattern[str] | None
     decode: Decoder
+    ordering: Ordering = "partition"
+    concurrency: int = 1
+    batch: BatchSettings | None = None
+
+
+def check_mode(
+    name: str, ordering: str, concurrency: int | None, batch: BatchSettings | None
+) -> tuple[Ordering, int]:
+    """Validate ordering and concurrency; return them with defaults applied."""
+    if ordering not in ORDERINGS:
+        raise ConfigurationError(
+            f"handler {name}: ordering must be 'partition', 'key' or 'none', not {ordering!r}"
+        )
+    if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
+        raise ConfigurationError(
+            f"handler {name}: concurrency must be an int >= 1, not {concurrency!r}"
+        )
+    if ordering == "partition":
+        if concurrency not in (None, 1):
+            raise ConfigurationError(
+                f"handler {name}: ordering='partition' runs one record at a time per "
+                "partition; use ordering='key' or 'none' for concurrency"
+            )
+        return "partition", 1
+    if batch is not None:
+        raise ConfigurationError(f"batch handler {name}: batches are handled per partition")
+    return cast(Ordering, ordering), DEFAULT_CONCURRENCY if concurrency is None else concurrency
+
+
+DEFAULT_CONCURRENCY = 100
 
 
 def handler_name(fn: Any) -> str:
@@ -47,12 +87,27 @@ class HandlerRegistry:
         pattern: str | re.Pattern[str] | None,
         key_codec: CodecSpec | None,
         value_codec: CodecSpec | None,
+        *,
+        ordering: str = "partition",
+        concurrency: int | None = None,
+        batch: BatchSettings | None = None,
     ) -> HandlerSpec:
         name = handler_name(fn)
         if not inspect.iscoroutinefunction(fn):
             raise ConfigurationError(
                 f"handler {name} must be a coroutine function (async def), not {fn!r}"
             )
+        mode, workers = check_mode(name, ordering, concurrency, batch)
+        if batch is not None:
+            if not isinstance(batch.max_records, int) or batch.max_records < 1:
+                raise ConfigurationError(
+                    f"batch handler {name}: max_records must be an int >= 1, "
+                    f"not {batch.max_records!r}"
+                )
+            if not batch.max_wait >= 0:
+                raise ConfigurationError(
+                    f"batch handler {name}: max_wait must be >= 0 seconds, not {batch.max_wait!r}"
+                )
         if bool(topics) == (pattern is not None):
             raise ConfigurationError(
                 f"handler {name}: give topic names or pattern=, exactly one of the two"
@@ -84,7 +139,16 @@ class HandlerRegistry:
             resolve_codec(key_codec, what="key_codec"),
             resolve_codec(value_codec, what="value_codec"),
         )
-        spec = HandlerSpec(fn=fn, name=name, topics=topics, pattern=compiled, decode=decode)
+        spec = HandlerSpec(
+            fn=fn,
+            name=name,
+            topics=topics,
+            pattern=compiled,
+            decode=decode,
+            ordering=mode,
+            concurrency=workers,
+            batch=batch,
+        )
         if compiled is None:
             for topic in topics:
                 self._by_topic[topic] = spec

@@ -6,7 +6,18 @@ from typing import NamedTuple
 
 from aiokafka.structs import TopicPartition
 
-__all__ = ["Statistics"]
+__all__ = ["HandlerStatistics", "Statistics"]
+
+
+class HandlerStatistics(NamedTuple):
+    """One handler's share of the runtime."""
+
+    partitions: int
+    """Assigned partitions this handler handles."""
+    in_flight: int
+    """Records whose handler call is running."""
+    buffered: int
+    """Records fetched and not started yet."""
 
 
 class Statistics(NamedTuple):
@@ -28,3 +39,5 @@ class Statistics(NamedTuple):
     """Event-loop lag at the last liveness check, in seconds."""
     max_loop_lag: float
     """Largest event-loop lag seen since start, in seconds."""
+    handlers: dict[str, HandlerStatistics]
+    """Per handler (by qualified name)."""

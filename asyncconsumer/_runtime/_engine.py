@@ -32,24 +32,27 @@ from typing import TYPE_CHECKING
 
 import anyio
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
 from .._config import ConsumerSettings
 from .._errors import CommitError, ConsumerStoppedError
-from .._statistics import Statistics
-from ._lanes import LaneOwner, PartitionLane
+from .._statistics import HandlerStatistics, Statistics
+from ._concurrent import KeyedLane, WorkerPool
+from ._lanes import BatchLane, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
-from ._offsets import OffsetBook
+from ._offsets import OffsetBook, decode_completed
 from ._rebalance import RebalanceAdapter, RebalanceHook
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
     from anyio.abc import TaskGroup, TaskStatus
 
-    from .._handlers import HandlerRegistry
+    from .._handlers import HandlerRegistry, HandlerSpec
 
 __all__ = ["Engine"]
+
+_NO_STATS = HandlerStatistics(partitions=0, in_flight=0, buffered=0)
 
 log = logging.getLogger("asyncconsumer")
 
@@ -74,7 +77,8 @@ class Engine(LaneOwner):
         self._poll_ms = int(poll_timeout * 1000)
         self.client: AIOKafkaConsumer | None = None
         self.failure: BaseException | None = None
-        self._lanes: dict[TopicPartition, PartitionLane] = {}
+        self._lanes: dict[TopicPartition, Lane] = {}
+        self._pools: dict[str, WorkerPool] = {}  # handler name -> workers (key/none ordering)
         self._book = OffsetBook(settings.commit_timeout)
         self._lock = anyio.Lock()
         self._stop_requested = anyio.Event()
@@ -95,7 +99,7 @@ class Engine(LaneOwner):
         self._stop_requested.set()
         for lane in list(self._lanes.values()):
             lane.close()
-            lane.scope.cancel()
+            lane.cancel()
 
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(self._lanes)
@@ -120,10 +124,18 @@ class Engine(LaneOwner):
 
     def statistics(self) -> Statistics:
         lanes = self._lanes.values()
+        handlers: dict[str, HandlerStatistics] = {}
+        for lane in lanes:
+            stats = handlers.get(lane.handler_name, _NO_STATS)
+            handlers[lane.handler_name] = HandlerStatistics(
+                partitions=stats.partitions + 1,
+                in_flight=stats.in_flight + len(lane.running()),
+                buffered=stats.buffered + lane.buffered,
+            )
         return Statistics(
             assigned=frozenset(self._lanes),
-            in_flight=sum(lane.current is not None for lane in lanes),
-            buffered=sum(lane.buffered for lane in lanes),
+            in_flight=sum(h.in_flight for h in handlers.values()),
+            buffered=sum(h.buffered for h in handlers.values()),
             paused=frozenset(lane.tp for lane in lanes if lane.paused),
             completed={
                 lane.tp: lane.offsets.completed for lane in lanes if lane.offsets.completed >= 0
@@ -133,6 +145,7 @@ class Engine(LaneOwner):
             },
             loop_lag=self.liveness.loop_lag,
             max_loop_lag=self.liveness.max_loop_lag,
+            handlers=handlers,
         )
 
     # -- lifecycle -----------------------------------------------------------
@@ -187,6 +200,8 @@ class Engine(LaneOwner):
                 log.error("final commit failed, these records will be delivered again: %s", exc)
             tps = sorted(self._lanes)
             self._lanes.clear()
+            for pool in self._pools.values():
+                pool.close()
             if tps:
                 try:
                     await self._run_hooks(self._on_revoke, tps)
@@ -254,47 +269,89 @@ class Engine(LaneOwner):
         if self._closing:
             return
         async with self._lock:
-            new: list[PartitionLane] = []
+            new: list[Lane] = []
             for tp in tps:
-                if tp in self._lanes:
-                    continue
-                spec = self._registry.resolve(tp.topic)
-                lane = PartitionLane(
-                    tp,
-                    spec.fn,
-                    spec.decode,
-                    self._book.track(tp),
-                    self,
-                    low_water=self._low_water,
-                    handler_name=spec.name,
-                )
-                self._lanes[tp] = lane
-                new.append(lane)
+                if tp not in self._lanes:
+                    self._lanes[tp] = lane = self._make_lane(tp, self._registry.resolve(tp.topic))
+                    new.append(lane)
+            await self._skip_completed([lane for lane in new if isinstance(lane, KeyedLane)])
             if tps:
                 await self._run_hooks(self._on_assign, tps)
             assert self._tg is not None
             for lane in new:
-                if not lane.closed:
-                    self._tg.start_soon(lane.run, name=f"asyncconsumer lane {lane.tp}")
+                lane.start(self._tg)
+
+    def _make_lane(self, tp: TopicPartition, spec: HandlerSpec) -> Lane:
+        offsets = self._book.track(tp)
+        low, name = self._low_water, spec.name
+        if spec.batch is not None:
+            return BatchLane(
+                tp,
+                spec.fn,
+                spec.decode,
+                offsets,
+                self,
+                low_water=low,
+                max_records=spec.batch.max_records,
+                max_wait=spec.batch.max_wait,
+                handler_name=name,
+            )
+        if spec.ordering == "partition":
+            return PartitionLane(
+                tp, spec.fn, spec.decode, offsets, self, low_water=low, handler_name=name
+            )
+        pool = self._pools.get(name)
+        if pool is None:
+            assert self._tg is not None
+            pool = self._pools[name] = WorkerPool(spec.fn, spec.concurrency, name)
+            pool.start(self._tg)
+        return KeyedLane(
+            tp,
+            pool,
+            spec.decode,
+            offsets,
+            self,
+            by_key=spec.ordering == "key",
+            low_water=low,
+            handler_name=name,
+        )
+
+    async def _skip_completed(self, lanes: list[KeyedLane]) -> None:
+        """Read which records above the committed offsets already completed
+        (the previous owner wrote them into the commit metadata)."""
+        if not lanes:
+            return
+        try:
+            # aiokafka's public committed() drops the metadata.
+            committed = await self._client()._coordinator.fetch_committed_offsets(
+                [lane.tp for lane in lanes]
+            )
+        except KafkaError as exc:
+            log.warning("cannot read commit metadata, completed records may run again: %r", exc)
+            return
+        for lane in lanes:
+            meta = committed.get(lane.tp)
+            if meta is not None and meta.offset >= 0:
+                lane.skip_completed(decode_completed(meta.offset, meta.metadata))
 
     # -- lanes ---------------------------------------------------------------
 
-    def lane_failed(self, lane: PartitionLane, record: ConsumerRecord, exc: Exception) -> None:
+    def lane_failed(self, lane: Lane, record: ConsumerRecord, exc: Exception) -> None:
         where = f"{record.topic}[{record.partition}]@{record.offset}"
         exc.add_note(f"asyncconsumer: raised while handling {where} in {lane.handler_name}")
         log.error("handling %s failed with %r; stopping", where, exc)
         self.fail(exc)
 
-    def lane_drained(self, lane: PartitionLane) -> None:
+    def lane_drained(self, lane: Lane) -> None:
         self._unpause(lane)
 
-    def _unpause(self, lane: PartitionLane) -> None:
+    def _unpause(self, lane: Lane) -> None:
         if lane.paused:
             lane.paused = False
             with contextlib.suppress(IllegalStateError):  # no longer assigned
                 self._client().resume(lane.tp)
 
-    async def _drain(self, lanes: Iterable[PartitionLane], grace: float) -> None:
+    async def _drain(self, lanes: Iterable[Lane], grace: float) -> None:
         lanes = list(lanes)
         for lane in lanes:
             lane.close()
@@ -303,25 +360,30 @@ class Engine(LaneOwner):
                 await lane.done.wait()
         for lane in lanes:
             if not lane.done.is_set():
-                current = lane.current
-                if current is not None:
+                running = lane.running()
+                if running:
                     log.warning(
-                        "cancelling %s on %s@%d after %.1fs: the record is not committed",
+                        "cancelling %s on %s[%d] at offsets %s after %.1fs: not committed",
                         lane.handler_name,
-                        lane.tp,
-                        current.offset,
+                        lane.tp.topic,
+                        lane.tp.partition,
+                        sorted(running),
                         grace,
                     )
-                lane.scope.cancel()
+                lane.cancel()
         for lane in lanes:
             await lane.done.wait()
 
     def _describe_running(self) -> list[str]:
-        return [
-            f"{lane.handler_name} on {lane.tp.topic}[{lane.tp.partition}]@{lane.current.offset}"
-            for lane in self._lanes.values()
-            if lane.current is not None
-        ]
+        described = []
+        for lane in self._lanes.values():
+            running = lane.running()
+            if running:
+                offsets = ",".join(map(str, sorted(running)[:5]))
+                described.append(
+                    f"{lane.handler_name} on {lane.tp.topic}[{lane.tp.partition}]@{offsets}"
+                )
+        return described
 
     # -- helpers -------------------------------------------------------------
 
@@ -334,7 +396,7 @@ class Engine(LaneOwner):
             raise ConsumerStoppedError("the app is not running")
         return self.client
 
-    def _assigned_lane(self, tp: TopicPartition) -> PartitionLane:
+    def _assigned_lane(self, tp: TopicPartition) -> Lane:
         lane = self._lanes.get(tp)
         if lane is None:
             raise ValueError(f"{tp} is not assigned to this app")

@@ -1,62 +1,62 @@
-"""Partition lanes: one long-lived worker per assigned partition.
+"""Partition lanes: what runs the records of one assigned partition.
 
-A lane owns the fetched, not yet handled records of its partition and runs
-them through the handler one at a time, in offset order. After a handler
-returns, the lane moves the partition's ``completed`` offset past the record:
-that is the only thing the commit task ever commits, so a record that is still
-running, was cancelled or failed is never committed.
+A lane owns the fetched, not yet started records of its partition and decides
+which of them may run, and when each counts as completed: it moves the
+partition's ``completed`` offset, the only thing the commit task ever commits,
+so a record that is still running, was cancelled or failed is never committed.
 
-This is also where ordering modes (per key, unordered) will plug in: a lane
-decides which of its records may run and when each counts as completed.
+- :class:`PartitionLane` (``ordering="partition"``): one long-lived worker runs
+  the records one at a time, in offset order.
+- :class:`BatchLane` (``@app.batch_handler``): the same, a list at a time.
+- :class:`~._concurrent.KeyedLane` (``ordering="key"`` / ``"none"``): records go
+  to the handler's pool of workers, same-key records in offset order.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._errors import DeserializationError
 from .._message import Decoder, Message
 from ._offsets import PartitionOffsets
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord, TopicPartition
+    from anyio.abc import TaskGroup
 
-__all__ = ["Handler", "LaneOwner", "PartitionLane"]
+__all__ = ["BatchLane", "Handler", "Lane", "LaneOwner", "PartitionLane"]
 
-Handler = Callable[[Message[Any]], Awaitable[None]]
+Handler = Callable[[Message[Any]], Awaitable[Any]]
+BatchHandler = Callable[[list[Message[Any]]], Awaitable[Any]]
 
 
 class LaneOwner:
     """What a lane reports to (the engine)."""
 
-    def lane_failed(self, lane: PartitionLane, record: ConsumerRecord, exc: Exception) -> None:
+    def lane_failed(self, lane: Lane, record: ConsumerRecord, exc: Exception) -> None:
         raise NotImplementedError
 
-    def lane_drained(self, lane: PartitionLane) -> None:
+    def lane_drained(self, lane: Lane) -> None:
         """The lane's buffer fell to its low-water mark while fetching was paused."""
         raise NotImplementedError
 
 
-class PartitionLane:
+class Lane:
+    """The state every lane has, and the interface the engine uses."""
+
     __slots__ = (
-        "_gen",
         "_owner",
-        "_records",
-        "_waiting",
-        "_wakeup",
         "closed",
-        "current",
         "decode",
         "done",
-        "handler",
         "handler_name",
         "low_water",
         "offsets",
         "paused",
-        "scope",
         "started",
         "tp",
     )
@@ -64,7 +64,6 @@ class PartitionLane:
     def __init__(
         self,
         tp: TopicPartition,
-        handler: Handler,
         decode: Decoder,
         offsets: PartitionOffsets,
         owner: LaneOwner,
@@ -73,32 +72,93 @@ class PartitionLane:
         handler_name: str = "",
     ) -> None:
         self.tp = tp
-        self.handler = handler
-        self.handler_name = handler_name
         self.decode = decode
         self.offsets = offsets
         self.low_water = low_water
+        self.handler_name = handler_name
         self._owner = owner
-        self._records: deque[ConsumerRecord] = deque()
-        self._wakeup = anyio.Event()
-        self._waiting = False
-        self._gen = 0
-        # Shielded: only the engine cancels a lane (after its drain timeout), so
-        # an outer cancellation still gets a graceful drain.
-        self.scope = anyio.CancelScope(shield=True)
-        self.done = anyio.Event()
+        self.done = anyio.Event()  # set once closed and nothing runs any more
         self.started = False
         self.closed = False
         self.paused = False
-        self.current: ConsumerRecord | None = None
 
     @property
     def buffered(self) -> int:
         """Records fetched and not started yet."""
-        return len(self._records)
+        raise NotImplementedError
+
+    def running(self) -> Sequence[int]:
+        """Offsets of the records whose handler is running."""
+        raise NotImplementedError
 
     def push(self, records: list[ConsumerRecord]) -> int:
-        """Queue fetched records; return how many are now buffered."""
+        """Queue fetched records (in offset order); return how many are buffered."""
+        raise NotImplementedError
+
+    def start(self, tg: TaskGroup) -> None:
+        """Begin running records (after ``on_assign`` returned)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop taking records: running ones finish, buffered ones are dropped
+        (never handled nor committed: the partition's next owner reads them)."""
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Cancel the running records (after the grace period): not committed."""
+        raise NotImplementedError
+
+    def seek(self, offset: int) -> None:
+        """The next record is at ``offset``; it is also what gets committed until a
+        record after it completes (Kafka commits the position)."""
+        raise NotImplementedError
+
+    def discard_buffered(self) -> None:
+        raise NotImplementedError
+
+    def skip_completed(self, offsets: set[int]) -> None:
+        """Records at these offsets already completed (under a previous owner)."""
+
+    def _drained(self) -> None:
+        if self.paused and self.buffered <= self.low_water:
+            self._owner.lane_drained(self)
+
+
+class PartitionLane(Lane):
+    """One worker task runs the partition's records one at a time, in offset order."""
+
+    __slots__ = ("_gen", "_records", "_waiting", "_wakeup", "current", "handler", "scope")
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        handler: Callable[[Any], Awaitable[Any]],
+        decode: Decoder,
+        offsets: PartitionOffsets,
+        owner: LaneOwner,
+        *,
+        low_water: int,
+        handler_name: str = "",
+    ) -> None:
+        super().__init__(tp, decode, offsets, owner, low_water=low_water, handler_name=handler_name)
+        self.handler = handler
+        self._records: deque[ConsumerRecord] = deque()
+        self._wakeup = anyio.Event()
+        self._waiting = False
+        self._gen = 0
+        # Shielded: only the engine cancels a lane (after its grace period), so
+        # an outer cancellation still gets a graceful drain.
+        self.scope = anyio.CancelScope(shield=True)
+        self.current: ConsumerRecord | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._records)
+
+    def running(self) -> Sequence[int]:
+        return () if self.current is None else (self.current.offset,)
+
+    def push(self, records: list[ConsumerRecord]) -> int:
         buf = self._records
         buf.extend(records)
         if self._waiting:
@@ -106,19 +166,19 @@ class PartitionLane:
             self._wakeup.set()
         return len(buf)
 
+    def start(self, tg: TaskGroup) -> None:
+        if not self.closed:
+            tg.start_soon(self.run, name=f"asyncconsumer lane {self.tp.topic}[{self.tp.partition}]")
+
     def discard_buffered(self) -> None:
-        """Drop records not started yet (they were never handled nor committed)."""
         self._records.clear()
 
     def seek(self, offset: int) -> None:
-        """The next record handled is at ``offset``; it is also what gets committed
-        until a record after it completes (Kafka commits the position)."""
         self._records.clear()
         self._gen += 1  # a record in flight now must not move ``completed``
         self.offsets.completed = offset
 
     def close(self) -> None:
-        """Stop taking records: the one in flight finishes, the buffered ones are dropped."""
         self.closed = True
         self._records.clear()
         if not self.started:
@@ -127,23 +187,27 @@ class PartitionLane:
             self._waiting = False
             self._wakeup.set()
 
+    def cancel(self) -> None:
+        self.scope.cancel()
+
+    async def _wait_for_records(self) -> None:
+        self._drained()
+        self._wakeup = anyio.Event()
+        self._waiting = True
+        await self._wakeup.wait()
+
     async def run(self) -> None:
         self.started = True
         records = self._records
         offsets = self.offsets
         handler = self.handler
         decode = self.decode
-        owner = self._owner
         record: ConsumerRecord | None = None
         try:
             with self.scope:
                 while not self.closed:
                     if not records:
-                        if self.paused:
-                            owner.lane_drained(self)
-                        self._wakeup = anyio.Event()
-                        self._waiting = True
-                        await self._wakeup.wait()
+                        await self._wait_for_records()
                         continue
                     record = records.popleft()
                     self.current = record
@@ -153,11 +217,85 @@ class PartitionLane:
                         offsets.completed = record.offset + 1
                     self.current = None
                     if self.paused and len(records) <= self.low_water:
-                        owner.lane_drained(self)
+                        self._owner.lane_drained(self)
         except Exception as exc:
             assert record is not None
             self.closed = True
-            owner.lane_failed(self, record, exc)
+            self._owner.lane_failed(self, record, exc)
         finally:
             self.current = None
+            self.done.set()
+
+
+class BatchLane(PartitionLane):
+    """Like :class:`PartitionLane`, a list of up to ``max_records`` records at a
+    time; it waits up to ``max_wait`` seconds for a short batch to fill."""
+
+    __slots__ = ("_batch", "max_records", "max_wait")
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        handler: BatchHandler,
+        decode: Decoder,
+        offsets: PartitionOffsets,
+        owner: LaneOwner,
+        *,
+        low_water: int,
+        max_records: int,
+        max_wait: float,
+        handler_name: str = "",
+    ) -> None:
+        super().__init__(
+            tp, handler, decode, offsets, owner, low_water=low_water, handler_name=handler_name
+        )
+        self.max_records = max_records
+        self.max_wait = max_wait
+        self._batch: list[ConsumerRecord] = []
+
+    def running(self) -> Sequence[int]:
+        return [r.offset for r in self._batch]
+
+    async def run(self) -> None:
+        self.started = True
+        records = self._records
+        offsets = self.offsets
+        handler = self.handler
+        decode = self.decode
+        max_records = self.max_records
+        record: ConsumerRecord | None = None
+        try:
+            with self.scope:
+                while not self.closed:
+                    if not records:
+                        await self._wait_for_records()
+                        continue
+                    if len(records) < max_records and self.max_wait > 0:
+                        with anyio.move_on_after(self.max_wait):
+                            while len(records) < max_records and not self.closed:
+                                await self._wait_for_records()
+                        if self.closed or not records:
+                            continue
+                    take = min(len(records), max_records)
+                    batch = self._batch = [records.popleft() for _ in range(take)]
+                    messages = []
+                    for record in batch:
+                        messages.append(decode(record))
+                    gen = self._gen
+                    await handler(messages)
+                    if gen == self._gen:
+                        offsets.completed = batch[-1].offset + 1
+                    self._batch = []
+                    if self.paused and len(records) <= self.low_water:
+                        self._owner.lane_drained(self)
+        except Exception as exc:
+            assert record is not None
+            self.closed = True
+            # A batch fails as a whole: its first record is where the partition
+            # resumes (a decode failure names the record that could not be read).
+            decoding = isinstance(exc, DeserializationError)
+            failed = self._batch[0] if self._batch and not decoding else record
+            self._owner.lane_failed(self, failed, exc)
+        finally:
+            self._batch = []
             self.done.set()

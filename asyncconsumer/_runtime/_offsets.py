@@ -1,8 +1,21 @@
-"""Per-partition offsets: processed (ready to commit) and committed."""
+"""Per-partition offsets: completed (ready to commit) and committed.
+
+With records completing in offset order (``partition`` ordering, batches), the
+committable offset is simply the one after the last completed record. With
+concurrency (``key`` / ``none`` ordering) records complete out of order: a
+:class:`CompletionTracker` keeps the committable offset at the lowest record not
+completed yet (a slow or failed record holds it back, it is never skipped), and
+remembers the completed offsets above it. Those are written, compactly, into the
+commit's metadata, so that after a crash or a rebalance the next owner skips the
+records that already completed instead of running them again.
+"""
 
 from __future__ import annotations
 
+import base64
 import logging
+import zlib
+from collections import deque
 from collections.abc import Iterable
 
 import anyio
@@ -12,22 +25,123 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from .._errors import CommitError
 
-__all__ = ["OffsetBook", "PartitionOffsets"]
+__all__ = [
+    "CompletionTracker",
+    "OffsetBook",
+    "PartitionOffsets",
+    "decode_completed",
+    "encode_completed",
+]
 
 log = logging.getLogger("asyncconsumer")
+
+METADATA_PREFIX = "ac1:"
+METADATA_MAX_CHARS = 4000  # Kafka's offset.metadata.max.bytes defaults to 4096
 
 
 class PartitionOffsets:
     """One partition's offsets. ``completed`` is the offset *after* the last
     processed record: the value to commit, so that the group resumes there.
-    ``-1`` means nothing to commit yet.
+    ``-1`` means nothing to commit yet. ``above`` holds completed offsets beyond
+    ``completed`` (only under concurrency).
     """
 
-    __slots__ = ("committed", "completed")
+    __slots__ = ("above", "committed", "committed_above", "completed")
 
     def __init__(self) -> None:
         self.completed = -1
         self.committed = -1
+        self.above: set[int] | None = None
+        self.committed_above = 0
+
+    def metadata(self) -> str:
+        above = self.above
+        if not above or self.completed < 0:
+            return ""
+        return encode_completed(self.completed, above)
+
+
+class CompletionTracker:
+    """Keeps ``offsets.completed`` at the lowest received, not completed offset.
+
+    Records must be received in offset order (as a partition delivers them);
+    they may complete in any order. Offsets need not be contiguous (compacted
+    topics, transaction markers): only received offsets count.
+    """
+
+    __slots__ = ("_done", "_pending", "offsets")
+
+    def __init__(self, offsets: PartitionOffsets) -> None:
+        self.offsets = offsets
+        self._pending: deque[int] = deque()  # received, not yet passed by the watermark
+        self._done: set[int] = set()  # completed, above the watermark
+        offsets.above = self._done
+
+    def receive(self, offset: int) -> None:
+        self._pending.append(offset)
+
+    def complete(self, offset: int) -> None:
+        pending = self._pending
+        if not pending:
+            return  # reset (seek) while the record ran
+        if pending[0] != offset:
+            self._done.add(offset)
+            return
+        pending.popleft()
+        done = self._done
+        last = offset
+        while pending and pending[0] in done:
+            last = pending.popleft()
+            done.discard(last)
+        self.offsets.completed = pending[0] if pending else last + 1
+
+    def reset(self) -> None:
+        """Forget everything received (a seek): nothing in flight counts any more."""
+        self._pending.clear()
+        self._done.clear()
+
+
+def encode_completed(base: int, completed: Iterable[int]) -> str:
+    """Encode completed offsets above ``base`` (the committed offset) as commit metadata.
+
+    A bitmap (bit ``i``: offset ``base + 1 + i`` completed), zlib-compressed,
+    base64. When it does not fit in :data:`METADATA_MAX_CHARS`, the highest
+    offsets are left out: they will merely run again.
+    """
+    relative = sorted(o - base - 1 for o in completed if o > base)
+    if not relative:
+        return ""
+    limit = relative[-1] + 1
+    while limit > 0:
+        bits = bytearray((limit + 7) // 8)
+        for i in relative:
+            if i >= limit:
+                break
+            bits[i >> 3] |= 1 << (i & 7)
+        text = METADATA_PREFIX + base64.urlsafe_b64encode(zlib.compress(bytes(bits), 9)).decode()
+        if len(text) <= METADATA_MAX_CHARS:
+            return text
+        limit //= 2
+    return ""
+
+
+def decode_completed(base: int, metadata: str | None) -> set[int]:
+    """The completed offsets above ``base`` that ``metadata`` records; empty if it is
+    not ours or cannot be read."""
+    if not metadata or not metadata.startswith(METADATA_PREFIX):
+        return set()
+    try:
+        bits = zlib.decompress(base64.urlsafe_b64decode(metadata[len(METADATA_PREFIX) :]))
+    except (ValueError, zlib.error):
+        log.warning("ignoring unreadable commit metadata %r", metadata[:40])
+        return set()
+    return {
+        base + 1 + (i << 3) + bit
+        for i, byte in enumerate(bits)
+        if byte
+        for bit in range(8)
+        if byte >> bit & 1
+    }
 
 
 class OffsetBook:
@@ -61,9 +175,10 @@ class OffsetBook:
         parts = self._parts
         selected = parts.items() if tps is None else ((tp, parts[tp]) for tp in tps if tp in parts)
         return {
-            tp: OffsetAndMetadata(p.completed, "")
+            tp: OffsetAndMetadata(p.completed, p.metadata())
             for tp, p in selected
-            if p.completed >= 0 and p.completed != p.committed
+            if p.completed >= 0
+            and (p.completed != p.committed or (p.above and len(p.above) != p.committed_above))
         }
 
     async def commit(
@@ -109,6 +224,7 @@ class OffsetBook:
             part = self._parts.get(tp)
             if part is not None:
                 part.committed = meta.offset
+                part.committed_above = len(part.above) if part.above else 0
             done[tp] = meta.offset
         log.debug("committed %s", done)
         return done

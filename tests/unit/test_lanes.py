@@ -6,7 +6,7 @@ import anyio.lowlevel
 
 from asyncconsumer import Message, TopicPartition
 from asyncconsumer._message import make_decoder
-from asyncconsumer._runtime._lanes import LaneOwner, PartitionLane
+from asyncconsumer._runtime._lanes import Lane, LaneOwner, PartitionLane
 from asyncconsumer._runtime._offsets import PartitionOffsets
 
 TP = TopicPartition("t", 0)
@@ -26,10 +26,10 @@ class Owner(LaneOwner):
         self.failures: list[tuple[int, Exception]] = []
         self.drained = 0
 
-    def lane_failed(self, lane: PartitionLane, record: Any, exc: Exception) -> None:
+    def lane_failed(self, lane: Lane, record: Any, exc: Exception) -> None:
         self.failures.append((record.offset, exc))
 
-    def lane_drained(self, lane: PartitionLane) -> None:
+    def lane_drained(self, lane: Lane) -> None:
         lane.paused = False
         self.drained += 1
 

@@ -1,0 +1,290 @@
+"""Concurrency within partitions: ``ordering="key"`` and ``ordering="none"``.
+
+Each such handler has a :class:`WorkerPool`: ``concurrency`` long-lived worker
+tasks, shared by the handler's partitions. Each partition has a
+:class:`KeyedLane` that decides which of its records are *ready*:
+
+- ``key``: a record is ready when no earlier record with the same key is waiting
+  or running (records without a key share one lane per partition), so records
+  of a key run in offset order while different keys run concurrently;
+- ``none``: every record is ready at once.
+
+Workers take ready records round-robin across lanes. Records complete out of
+order, so the lane's :class:`~._offsets.CompletionTracker` keeps the committable
+offset at the lowest record not completed yet.
+
+No task is created per record: a worker's cancel scope is replaced only when a
+drain cancels the record it runs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._message import Decoder
+from ._lanes import Lane, LaneOwner
+from ._offsets import CompletionTracker, PartitionOffsets
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord, TopicPartition
+    from anyio.abc import TaskGroup
+
+__all__ = ["KeyedLane", "WorkerPool"]
+
+
+class WorkerPool:
+    """``size`` workers running one handler's ready records."""
+
+    __slots__ = ("_closed", "_idle", "_ready", "_workers", "handler", "name", "size")
+
+    def __init__(self, handler: Callable[[Any], Awaitable[Any]], size: int, name: str) -> None:
+        self.handler = handler
+        self.size = size
+        self.name = name
+        self._ready: deque[KeyedLane] = deque()  # lanes with ready records, round-robin
+        self._idle: list[anyio.Event] = []
+        self._workers: list[_Worker] = []
+        self._closed = False
+
+    def start(self, tg: TaskGroup) -> None:
+        for i in range(self.size):
+            worker = _Worker(self)
+            self._workers.append(worker)
+            tg.start_soon(worker.run, name=f"asyncconsumer worker {self.name}#{i}")
+
+    def schedule(self, lane: KeyedLane, ready: int) -> None:
+        """``lane`` has ``ready`` more records that may run."""
+        if not lane.queued:
+            lane.queued = True
+            self._ready.append(lane)
+        idle = self._idle
+        while ready and idle:
+            idle.pop().set()
+            ready -= 1
+
+    def close(self) -> None:
+        """Stop every worker (after the lanes were drained)."""
+        self._closed = True
+        for worker in self._workers:
+            worker.scope.cancel()
+        for event in self._idle:
+            event.set()
+        self._idle.clear()
+
+
+class _Worker:
+    __slots__ = ("lane", "pool", "record", "scope")
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.scope = anyio.CancelScope(shield=True)
+        self.lane: KeyedLane | None = None
+        self.record: ConsumerRecord | None = None
+
+    async def run(self) -> None:
+        pool = self.pool
+        while not pool._closed:
+            # Shielded: only a lane's drain or the pool's close cancels a worker.
+            with self.scope:
+                await self._loop()
+            lane, record = self.lane, self.record
+            self.lane = self.record = None
+            if lane is not None and record is not None:
+                lane.abandon(record)  # cancelled: not completed, not committed
+            self.scope = anyio.CancelScope(shield=True)
+
+    async def _loop(self) -> None:
+        pool = self.pool
+        ready_lanes = pool._ready
+        handler = pool.handler
+        while not pool._closed:
+            if not ready_lanes:
+                event = anyio.Event()
+                pool._idle.append(event)
+                await event.wait()
+                continue
+            lane = ready_lanes.popleft()
+            ready = lane.ready
+            if not ready:
+                lane.queued = False
+                continue
+            record = ready.popleft()
+            if ready:
+                ready_lanes.append(lane)  # round-robin across partitions
+            else:
+                lane.queued = False
+            lane.taken()
+            offset = record.offset
+            running = lane.running_workers
+            running[offset] = self
+            self.lane, self.record = lane, record
+            gen = lane.gen
+            try:
+                await handler(lane.decode(record))
+            except Exception as exc:
+                self.lane = self.record = None
+                del running[offset]
+                lane.failed(record, exc)
+                continue
+            self.lane = self.record = None
+            del running[offset]
+            if gen == lane.gen:
+                lane.complete(record)
+            elif lane.closed and not running:
+                lane.done.set()
+
+
+class KeyedLane(Lane):
+    """A partition's records for a pooled handler (``key`` or ``none`` ordering)."""
+
+    __slots__ = (
+        "_buffered",
+        "_keys",
+        "_skip",
+        "_skip_max",
+        "by_key",
+        "gen",
+        "pool",
+        "queued",
+        "ready",
+        "running_workers",
+        "tracker",
+    )
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        pool: WorkerPool,
+        decode: Decoder,
+        offsets: PartitionOffsets,
+        owner: LaneOwner,
+        *,
+        by_key: bool,
+        low_water: int,
+        handler_name: str = "",
+    ) -> None:
+        super().__init__(tp, decode, offsets, owner, low_water=low_water, handler_name=handler_name)
+        self.pool = pool
+        self.by_key = by_key
+        self.tracker = CompletionTracker(offsets)
+        self.ready: deque[ConsumerRecord] = deque()
+        # key -> records waiting behind the running/ready one (None: nothing waits)
+        self._keys: dict[Any, deque[ConsumerRecord] | None] = {}
+        self._buffered = 0
+        self.running_workers: dict[int, _Worker] = {}
+        self.queued = False
+        self.gen = 0
+        self._skip: set[int] | None = None
+        self._skip_max = -1
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    def running(self) -> Sequence[int]:
+        return list(self.running_workers)
+
+    def skip_completed(self, offsets: set[int]) -> None:
+        if offsets:
+            self._skip = set(offsets)
+            self._skip_max = max(offsets)
+
+    def push(self, records: list[ConsumerRecord]) -> int:
+        tracker = self.tracker
+        keys = self._keys
+        ready = self.ready
+        by_key = self.by_key
+        new_ready = 0
+        added = 0
+        for record in records:
+            offset = record.offset
+            tracker.receive(offset)
+            skip = self._skip
+            if skip is not None:
+                if offset >= self._skip_max:
+                    self._skip = None
+                if offset in skip:
+                    tracker.complete(offset)  # completed under a previous owner
+                    continue
+            added += 1
+            if by_key:
+                key = record.key
+                if key in keys:
+                    waiting = keys[key]
+                    if waiting is None:
+                        keys[key] = waiting = deque()
+                    waiting.append(record)
+                    continue
+                keys[key] = None
+            ready.append(record)
+            new_ready += 1
+        self._buffered += added
+        if new_ready and self.started and not self.closed:
+            self.pool.schedule(self, new_ready)
+        return self._buffered
+
+    def start(self, tg: TaskGroup) -> None:
+        self.started = True
+        if self.ready and not self.closed:
+            self.pool.schedule(self, len(self.ready))
+
+    def taken(self) -> None:
+        """A worker took a ready record."""
+        self._buffered -= 1
+        if self.paused and self._buffered <= self.low_water:
+            self._owner.lane_drained(self)
+
+    def complete(self, record: ConsumerRecord) -> None:
+        self.tracker.complete(record.offset)
+        if self.by_key and not self.closed:
+            key = record.key
+            waiting = self._keys.get(key)
+            if waiting:
+                self.ready.append(waiting.popleft())
+                self.pool.schedule(self, 1)
+            else:
+                self._keys.pop(key, None)
+        if self.closed and not self.running_workers:
+            self.done.set()
+
+    def failed(self, record: ConsumerRecord, exc: Exception) -> None:
+        first = not self.closed
+        self.close()
+        if first:
+            self._owner.lane_failed(self, record, exc)
+
+    def abandon(self, record: ConsumerRecord) -> None:
+        self.running_workers.pop(record.offset, None)
+        if self.closed and not self.running_workers:
+            self.done.set()
+
+    def _clear(self) -> None:
+        self.ready.clear()
+        self._keys.clear()
+        self._buffered = 0
+        self._skip = None
+
+    def discard_buffered(self) -> None:
+        # The position moved (seek to beginning/end): what was received and what
+        # runs now no longer counts towards the committed offset.
+        self._clear()
+        self.gen += 1
+        self.tracker.reset()
+
+    def seek(self, offset: int) -> None:
+        self.discard_buffered()
+        self.offsets.completed = offset
+
+    def close(self) -> None:
+        self.closed = True
+        self._clear()
+        if not self.running_workers:
+            self.done.set()
+
+    def cancel(self) -> None:
+        for worker in list(self.running_workers.values()):
+            worker.scope.cancel()
