@@ -35,6 +35,8 @@ class Statistics(NamedTuple):
     """Per partition, the offset after the last completed record (what a commit would store)."""
     committed: dict[TopicPartition, int]
     """Per partition, the offset this member last committed."""
+    poll_age: float
+    """Seconds since the fetch loop's last poll returned (it polls at least every 0.5 s)."""
     loop_lag: float
     """Event-loop lag at the last liveness check, in seconds."""
     max_loop_lag: float

@@ -75,6 +75,12 @@ class Engine(LaneOwner):
         self._max_buffered = max_buffered_records
         self._low_water = max_buffered_records // 2
         self._poll_ms = int(poll_timeout * 1000)
+        # One poll hands a partition at most this many records, so a lane holds
+        # at most twice its bound; what aiokafka prefetched beyond that is
+        # dropped when the partition pauses (and fetched again on resume).
+        self._poll_records: int = (
+            settings.kafka_options.get("max_poll_records") or max_buffered_records
+        )
         self.client: AIOKafkaConsumer | None = None
         self.failure: BaseException | None = None
         self._lanes: dict[TopicPartition, Lane] = {}
@@ -86,6 +92,9 @@ class Engine(LaneOwner):
         self._aborted = False
         self._tg: TaskGroup | None = None
         self._fetch_scope = anyio.CancelScope()
+        self._poll_scope: anyio.CancelScope | None = None
+        self._full: set[TopicPartition] = set()  # lanes at their bound: not polled
+        self._client_paused: set[TopicPartition] = set()
         self.liveness = LivenessMonitor(self._describe_running)
 
     # -- public surface used by ConsumerApp ---------------------------------
@@ -143,6 +152,7 @@ class Engine(LaneOwner):
             committed={
                 lane.tp: lane.offsets.committed for lane in lanes if lane.offsets.committed >= 0
             },
+            poll_age=self.liveness.poll_age(),
             loop_lag=self.liveness.loop_lag,
             max_loop_lag=self.liveness.max_loop_lag,
             handlers=handlers,
@@ -211,14 +221,36 @@ class Engine(LaneOwner):
     # -- tasks ---------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
+        """Poll, and hand each partition's records to its lane.
+
+        Backpressure: a lane at its bound is left out of the poll, so its
+        records stay in aiokafka's buffer (which fetches nothing more for a
+        partition until that buffer is consumed: memory stays at one fetch
+        response). When it drains to its low-water mark the poll is interrupted
+        and takes it again at once, with no fetch round trip. Only when every
+        lane is full are they paused in the client, so that polling, which
+        keeps the member in the group, takes nothing.
+        """
         client = self._client()
         lanes = self._lanes
+        full = self._full
         polled = self.liveness.polled
         max_buffered = self._max_buffered
+        options = {"timeout_ms": self._poll_ms, "max_records": self._poll_records}
         try:
             with self._fetch_scope:
                 while True:
-                    batches = await client.getmany(timeout_ms=self._poll_ms)
+                    wanted: list[TopicPartition] = []
+                    if full:
+                        wanted = [tp for tp in lanes if tp not in full]
+                        if not wanted:
+                            self._pause_in_client(full)
+                    with anyio.CancelScope() as poll:
+                        self._poll_scope = poll
+                        batches = await client.getmany(*wanted, **options)
+                    self._poll_scope = None
+                    if poll.cancelled_caught:
+                        continue  # a lane drained: poll again, with it
                     polled()
                     for tp, records in batches.items():
                         lane = lanes.get(tp)
@@ -226,12 +258,19 @@ class Engine(LaneOwner):
                             continue  # revoked meanwhile: the next owner fetches them
                         if lane.push(records) >= max_buffered and not lane.paused:
                             lane.paused = True
-                            client.pause(tp)
+                            full.add(tp)
                     # getmany returns without suspending when records are ready:
                     # let the lanes run.
                     await anyio.lowlevel.checkpoint()
         except Exception as exc:
             self.fail(exc)
+
+    def _pause_in_client(self, tps: set[TopicPartition]) -> None:
+        client = self._client()
+        new = tps - self._client_paused
+        if new:
+            client.pause(*new)
+            self._client_paused |= new
 
     async def _commit_loop(self) -> None:
         interval = self.settings.commit_interval
@@ -256,6 +295,8 @@ class Engine(LaneOwner):
             lanes = [self._lanes.pop(tp) for tp in tps if tp in self._lanes]
             if not lanes:
                 return
+            self._full.difference_update(tps)
+            self._client_paused.difference_update(tps)
             owned = [lane.tp for lane in lanes]
             await self._drain(lanes, self.settings.rebalance_drain_timeout)
             try:
@@ -346,10 +387,18 @@ class Engine(LaneOwner):
         self._unpause(lane)
 
     def _unpause(self, lane: Lane) -> None:
-        if lane.paused:
-            lane.paused = False
-            with contextlib.suppress(IllegalStateError):  # no longer assigned
-                self._client().resume(lane.tp)
+        if not lane.paused:
+            return
+        lane.paused = False
+        self._full.discard(lane.tp)
+        if self._client_paused:
+            client = self._client()
+            for tp in self._client_paused:
+                with contextlib.suppress(IllegalStateError):  # no longer assigned
+                    client.resume(tp)
+            self._client_paused.clear()
+        if self._poll_scope is not None:
+            self._poll_scope.cancel()
 
     async def _drain(self, lanes: Iterable[Lane], grace: float) -> None:
         lanes = list(lanes)

@@ -57,19 +57,30 @@ async def test_every_record_once_in_partition_order_and_committed(
     assert await committed_offsets(bootstrap, group, end_offsets) == end_offsets
 
 
-async def test_a_full_partition_buffer_pauses_fetching_until_the_handler_catches_up(
+def rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def test_a_full_partition_buffer_pauses_fetching_and_memory_stays_bounded(
     kafka_broker: KafkaTestBroker, topics: Topics
 ) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     topic = await topics.create("backpressure", partitions=2)
-    for p in (0, 1):
-        await aproduce(bootstrap, topic, [(None, b"x" * 100)] * 500, partition=p)
+    backlog = 40_000  # x 1 KiB = 40 MiB waiting on partition 0
+    chunk = [(None, b"x" * 1024)] * 5_000
+    for _ in range(backlog // len(chunk)):
+        await aproduce(bootstrap, topic, chunk, partition=0)
+    await aproduce(bootstrap, topic, [(None, b"x" * 1024)] * 500, partition=1)
     app = ConsumerApp(
         bootstrap_servers=bootstrap,
         group_id=unique("g-bp"),
         auto_offset_reset="earliest",
-        max_buffered_records=50,
-        max_poll_records=20,
+        max_buffered_records=200,
+        max_partition_fetch_bytes=256 * 1024,
     )
     stalled = TopicPartition(topic, 0)
     release = anyio.Event()
@@ -81,15 +92,56 @@ async def test_a_full_partition_buffer_pauses_fetching_until_the_handler_catches
             await release.wait()
         handled[msg.partition] += 1
 
+    before = rss_bytes()
     async with app:
         await wait_until(lambda: stalled in app.statistics().paused, what="partition 0 paused")
         # The other partition is not held up by the stalled one.
         await wait_until(lambda: handled[1] == 500, what="partition 1 handled")
-        stats = app.statistics()
+        for _ in range(10):  # polling goes on while paused: nothing piles up
+            await anyio.sleep(0.1)
+            stats = app.statistics()
+            assert stats.paused == {stalled}
+            assert stats.in_flight == 1
+            # bounded by max_buffered_records plus one poll, not the 40,000 backlog
+            assert stats.buffered <= 2 * 200
+        grown = rss_bytes() - before
         assert handled[0] == 0
-        assert stats.paused == {stalled}
-        assert stats.in_flight == 1
-        assert 50 <= stats.buffered <= 50 + 20  # bounded, not the 500-record backlog
+        assert grown < 20 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB"
         release.set()
-        await wait_until(lambda: handled[0] == 500, what="partition 0 resumed and drained")
+        await wait_until(
+            lambda: handled[0] == backlog, timeout=60, what="partition 0 resumed and drained"
+        )
         assert app.statistics().paused == frozenset()
+
+
+async def test_with_every_partition_full_the_member_keeps_polling(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("bp-all")
+    await aproduce(bootstrap, topic, [(None, b"x")] * 2_000)
+    app = ConsumerApp(
+        bootstrap_servers=bootstrap,
+        group_id=unique("g-bp-all"),
+        auto_offset_reset="earliest",
+        max_buffered_records=50,
+    )
+    release = anyio.Event()
+    handled = 0
+
+    @app.handler(topic)
+    async def handle(msg: Message[bytes]) -> None:
+        nonlocal handled
+        await release.wait()
+        handled += 1
+
+    async with app:
+        tp = TopicPartition(topic, 0)
+        await wait_until(lambda: tp in app.statistics().paused, what="the only partition full")
+        for _ in range(15):
+            await anyio.sleep(0.1)
+            stats = app.statistics()
+            assert stats.poll_age < 1.5  # still polling: max_poll_interval is not at risk
+            assert stats.buffered <= 100
+        release.set()
+        await wait_until(lambda: handled == 2_000, what="every record handled after release")

@@ -93,3 +93,32 @@ def test_subscription_is_topics_or_one_union_pattern() -> None:
         assert union.match(name), name
     for name in ("ab", "bxx", "b-x", "billing"):  # names are matched exactly, dots literally
         assert not union.match(name), name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ordering": "random"}, "ordering must be"),
+        ({"ordering": "partition", "concurrency": 4}, "use ordering='key' or 'none'"),
+        ({"ordering": "key", "concurrency": 0}, "concurrency must be an int >= 1"),
+    ],
+)
+def test_invalid_ordering_or_concurrency(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        app().handler("t", **kwargs)(noop)
+
+
+def test_concurrency_defaults() -> None:
+    registry = HandlerRegistry()
+    assert registry.add(noop, ("a",), None, None, None).concurrency == 1
+    keyed = registry.add(other, ("b",), None, None, None, ordering="key")
+    assert (keyed.ordering, keyed.concurrency) == ("key", 100)
+
+
+def test_batch_handler_validation() -> None:
+    async def batch(msgs: list[Message[Any]]) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="max_records must be an int >= 1"):
+        app().batch_handler("t", max_records=0)(batch)
+    with pytest.raises(ConfigurationError, match="max_wait must be >= 0"):
+        app().batch_handler("t", max_wait=-1)(batch)

@@ -141,3 +141,58 @@ async def test_unstarted_lane_closes_at_once() -> None:
     lane.close()
     assert lane.done.is_set()
     assert lane.buffered == 0
+
+
+async def test_batch_lane_hands_over_lists_in_order_and_completes_per_batch() -> None:
+    from asyncconsumer._runtime._lanes import BatchLane
+
+    batches: list[list[int]] = []
+
+    async def handler(msgs: list[Message[Any]]) -> None:
+        batches.append([m.offset for m in msgs])
+
+    lane = BatchLane(
+        TP,
+        handler,
+        make_decoder(None, None),
+        PartitionOffsets(),
+        Owner(),
+        low_water=0,
+        max_records=4,
+        max_wait=0.05,
+    )
+    async with anyio.create_task_group() as tg:
+        lane.start(tg)
+        lane.push(records(0, 1, 2, 3, 4, 5))
+        await anyio.sleep(0.01)
+        lane.push(records(6))
+        with anyio.fail_after(5):
+            while lane.offsets.completed != 7:
+                await anyio.sleep(0.01)
+        lane.close()
+    assert batches == [[0, 1, 2, 3], [4, 5, 6]]  # the short batch waited for 6 to arrive
+
+
+async def test_batch_failure_holds_the_offset_at_the_batch_start() -> None:
+    from asyncconsumer._runtime._lanes import BatchLane
+
+    async def handler(msgs: list[Message[Any]]) -> None:
+        if msgs[0].offset >= 2:
+            raise ValueError("bad batch")
+
+    owner = Owner()
+    lane = BatchLane(
+        TP,
+        handler,
+        make_decoder(None, None),
+        PartitionOffsets(),
+        owner,
+        low_water=0,
+        max_records=2,
+        max_wait=0,
+    )
+    lane.push(records(0, 1, 2, 3, 4))
+    with anyio.fail_after(5):
+        await lane.run()
+    assert [offset for offset, _ in owner.failures] == [2]
+    assert lane.offsets.completed == 2

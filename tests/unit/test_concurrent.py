@@ -1,0 +1,242 @@
+"""KeyedLane and WorkerPool: per-key order, overlap across keys, gaps, skips, cancellation."""
+
+import random
+from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from asyncconsumer import Message, TopicPartition
+from asyncconsumer._message import make_decoder
+from asyncconsumer._runtime._concurrent import KeyedLane, WorkerPool
+from asyncconsumer._runtime._lanes import Lane, LaneOwner
+from asyncconsumer._runtime._offsets import PartitionOffsets
+
+TP = TopicPartition("t", 0)
+
+
+def records(keys: list[Any], start: int = 0) -> list[Any]:
+    return [
+        SimpleNamespace(
+            topic="t", partition=0, offset=start + i, key=k, value=b"", headers=(), timestamp=0
+        )
+        for i, k in enumerate(keys)
+    ]
+
+
+class Owner(LaneOwner):
+    def __init__(self) -> None:
+        self.failures: list[int] = []
+        self.drained = 0
+
+    def lane_failed(self, lane: Lane, record: Any, exc: Exception) -> None:
+        self.failures.append(record.offset)
+
+    def lane_drained(self, lane: Lane) -> None:
+        lane.paused = False
+        self.drained += 1
+
+
+def lane_for(
+    pool: WorkerPool, owner: Owner, *, by_key: bool = True, low_water: int = 0
+) -> KeyedLane:
+    return KeyedLane(
+        TP,
+        pool,
+        make_decoder(None, None),
+        PartitionOffsets(),
+        owner,
+        by_key=by_key,
+        low_water=low_water,
+    )
+
+
+async def wait_for(predicate: Any) -> None:
+    with anyio.fail_after(5):
+        while not predicate():
+            await anyio.sleep(0.005)
+
+
+async def test_same_key_in_order_different_keys_overlap() -> None:
+    rng = random.Random(3)
+    seen: dict[bytes, list[int]] = defaultdict(list)
+    running: set[bytes] = set()
+    max_keys_at_once = 0
+
+    async def handler(msg: Message[Any]) -> None:
+        nonlocal max_keys_at_once
+        assert msg.key not in running, "two records of one key ran at once"
+        running.add(msg.key)
+        max_keys_at_once = max(max_keys_at_once, len(running))
+        await anyio.sleep(rng.uniform(0, 0.004))
+        running.discard(msg.key)
+        seen[msg.key].append(msg.offset)
+
+    keys = [f"k{rng.randrange(8)}".encode() for _ in range(400)]
+    pool = WorkerPool(handler, 16, "h")
+    lane = lane_for(pool, Owner())
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        lane.push(records(keys[:250]))
+        lane.push(records(keys[250:], start=250))
+        await wait_for(lambda: lane.offsets.completed == 400)
+        pool.close()
+    for key, offsets in seen.items():
+        assert offsets == [i for i, k in enumerate(keys) if k == key], key
+    assert max_keys_at_once > 1  # observed, not assumed: different keys overlapped
+    assert lane.buffered == 0
+
+
+async def test_unordered_runs_up_to_concurrency_and_a_slow_record_holds_the_commit() -> None:
+    release = anyio.Event()
+    started: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        started.append(msg.offset)
+        if msg.offset == 2:
+            await release.wait()
+
+    pool = WorkerPool(handler, 4, "h")
+    lane = lane_for(pool, Owner(), by_key=False)
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        lane.push(records([None] * 10))
+        await wait_for(lambda: len(started) == 10)
+        await anyio.sleep(0.01)
+        assert lane.offsets.completed == 2  # 3..9 completed, 2 still runs
+        assert lane.offsets.above == set(range(3, 10))
+        assert lane.running() == [2]
+        release.set()
+        await wait_for(lambda: lane.offsets.completed == 10)
+        pool.close()
+
+
+async def test_records_without_key_share_one_lane() -> None:
+    order: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        await anyio.sleep(0.001 * (5 - msg.offset % 5))
+        order.append(msg.offset)
+
+    pool = WorkerPool(handler, 8, "h")
+    lane = lane_for(pool, Owner())
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        lane.push(records([None] * 10))
+        await wait_for(lambda: lane.offsets.completed == 10)
+        pool.close()
+    assert order == list(range(10))
+
+
+async def test_completed_under_a_previous_owner_are_skipped() -> None:
+    handled: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        handled.append(msg.offset)
+
+    pool = WorkerPool(handler, 4, "h")
+    lane = lane_for(pool, Owner(), by_key=False)
+    lane.skip_completed({12, 13, 15})
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        lane.push(records([None] * 8, start=10))
+        await wait_for(lambda: lane.offsets.completed == 18)
+        pool.close()
+    assert sorted(handled) == [10, 11, 14, 16, 17]
+
+
+async def test_failure_closes_the_lane_and_holds_the_offset() -> None:
+    async def handler(msg: Message[Any]) -> None:
+        if msg.offset == 3:
+            raise ValueError("bad")
+
+    owner = Owner()
+    pool = WorkerPool(handler, 1, "h")
+    lane = lane_for(pool, owner, by_key=False)
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        lane.push(records([None] * 6))
+        await wait_for(lambda: owner.failures)
+        await wait_for(lane.done.is_set)
+        pool.close()
+    assert owner.failures == [3]
+    assert lane.offsets.completed == 3
+    assert lane.buffered == 0
+
+
+async def test_drain_waits_then_cancel_stops_only_this_lanes_records() -> None:
+    cancelled: list[int] = []
+    finished: list[tuple[int, int]] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        try:
+            await anyio.sleep(60 if msg.partition == 0 else 0.01)
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(msg.offset)
+            raise
+        finished.append((msg.partition, msg.offset))
+
+    pool = WorkerPool(handler, 4, "h")
+    slow = lane_for(pool, Owner(), by_key=False)
+    other = KeyedLane(
+        TopicPartition("t", 1),
+        pool,
+        make_decoder(None, None),
+        PartitionOffsets(),
+        Owner(),
+        by_key=False,
+        low_water=0,
+    )
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        slow.start(tg)
+        other.start(tg)
+        slow.push(records([None] * 2))
+        await wait_for(lambda: len(slow.running()) == 2)
+        slow.close()
+        assert not slow.done.is_set()  # still running
+        slow.cancel()
+        await wait_for(slow.done.is_set)
+        # The pool keeps serving other partitions with the same workers.
+        other.push(
+            [
+                SimpleNamespace(
+                    topic="t", partition=1, offset=o, key=None, value=b"", headers=(), timestamp=0
+                )
+                for o in range(3)
+            ]
+        )
+        await wait_for(lambda: other.offsets.completed == 3)
+        pool.close()
+    assert sorted(cancelled) == [0, 1]
+    assert slow.offsets.completed == -1  # nothing of the cancelled records committed
+    assert sorted(finished) == [(1, 0), (1, 1), (1, 2)]
+
+
+async def test_buffer_drains_to_low_water_resumes() -> None:
+    gate = anyio.Event()
+
+    async def handler(msg: Message[Any]) -> None:
+        await gate.wait()
+
+    owner = Owner()
+    pool = WorkerPool(handler, 2, "h")
+    lane = lane_for(pool, owner, by_key=False, low_water=3)
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        assert lane.push(records([None] * 10)) == 10
+        await anyio.lowlevel.checkpoint()
+        await wait_for(lambda: lane.buffered == 8)
+        lane.paused = True
+        gate.set()
+        await wait_for(lambda: lane.offsets.completed == 10)
+        pool.close()
+    assert owner.drained == 1
