@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
+BENCH  := $(VENV)/.installed-bench
 
 .PHONY: demo test lint unit integration bench broker install clean
 
@@ -32,9 +33,13 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
 
-## bench: throughput of the per-record path against a raw aiokafka loop, same run
-bench: $(STAMP)
-	$(BIN)/python benchmarks/throughput.py
+$(BENCH): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH)
+
+## bench: every benchmark against baselines in the same run; one table, JSON and a PNG chart
+bench: $(BENCH)
+	$(BIN)/python -m benchmarks.run
 
 ## broker: the embedded broker in the foreground
 broker: $(STAMP)

@@ -390,13 +390,14 @@ class Engine(LaneOwner):
         if not lane.paused:
             return
         lane.paused = False
-        self._full.discard(lane.tp)
-        if self._client_paused:
-            client = self._client()
-            for tp in self._client_paused:
-                with contextlib.suppress(IllegalStateError):  # no longer assigned
-                    client.resume(tp)
-            self._client_paused.clear()
+        tp = lane.tp
+        self._full.discard(tp)
+        if tp in self._client_paused:
+            # Only this partition: the others are still full, and resuming them
+            # would make aiokafka fetch data that the next pause throws away.
+            self._client_paused.discard(tp)
+            with contextlib.suppress(IllegalStateError):  # no longer assigned
+                self._client().resume(tp)
         if self._poll_scope is not None:
             self._poll_scope.cancel()
 

@@ -240,3 +240,36 @@ async def test_buffer_drains_to_low_water_resumes() -> None:
         await wait_for(lambda: lane.offsets.completed == 10)
         pool.close()
     assert owner.drained == 1
+
+
+async def test_engine_reads_completed_offsets_from_commit_metadata_on_assign() -> None:
+    from aiokafka.structs import OffsetAndMetadata
+
+    from asyncconsumer._config import ConsumerSettings
+    from asyncconsumer._handlers import HandlerRegistry
+    from asyncconsumer._runtime._engine import Engine
+    from asyncconsumer._runtime._offsets import encode_completed
+
+    class Coordinator:
+        async def fetch_committed_offsets(self, tps: list[TopicPartition]) -> Any:
+            return {tp: OffsetAndMetadata(40, encode_completed(40, {41, 44})) for tp in tps}
+
+    engine = Engine(
+        ConsumerSettings("127.0.0.1:9"), HandlerRegistry(), [], [], max_buffered_records=10
+    )
+    engine.client = SimpleNamespace(_coordinator=Coordinator())
+    handled: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        handled.append(msg.offset)
+
+    pool = WorkerPool(handler, 2, "h")
+    lane = lane_for(pool, Owner(), by_key=False)
+    await engine._skip_completed([lane])
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        lane.push(records([None] * 6, start=40))
+        await wait_for(lambda: lane.offsets.completed == 46)
+        pool.close()
+    assert sorted(handled) == [40, 42, 43, 45]

@@ -1,0 +1,113 @@
+"""Shared pieces of the benchmarks: the broker, producing, timing, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiokafka import AIOKafkaProducer
+
+from asyncconsumer import TopicPartition
+from asyncconsumer.testing import EmbeddedBroker, create_topic
+
+PARTITIONS = 4
+
+
+def c_extension_loaded() -> bool:
+    """Whether aiokafka decodes records with its C extension (as in production)."""
+    try:
+        from aiokafka.record import _crecords  # noqa: F401
+    except ImportError:
+        return False
+    return not os.environ.get("AIOKAFKA_NO_EXTENSIONS")
+
+
+@asynccontextmanager
+async def broker() -> AsyncIterator[str]:
+    """$KAFKA_BOOTSTRAP_SERVERS if set, else a fresh embedded broker."""
+    address = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if address:
+        yield address
+        return
+    async with EmbeddedBroker() as embedded:
+        yield embedded.bootstrap_servers
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def partitions(topic: str) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in range(PARTITIONS)]
+
+
+async def make_topic(
+    bootstrap: str, prefix: str, count: int, *, size: int = 100, keys: int = 1000
+) -> str:
+    """A new topic with ``count`` records of ``size`` bytes over ``keys`` keys."""
+    topic = unique(prefix)
+    await create_topic(bootstrap, topic, PARTITIONS)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        max_batch_size=512 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )
+    await producer.start()
+    try:
+        value = b"x" * size
+        pending = []
+        for i in range(count):
+            pending.append(await producer.send(topic, value, key=b"k%d" % (i % keys)))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return topic
+
+
+class Clock:
+    """First-to-last record timing, so that group joins are not counted.
+
+    The records handed over with the first tick arrived at the starting instant:
+    they are not counted in the rate (for batch-wise contenders that matters).
+    """
+
+    __slots__ = ("count", "first", "head", "last", "target")
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.count = 0
+        self.head = 0
+        self.first = 0.0
+        self.last = 0.0
+
+    def tick(self, n: int = 1) -> bool:
+        """Count ``n`` records; True once the target is reached."""
+        if not self.count:
+            self.first = time.perf_counter()
+            self.head = n
+        self.count += n
+        if self.count >= self.target:
+            self.last = time.perf_counter()
+            return True
+        return False
+
+    @property
+    def rate(self) -> float:
+        span = self.last - self.first
+        return (self.count - self.head) / span if span > 0 else 0.0
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    with open(f"/proc/{pid or 'self'}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0

@@ -1,0 +1,177 @@
+"""Run every benchmark against one broker and print one table.
+
+    python -m benchmarks.run [--records 200000] [--repeat 3] [--quick]
+
+Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts the embedded broker. Writes
+benchmarks/results/results.json and benchmarks/results/benchmarks.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from . import io_bound, memory, throughput
+from ._common import broker, c_extension_loaded, make_topic
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def versions() -> dict[str, str]:
+    names = ("aiokafka", "anyio", "confluent-kafka", "faststream", "asyncconsumer")
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "-"
+    return found
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    s1 = results["throughput"]
+    names = list(s1["median"])
+    ratios = [s1["ratio"][n] for n in names]
+    colors = ["tab:blue" if n.startswith("asyncconsumer") else "tab:gray" for n in names]
+    axes[0].barh(names, ratios, color=colors)
+    axes[0].axvline(1.0, color="black", linewidth=0.8)
+    axes[0].set_xlabel("records/s relative to the aiokafka getmany loop")
+    axes[0].set_title(f"1. no-op handler, {s1['records']:,} x 100 B")
+    axes[0].invert_yaxis()
+    rows = results["io_bound"]
+    labels = [f"K={r['keys']}\n{r['contender'].split(' (')[0]}" for r in rows]
+    axes[1].barh(
+        labels,
+        [r["rate"] / r["ideal"] for r in rows],
+        color=[
+            "tab:blue" if r["contender"].startswith("asyncconsumer") else "tab:gray" for r in rows
+        ],
+    )
+    axes[1].axvline(1.0, color="black", linewidth=0.8)
+    axes[1].set_xlabel("achieved / ideal min(100, K) / 5 ms")
+    axes[1].set_title("2. handler awaiting 5 ms, concurrency 100")
+    axes[1].invert_yaxis()
+    mem = results["memory"]
+    xs = [t for t, _ in mem["samples"]]
+    axes[2].plot(xs, [rss / 2**20 for _, rss in mem["samples"]], label="consumer RSS")
+    axes[2].axhline(
+        (mem["baseline_rss"] + mem["allowed_growth"]) / 2**20,
+        color="tab:red",
+        linestyle="--",
+        label="allowed: start + bound x 1 KiB x 3 + 50 MB",
+    )
+    axes[2].set_xlabel("seconds")
+    axes[2].set_ylabel("MiB")
+    axes[2].set_title(f"3. {mem['records']:,} x 1 KiB backlog, ~1,000 records/s")
+    axes[2].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(results: dict[str, Any]) -> None:
+    if "throughput" in results:
+        s1 = results["throughput"]
+        median = s1["median"]
+        print("\n1. no-op handler                            median rec/s   vs getmany")
+        for name, rate in median.items():
+            print(f"   {name:<40} {rate:>12,.0f} {s1['ratio'][name]:>11.2f}x")
+        per_record = median["asyncconsumer per-record (partition)"]
+        print(
+            f"   per-record vs FastStream per-message: "
+            f"{per_record / median['FastStream per-message (logger off)']:.1f}x; "
+            f"Consumer async for vs aiokafka async for: "
+            f"{median['asyncconsumer Consumer async for'] / median['aiokafka async for']:.2f}x"
+        )
+    if "io_bound" in results:
+        print(
+            "\n2. handler awaiting 5 ms                         rec/s      ideal   achieved/ideal"
+        )
+        for row in results["io_bound"]:
+            print(
+                f"   K={row['keys']:<5} {row['contender']:<38} {row['rate']:>8,.0f} "
+                f"{row['ideal']:>9,.0f} {row['rate'] / row['ideal']:>10.2f}"
+            )
+    if "memory" in results:
+        mem = results["memory"]
+        mib = 2**20
+        print(
+            f"\n3. memory: handled {mem['handled']:,} in {mem['seconds']:.0f}s; RSS at start "
+            f"{mem['baseline_rss'] / mib:.0f} MiB, peak {mem['peak_rss'] / mib:.0f} MiB, growth "
+            f"{mem['growth'] / mib:.1f} MiB (allowed {mem['allowed_growth'] / mib:.0f}), "
+            f"range after the buffers filled {mem['drift_after_fill'] / mib:.1f} MiB"
+        )
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scenarios", default="1,2,3", help="which to run, e.g. 3 or 1,2")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller and shorter: a smoke run, not a measurement"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.records, args.repeat = 20_000, 1
+    scenarios = set(args.scenarios.split(","))
+
+    results: dict[str, Any] = {
+        "python": platform.python_version(),
+        "c_extension": c_extension_loaded(),
+        "versions": versions(),
+    }
+    print(f"aiokafka C extension loaded: {results['c_extension']}; {results['versions']}")
+    async with broker() as bootstrap:
+        if "1" in scenarios:
+            print(
+                f"\n1. throughput: producing {args.records:,} x 100 B to 4 partitions ...",
+                flush=True,
+            )
+            topic = await make_topic(bootstrap, "bench-tp", args.records)
+            rates = await throughput.run(bootstrap, topic, args.records, args.repeat)
+            medians = {name: statistics.median(values) for name, values in rates.items()}
+            base = medians[throughput.BASELINE]
+            results["throughput"] = {
+                "records": args.records,
+                "repeat": args.repeat,
+                "rates": rates,
+                "median": medians,
+                "ratio": {name: rate / base for name, rate in medians.items()},
+            }
+        if "2" in scenarios:
+            print("\n2. I/O-bound handler (5 ms) ...", flush=True)
+            results["io_bound"] = await io_bound.run(bootstrap)
+        if "3" in scenarios:
+            print("\n3. memory under backpressure ...", flush=True)
+            results["memory"] = await memory.run(
+                bootstrap,
+                records=20_000 if args.quick else memory.RECORDS,
+                seconds=10.0 if args.quick else memory.SECONDS,
+            )
+    report(results)
+    out = anyio.Path(RESULTS)
+    await out.mkdir(exist_ok=True)
+    await (out / "results.json").write_text(json.dumps(results, indent=2))
+    if {"throughput", "io_bound", "memory"} <= results.keys():
+        chart(results, RESULTS / "benchmarks.png")
+        print(f"\nwrote {RESULTS / 'results.json'} and {RESULTS / 'benchmarks.png'}")
+    else:
+        print(f"\nwrote {RESULTS / 'results.json'} (the chart needs all three scenarios)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(anyio.run(main))
