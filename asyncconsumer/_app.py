@@ -56,6 +56,7 @@ class ConsumerApp:
         shutdown_timeout: float = 30.0,
         drain_timeout: float | None = None,
         max_buffered_records: int = 1000,
+        max_buffered_bytes: int | None = None,
         lifespan: Lifespan | None = None,
         **kafka_options: Any,
     ) -> None:
@@ -76,7 +77,14 @@ class ConsumerApp:
             drain_timeout=drain_timeout,
             kafka_options=kafka_options,
         )
+        if max_buffered_bytes is not None and (
+            not isinstance(max_buffered_bytes, int) or max_buffered_bytes < 1
+        ):
+            raise ConfigurationError(
+                f"max_buffered_bytes must be an int >= 1 or None, not {max_buffered_bytes!r}"
+            )
         self.max_buffered_records = max_buffered_records
+        self.max_buffered_bytes = max_buffered_bytes
         self._lifespan = lifespan
         self._registry = HandlerRegistry()
         self._on_assign: list[RebalanceHook] = []
@@ -187,6 +195,7 @@ class ConsumerApp:
             self._on_assign,
             self._on_revoke,
             max_buffered_records=self.max_buffered_records,
+            max_buffered_bytes=self.max_buffered_bytes,
         )
         if self._stop_early:
             engine.request_stop()

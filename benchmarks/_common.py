@@ -79,7 +79,7 @@ class Clock:
     they are not counted in the rate (for batch-wise contenders that matters).
     """
 
-    __slots__ = ("count", "first", "head", "last", "target")
+    __slots__ = ("count", "cpu_first", "cpu_last", "first", "head", "last", "target")
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -87,17 +87,27 @@ class Clock:
         self.head = 0
         self.first = 0.0
         self.last = 0.0
+        self.cpu_first = 0.0
+        self.cpu_last = 0.0
 
     def tick(self, n: int = 1) -> bool:
         """Count ``n`` records; True once the target is reached."""
         if not self.count:
             self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
             self.head = n
         self.count += n
         if self.count >= self.target:
             self.last = time.perf_counter()
+            self.cpu_last = time.process_time()
             return True
         return False
+
+    @property
+    def cpu_share(self) -> float:
+        """This process's CPU seconds per wall second while records flowed (1.0 = a core)."""
+        span = self.last - self.first
+        return (self.cpu_last - self.cpu_first) / span if span > 0 else 0.0
 
     @property
     def rate(self) -> float:

@@ -16,6 +16,7 @@ from asyncconsumer import ConsumerApp, Message
 
 from ._common import Clock, make_topic, unique
 
+CPU_SHARE: dict[str, float] = {}  # this process's CPU time per wall second, last run
 DELAY = 0.005
 CONCURRENCY = 100
 SECONDS_AT_IDEAL = 3.0
@@ -40,6 +41,7 @@ async def asyncconsumer_rate(bootstrap: str, topic: str, total: int, ordering: s
 
     async with app:
         await done.wait()
+    CPU_SHARE[ordering] = clock.cpu_share
     return clock.rate
 
 
@@ -77,10 +79,13 @@ async def run(bootstrap: str) -> list[dict[str, object]]:
         for name, ordering in contenders:
             started = time.perf_counter()
             rate = await asyncconsumer_rate(bootstrap, topic, total, ordering)
-            rows.append({"keys": keys, "contender": name, "rate": rate, "ideal": ideal(keys)})
+            cpu = CPU_SHARE[ordering]
+            rows.append(
+                {"keys": keys, "contender": name, "rate": rate, "ideal": ideal(keys), "cpu": cpu}
+            )
             print(
                 f"  K={keys:<5} {name:<40} {rate:>9,.0f} rec/s  ideal {ideal(keys):>7,.0f} "
-                f"({time.perf_counter() - started:.1f}s wall)",
+                f"CPU {cpu:4.0%} ({time.perf_counter() - started:.1f}s wall)",
                 flush=True,
             )
         rate = await faststream_rate(bootstrap, topic, total)

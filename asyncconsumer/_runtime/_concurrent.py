@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._message import Decoder
-from ._lanes import Lane, LaneOwner
+from ._lanes import BufferBound, Lane, LaneOwner, size_of
 from ._offsets import CompletionTracker, PartitionOffsets
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class _Worker:
                 ready_lanes.append(lane)  # round-robin across partitions
             else:
                 lane.queued = False
-            lane.taken()
+            lane.taken(record)
             offset = record.offset
             running = lane.running_workers
             running[offset] = self
@@ -164,10 +164,10 @@ class KeyedLane(Lane):
         owner: LaneOwner,
         *,
         by_key: bool,
-        low_water: int,
+        bound: BufferBound,
         handler_name: str = "",
     ) -> None:
-        super().__init__(tp, decode, offsets, owner, low_water=low_water, handler_name=handler_name)
+        super().__init__(tp, decode, offsets, owner, bound=bound, handler_name=handler_name)
         self.pool = pool
         self.by_key = by_key
         self.tracker = CompletionTracker(offsets)
@@ -193,7 +193,7 @@ class KeyedLane(Lane):
             self._skip = set(offsets)
             self._skip_max = max(offsets)
 
-    def push(self, records: list[ConsumerRecord]) -> int:
+    def push(self, records: list[ConsumerRecord]) -> bool:
         tracker = self.tracker
         keys = self._keys
         ready = self.ready
@@ -211,6 +211,8 @@ class KeyedLane(Lane):
                     tracker.complete(offset)  # completed under a previous owner
                     continue
             added += 1
+            if self.count_bytes:
+                self.buffered_bytes += size_of(record)
             if by_key:
                 key = record.key
                 if key in keys:
@@ -225,18 +227,20 @@ class KeyedLane(Lane):
         self._buffered += added
         if new_ready and self.started and not self.closed:
             self.pool.schedule(self, new_ready)
-        return self._buffered
+        return self.full()
 
     def start(self, tg: TaskGroup) -> None:
         self.started = True
         if self.ready and not self.closed:
             self.pool.schedule(self, len(self.ready))
 
-    def taken(self) -> None:
+    def taken(self, record: ConsumerRecord) -> None:
         """A worker took a ready record."""
         self._buffered -= 1
-        if self.paused and self._buffered <= self.low_water:
-            self._owner.lane_drained(self)
+        if self.count_bytes:
+            self.buffered_bytes -= size_of(record)
+        if self.paused:
+            self._drained()
 
     def complete(self, record: ConsumerRecord) -> None:
         self.tracker.complete(record.offset)
@@ -266,6 +270,7 @@ class KeyedLane(Lane):
         self.ready.clear()
         self._keys.clear()
         self._buffered = 0
+        self.buffered_bytes = 0
         self._skip = None
 
     def discard_buffered(self) -> None:

@@ -39,7 +39,7 @@ from .._config import ConsumerSettings
 from .._errors import CommitError, ConsumerStoppedError
 from .._statistics import HandlerStatistics, Statistics
 from ._concurrent import KeyedLane, WorkerPool
-from ._lanes import BatchLane, Lane, LaneOwner, PartitionLane
+from ._lanes import BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
 from ._offsets import OffsetBook, decode_completed
 from ._rebalance import RebalanceAdapter, RebalanceHook
@@ -66,14 +66,14 @@ class Engine(LaneOwner):
         on_revoke: Sequence[RebalanceHook],
         *,
         max_buffered_records: int,
+        max_buffered_bytes: int | None = None,
         poll_timeout: float = 0.5,
     ) -> None:
         self.settings = settings
         self._registry = registry
         self._on_assign = on_assign
         self._on_revoke = on_revoke
-        self._max_buffered = max_buffered_records
-        self._low_water = max_buffered_records // 2
+        self._bound = BufferBound(max_buffered_records, max_buffered_bytes)
         self._poll_ms = int(poll_timeout * 1000)
         # One poll hands a partition at most this many records, so a lane holds
         # at most twice its bound; what aiokafka prefetched beyond that is
@@ -235,7 +235,6 @@ class Engine(LaneOwner):
         lanes = self._lanes
         full = self._full
         polled = self.liveness.polled
-        max_buffered = self._max_buffered
         options = {"timeout_ms": self._poll_ms, "max_records": self._poll_records}
         try:
             with self._fetch_scope:
@@ -256,7 +255,7 @@ class Engine(LaneOwner):
                         lane = lanes.get(tp)
                         if lane is None or lane.closed:
                             continue  # revoked meanwhile: the next owner fetches them
-                        if lane.push(records) >= max_buffered and not lane.paused:
+                        if lane.push(records) and not lane.paused:
                             lane.paused = True
                             full.add(tp)
                     # getmany returns without suspending when records are ready:
@@ -324,7 +323,7 @@ class Engine(LaneOwner):
 
     def _make_lane(self, tp: TopicPartition, spec: HandlerSpec) -> Lane:
         offsets = self._book.track(tp)
-        low, name = self._low_water, spec.name
+        bound, name = self._bound, spec.name
         if spec.batch is not None:
             return BatchLane(
                 tp,
@@ -332,14 +331,14 @@ class Engine(LaneOwner):
                 spec.decode,
                 offsets,
                 self,
-                low_water=low,
+                bound=bound,
                 max_records=spec.batch.max_records,
                 max_wait=spec.batch.max_wait,
                 handler_name=name,
             )
         if spec.ordering == "partition":
             return PartitionLane(
-                tp, spec.fn, spec.decode, offsets, self, low_water=low, handler_name=name
+                tp, spec.fn, spec.decode, offsets, self, bound=bound, handler_name=name
             )
         pool = self._pools.get(name)
         if pool is None:
@@ -353,7 +352,7 @@ class Engine(LaneOwner):
             offsets,
             self,
             by_key=spec.ordering == "key",
-            low_water=low,
+            bound=bound,
             handler_name=name,
         )
 

@@ -28,10 +28,32 @@ if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord, TopicPartition
     from anyio.abc import TaskGroup
 
-__all__ = ["BatchLane", "Handler", "Lane", "LaneOwner", "PartitionLane"]
+__all__ = ["BatchLane", "BufferBound", "Handler", "Lane", "LaneOwner", "PartitionLane", "size_of"]
 
 Handler = Callable[[Message[Any]], Awaitable[Any]]
 BatchHandler = Callable[[list[Message[Any]]], Awaitable[Any]]
+
+
+class BufferBound:
+    """How much a lane may buffer: records, and optionally bytes (keys plus values).
+
+    Fetching of a partition stops when either is reached and starts again when
+    both are down to half.
+    """
+
+    __slots__ = ("bytes", "low_bytes", "low_records", "records")
+
+    def __init__(self, records: int, bytes: int | None = None) -> None:
+        self.records = records
+        self.bytes = bytes
+        self.low_records = records // 2
+        self.low_bytes = bytes // 2 if bytes is not None else 0
+
+
+def size_of(record: ConsumerRecord) -> int:
+    """A record's key plus value size in bytes (aiokafka says -1 for None)."""
+    size: int = max(record.serialized_key_size, 0) + max(record.serialized_value_size, 0)
+    return size
 
 
 class LaneOwner:
@@ -50,11 +72,13 @@ class Lane:
 
     __slots__ = (
         "_owner",
+        "bound",
+        "buffered_bytes",
         "closed",
+        "count_bytes",
         "decode",
         "done",
         "handler_name",
-        "low_water",
         "offsets",
         "paused",
         "started",
@@ -68,13 +92,15 @@ class Lane:
         offsets: PartitionOffsets,
         owner: LaneOwner,
         *,
-        low_water: int,
+        bound: BufferBound,
         handler_name: str = "",
     ) -> None:
         self.tp = tp
         self.decode = decode
         self.offsets = offsets
-        self.low_water = low_water
+        self.bound = bound
+        self.count_bytes = bound.bytes is not None
+        self.buffered_bytes = 0
         self.handler_name = handler_name
         self._owner = owner
         self.done = anyio.Event()  # set once closed and nothing runs any more
@@ -91,9 +117,15 @@ class Lane:
         """Offsets of the records whose handler is running."""
         raise NotImplementedError
 
-    def push(self, records: list[ConsumerRecord]) -> int:
-        """Queue fetched records (in offset order); return how many are buffered."""
+    def push(self, records: list[ConsumerRecord]) -> bool:
+        """Queue fetched records (in offset order); return whether the lane is full."""
         raise NotImplementedError
+
+    def full(self) -> bool:
+        bound = self.bound
+        return self.buffered >= bound.records or (
+            self.count_bytes and self.buffered_bytes >= bound.bytes  # type: ignore[operator]
+        )
 
     def start(self, tg: TaskGroup) -> None:
         """Begin running records (after ``on_assign`` returned)."""
@@ -120,7 +152,13 @@ class Lane:
         """Records at these offsets already completed (under a previous owner)."""
 
     def _drained(self) -> None:
-        if self.paused and self.buffered <= self.low_water:
+        """Tell the owner when a full lane is down to half (both records and bytes)."""
+        bound = self.bound
+        if (
+            self.paused
+            and self.buffered <= bound.low_records
+            and self.buffered_bytes <= bound.low_bytes
+        ):
             self._owner.lane_drained(self)
 
 
@@ -137,10 +175,10 @@ class PartitionLane(Lane):
         offsets: PartitionOffsets,
         owner: LaneOwner,
         *,
-        low_water: int,
+        bound: BufferBound,
         handler_name: str = "",
     ) -> None:
-        super().__init__(tp, decode, offsets, owner, low_water=low_water, handler_name=handler_name)
+        super().__init__(tp, decode, offsets, owner, bound=bound, handler_name=handler_name)
         self.handler = handler
         self._records: deque[ConsumerRecord] = deque()
         self._wakeup = anyio.Event()
@@ -158,13 +196,14 @@ class PartitionLane(Lane):
     def running(self) -> Sequence[int]:
         return () if self.current is None else (self.current.offset,)
 
-    def push(self, records: list[ConsumerRecord]) -> int:
-        buf = self._records
-        buf.extend(records)
+    def push(self, records: list[ConsumerRecord]) -> bool:
+        self._records.extend(records)
+        if self.count_bytes:
+            self.buffered_bytes += sum(map(size_of, records))
         if self._waiting:
             self._waiting = False
             self._wakeup.set()
-        return len(buf)
+        return self.full()
 
     def start(self, tg: TaskGroup) -> None:
         if not self.closed:
@@ -172,15 +211,16 @@ class PartitionLane(Lane):
 
     def discard_buffered(self) -> None:
         self._records.clear()
+        self.buffered_bytes = 0
 
     def seek(self, offset: int) -> None:
-        self._records.clear()
+        self.discard_buffered()
         self._gen += 1  # a record in flight now must not move ``completed``
         self.offsets.completed = offset
 
     def close(self) -> None:
         self.closed = True
-        self._records.clear()
+        self.discard_buffered()
         if not self.started:
             self.done.set()
         elif self._waiting:
@@ -202,6 +242,7 @@ class PartitionLane(Lane):
         offsets = self.offsets
         handler = self.handler
         decode = self.decode
+        count_bytes = self.count_bytes
         record: ConsumerRecord | None = None
         try:
             with self.scope:
@@ -210,14 +251,16 @@ class PartitionLane(Lane):
                         await self._wait_for_records()
                         continue
                     record = records.popleft()
+                    if count_bytes:
+                        self.buffered_bytes -= size_of(record)
                     self.current = record
                     gen = self._gen
                     await handler(decode(record))
                     if gen == self._gen:
                         offsets.completed = record.offset + 1
                     self.current = None
-                    if self.paused and len(records) <= self.low_water:
-                        self._owner.lane_drained(self)
+                    if self.paused:
+                        self._drained()
         except Exception as exc:
             assert record is not None
             self.closed = True
@@ -241,13 +284,13 @@ class BatchLane(PartitionLane):
         offsets: PartitionOffsets,
         owner: LaneOwner,
         *,
-        low_water: int,
+        bound: BufferBound,
         max_records: int,
         max_wait: float,
         handler_name: str = "",
     ) -> None:
         super().__init__(
-            tp, handler, decode, offsets, owner, low_water=low_water, handler_name=handler_name
+            tp, handler, decode, offsets, owner, bound=bound, handler_name=handler_name
         )
         self.max_records = max_records
         self.max_wait = max_wait
@@ -263,7 +306,6 @@ class BatchLane(PartitionLane):
         handler = self.handler
         decode = self.decode
         max_records = self.max_records
-        record: ConsumerRecord | None = None
         try:
             with self.scope:
                 while not self.closed:
@@ -276,25 +318,29 @@ class BatchLane(PartitionLane):
                                 await self._wait_for_records()
                         if self.closed or not records:
                             continue
-                    take = min(len(records), max_records)
-                    batch = self._batch = [records.popleft() for _ in range(take)]
-                    messages = []
-                    for record in batch:
-                        messages.append(decode(record))
+                    if len(records) <= max_records:
+                        batch = list(records)
+                        records.clear()
+                    else:
+                        popleft = records.popleft
+                        batch = [popleft() for _ in range(max_records)]
+                    self._batch = batch
+                    if self.count_bytes:
+                        self.buffered_bytes -= sum(map(size_of, batch))
                     gen = self._gen
-                    await handler(messages)
+                    await handler(list(map(decode, batch)))
                     if gen == self._gen:
                         offsets.completed = batch[-1].offset + 1
                     self._batch = []
-                    if self.paused and len(records) <= self.low_water:
-                        self._owner.lane_drained(self)
+                    if self.paused:
+                        self._drained()
         except Exception as exc:
-            assert record is not None
             self.closed = True
-            # A batch fails as a whole: its first record is where the partition
-            # resumes (a decode failure names the record that could not be read).
-            decoding = isinstance(exc, DeserializationError)
-            failed = self._batch[0] if self._batch and not decoding else record
+            # A batch fails as a whole: the partition resumes at its first record
+            # (or at the record that could not be decoded, which the error names).
+            failed = self._batch[0]
+            if isinstance(exc, DeserializationError):
+                failed = next((r for r in self._batch if r.offset == exc.offset), failed)
             self._owner.lane_failed(self, failed, exc)
         finally:
             self._batch = []

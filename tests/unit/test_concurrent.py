@@ -11,7 +11,7 @@ import anyio.lowlevel
 from asyncconsumer import Message, TopicPartition
 from asyncconsumer._message import make_decoder
 from asyncconsumer._runtime._concurrent import KeyedLane, WorkerPool
-from asyncconsumer._runtime._lanes import Lane, LaneOwner
+from asyncconsumer._runtime._lanes import BufferBound, Lane, LaneOwner
 from asyncconsumer._runtime._offsets import PartitionOffsets
 
 TP = TopicPartition("t", 0)
@@ -49,7 +49,7 @@ def lane_for(
         PartitionOffsets(),
         owner,
         by_key=by_key,
-        low_water=low_water,
+        bound=BufferBound(2 * low_water + 1),
     )
 
 
@@ -192,7 +192,7 @@ async def test_drain_waits_then_cancel_stops_only_this_lanes_records() -> None:
         PartitionOffsets(),
         Owner(),
         by_key=False,
-        low_water=0,
+        bound=BufferBound(1),
     )
     async with anyio.create_task_group() as tg:
         pool.start(tg)
@@ -232,7 +232,7 @@ async def test_buffer_drains_to_low_water_resumes() -> None:
     async with anyio.create_task_group() as tg:
         pool.start(tg)
         lane.start(tg)
-        assert lane.push(records([None] * 10)) == 10
+        assert lane.push(records([None] * 10))  # full: 10 > 2 * 3 + 1
         await anyio.lowlevel.checkpoint()
         await wait_for(lambda: lane.buffered == 8)
         lane.paused = True

@@ -6,7 +6,7 @@ import anyio.lowlevel
 
 from asyncconsumer import Message, TopicPartition
 from asyncconsumer._message import make_decoder
-from asyncconsumer._runtime._lanes import Lane, LaneOwner, PartitionLane
+from asyncconsumer._runtime._lanes import BufferBound, Lane, LaneOwner, PartitionLane
 from asyncconsumer._runtime._offsets import PartitionOffsets
 
 TP = TopicPartition("t", 0)
@@ -35,8 +35,14 @@ class Owner(LaneOwner):
 
 
 def make_lane(handler: Any, owner: Owner, low_water: int = 0) -> PartitionLane:
+    """A lane whose bound drains at ``low_water`` records."""
     return PartitionLane(
-        TP, handler, make_decoder(None, None), PartitionOffsets(), owner, low_water=low_water
+        TP,
+        handler,
+        make_decoder(None, None),
+        PartitionOffsets(),
+        owner,
+        bound=BufferBound(2 * low_water + 1),
     )
 
 
@@ -157,7 +163,7 @@ async def test_batch_lane_hands_over_lists_in_order_and_completes_per_batch() ->
         make_decoder(None, None),
         PartitionOffsets(),
         Owner(),
-        low_water=0,
+        bound=BufferBound(1),
         max_records=4,
         max_wait=0.05,
     )
@@ -187,7 +193,7 @@ async def test_batch_failure_holds_the_offset_at_the_batch_start() -> None:
         make_decoder(None, None),
         PartitionOffsets(),
         owner,
-        low_water=0,
+        bound=BufferBound(1),
         max_records=2,
         max_wait=0,
     )
@@ -196,3 +202,48 @@ async def test_batch_failure_holds_the_offset_at_the_batch_start() -> None:
         await lane.run()
     assert [offset for offset, _ in owner.failures] == [2]
     assert lane.offsets.completed == 2
+
+
+async def test_bytes_bound_fills_and_drains_with_the_record_sizes() -> None:
+    def sized(*offsets: int, size: int) -> list[Any]:
+        return [
+            SimpleNamespace(
+                topic="t",
+                partition=0,
+                offset=o,
+                key=b"k",
+                value=b"v" * size,
+                headers=(),
+                timestamp=0,
+                serialized_key_size=1,
+                serialized_value_size=size,
+            )
+            for o in offsets
+        ]
+
+    gate = anyio.Event()
+
+    async def handler(msg: Message[Any]) -> None:
+        await gate.wait()
+
+    owner = Owner()
+    lane = PartitionLane(
+        TP,
+        handler,
+        make_decoder(None, None),
+        PartitionOffsets(),
+        owner,
+        bound=BufferBound(records=1000, bytes=10_000),
+    )
+    assert not lane.push(sized(0, 1, 2, size=2_999))  # 9,000 bytes: under the bound
+    assert lane.push(sized(3, size=1_999))  # 11,000 bytes: full, with few records
+    lane.paused = True
+    async with anyio.create_task_group() as tg:
+        lane.start(tg)
+        gate.set()
+        with anyio.fail_after(5):
+            while lane.offsets.completed != 4:
+                await anyio.sleep(0.01)
+        lane.close()
+    assert owner.drained == 1  # resumed once it was down to half the bytes
+    assert lane.buffered_bytes == 0
