@@ -57,7 +57,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
         labels,
         [r["rate"] for r in rows],
         color=[
-            "tab:blue" if r["contender"].startswith("asyncconsumer") else "tab:gray" for r in rows
+            "tab:blue"
+            if r["contender"].startswith("asyncconsumer")
+            else "tab:olive"
+            if r["contender"].startswith("event-loop")
+            else "tab:gray"
+            for r in rows
         ],
     )
     axes[1].scatter(
