@@ -91,7 +91,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     axes[2].set_ylim(bottom=0)
     axes[2].set_xlabel("seconds")
     axes[2].set_ylabel("MiB")
-    axes[2].set_title(f"3. RSS, {mem['records']:,} x 1 KiB backlog, ~1,000 rec/s")
+    axes[2].set_title(f"3. RSS: {mem['records']:,} x 1 KiB backlog")
     axes[2].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
