@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from aiokafka import AIOKafkaProducer
+import anyio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from asyncconsumer import TopicPartition
 from asyncconsumer.testing import EmbeddedBroker, create_topic
@@ -70,6 +73,43 @@ async def make_topic(
     finally:
         await producer.stop()
     return topic
+
+
+@asynccontextmanager
+async def raw_client(bootstrap: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A plain aiokafka consumer, every partition assigned by hand, no commits."""
+    client = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await client.start()
+    client.assign(partitions(topic))
+    try:
+        yield client
+    finally:
+        await client.stop()
+
+
+async def run_faststream(
+    bootstrap: str,
+    topic: str,
+    handler: Callable[..., Awaitable[None]],
+    done: anyio.Event,
+    **subscriber_options: Any,
+) -> None:
+    """Run ``handler`` as a FastStream subscriber of ``topic`` (its own group, logger
+    off) until ``done`` is set."""
+    from faststream.kafka import KafkaBroker
+
+    logging.getLogger("faststream").setLevel(logging.CRITICAL)
+    broker = KafkaBroker(bootstrap, logger=None)
+    broker.subscriber(
+        topic, group_id=unique("bench-fs"), auto_offset_reset="earliest", **subscriber_options
+    )(handler)
+    await broker.start()
+    try:
+        await done.wait()
+    finally:
+        await broker.stop()
 
 
 class Clock:

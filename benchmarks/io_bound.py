@@ -7,14 +7,13 @@ runs beside it, and for K = 1 so does ``ordering="partition"``.
 
 from __future__ import annotations
 
-import logging
 import time
 
 import anyio
 
 from asyncconsumer import ConsumerApp, Message
 
-from ._common import Clock, make_topic, unique
+from ._common import Clock, make_topic, run_faststream, unique
 
 CPU_SHARE: dict[str, float] = {}  # this process's CPU time per wall second, last run
 DELAY = 0.005
@@ -65,25 +64,14 @@ async def asyncconsumer_rate(bootstrap: str, topic: str, total: int, ordering: s
 
 
 async def faststream_rate(bootstrap: str, topic: str, total: int) -> float:
-    from faststream.kafka import KafkaBroker
-
-    logging.getLogger("faststream").setLevel(logging.CRITICAL)
-    broker = KafkaBroker(bootstrap, logger=None)
     clock, done = Clock(total), anyio.Event()
 
-    @broker.subscriber(
-        topic, group_id=unique("bench-fs-io"), auto_offset_reset="earliest", max_workers=CONCURRENCY
-    )
     async def handle(msg: bytes) -> None:
         await anyio.sleep(DELAY)
         if clock.tick():
             done.set()
 
-    await broker.start()
-    try:
-        await done.wait()
-    finally:
-        await broker.stop()
+    await run_faststream(bootstrap, topic, handle, done, max_workers=CONCURRENCY)
     return clock.rate
 
 

@@ -5,54 +5,38 @@ Every contender reads the same topic; rates are first-to-last record.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable
 
 import anyio
-from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Consumer as ConfluentConsumer
 from confluent_kafka import TopicPartition as ConfluentTopicPartition
 
 from asyncconsumer import Consumer, ConsumerApp, Message
 
-from ._common import Clock, partitions, unique
+from ._common import Clock, partitions, raw_client, run_faststream, unique
 
 Contender = Callable[[str, str, int], Awaitable[float]]
 
 
 async def raw_getmany(bootstrap: str, topic: str, total: int) -> float:
-    client = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await client.start()
-    client.assign(partitions(topic))
     clock = Clock(total)
-    try:
+    async with raw_client(bootstrap, topic) as client:
         while True:
             for records in (await client.getmany(timeout_ms=1000)).values():
                 for _record in records:
                     pass
                 if records and clock.tick(len(records)):
                     return clock.rate
-    finally:
-        await client.stop()
 
 
 async def raw_async_for(bootstrap: str, topic: str, total: int) -> float:
-    client = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await client.start()
-    client.assign(partitions(topic))
     clock = Clock(total)
-    try:
+    async with raw_client(bootstrap, topic) as client:
         async for _record in client:
             if clock.tick():
-                return clock.rate
-    finally:
-        await client.stop()
-    return 0.0
+                break
+    return clock.rate
 
 
 def _confluent_loop(bootstrap: str, topic: str, total: int) -> float:
@@ -137,45 +121,26 @@ async def consumer_async_for(bootstrap: str, topic: str, total: int) -> float:
     return clock.rate
 
 
-async def _faststream(bootstrap: str, topic: str, total: int, *, batch: bool) -> float:
-    from faststream.kafka import KafkaBroker
-
-    logging.getLogger("faststream").setLevel(logging.CRITICAL)
-    broker = KafkaBroker(bootstrap, logger=None)
+async def faststream_per_message(bootstrap: str, topic: str, total: int) -> float:
     clock, done = Clock(total), anyio.Event()
-    if batch:
 
-        @broker.subscriber(
-            topic,
-            group_id=unique("bench-fs"),
-            auto_offset_reset="earliest",
-            batch=True,
-            max_records=500,
-        )
-        async def handle_batch(msgs: list[bytes]) -> None:
-            if clock.tick(len(msgs)):
-                done.set()
-    else:
+    async def handle(msg: bytes) -> None:
+        if clock.tick():
+            done.set()
 
-        @broker.subscriber(topic, group_id=unique("bench-fs"), auto_offset_reset="earliest")
-        async def handle(msg: bytes) -> None:
-            if clock.tick():
-                done.set()
-
-    await broker.start()
-    try:
-        await done.wait()
-    finally:
-        await broker.stop()
+    await run_faststream(bootstrap, topic, handle, done)
     return clock.rate
 
 
-async def faststream_per_message(bootstrap: str, topic: str, total: int) -> float:
-    return await _faststream(bootstrap, topic, total, batch=False)
-
-
 async def faststream_batch(bootstrap: str, topic: str, total: int) -> float:
-    return await _faststream(bootstrap, topic, total, batch=True)
+    clock, done = Clock(total), anyio.Event()
+
+    async def handle(msgs: list[bytes]) -> None:
+        if clock.tick(len(msgs)):
+            done.set()
+
+    await run_faststream(bootstrap, topic, handle, done, batch=True, max_records=500)
+    return clock.rate
 
 
 BASELINE = "aiokafka getmany loop"
