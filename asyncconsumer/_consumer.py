@@ -19,7 +19,7 @@ from aiokafka.structs import TopicPartition
 
 from ._codecs import CodecSpec, resolve_codec
 from ._config import ConsumerSettings, OffsetReset
-from ._errors import CommitError, ConfigurationError, ConsumerStoppedError
+from ._errors import CommitError, ConfigurationError, ConsumerStoppedError, DeserializationError
 from ._message import Message, make_decoder
 from ._runtime._offsets import OffsetBook, PartitionOffsets
 from ._runtime._rebalance import RebalanceAdapter, RebalanceHook
@@ -130,6 +130,8 @@ class Consumer:
         self._index = 0
         self._last: ConsumerRecord | None = None  # yielded, not yet processed
         self._last_offsets = self._batch_offsets
+        # handed out by getmany(), not yet processed: (offsets, next offset, partition)
+        self._held: list[tuple[PartitionOffsets, int, TopicPartition]] = []
         self._error: BaseException | None = None
         self._gate: anyio.Event | None = None  # a revoke waits for the loop body
         self._resume: anyio.Event | None = None
@@ -209,20 +211,72 @@ class Consumer:
         if last is not None:
             self._last = None
             self._last_offsets.completed = last.offset + 1
+        elif self._held:
+            self._mark_last_processed()
         if self._gate is not None or self._error is not None:
             await self._wait_rebalance()
         batch = self._batch
         i = self._index
         if i >= len(batch):
-            batch = await self._next_batch()
-            i = 0
+            fetched = await self._next_batch()
+            assert fetched is not None  # no deadline: it waits
+            batch, i = fetched, 0
         record = batch[i]
         msg = self._decode(record)  # raises DeserializationError; the record stays next
         self._index = i + 1
         self._last = record
         return msg
 
-    async def _next_batch(self) -> list[ConsumerRecord]:
+    async def getmany(self, *, max_records: int = 500, max_wait: float = 1.0) -> list[Message[Any]]:
+        """Up to ``max_records`` records, each partition's in offset order; an empty
+        list when none arrived within ``max_wait`` seconds.
+
+        The records count as processed at the next ``getmany()``, the next
+        ``async for`` step, or :meth:`commit`. A record that cannot be decoded
+        ends the list before it; the next call raises
+        :class:`~asyncconsumer.DeserializationError` for it (it is not skipped).
+        """
+        if not isinstance(max_records, int) or max_records < 1:
+            raise ValueError(f"max_records must be an int >= 1, not {max_records!r}")
+        self._mark_last_processed()
+        if self._gate is not None or self._error is not None:
+            await self._wait_rebalance()
+        deadline = time.monotonic() + max_wait
+        out: list[Message[Any]] = []
+        while len(out) < max_records:
+            batch, start = self._batch, self._index
+            if start >= len(batch):
+                if out and not self._pending:
+                    break  # return what is here rather than wait for more
+                try:
+                    if await self._next_batch(deadline) is None:
+                        break  # timed out
+                except StopAsyncIteration:
+                    raise ConsumerStoppedError("the consumer was stopped") from None
+                continue
+            end = min(len(batch), start + max_records - len(out))
+            taken = start
+            try:
+                while taken < end:
+                    out.append(self._decode(batch[taken]))
+                    taken += 1
+            except DeserializationError:
+                if not out:
+                    raise  # the bad record is next: nothing handed out
+            finally:
+                if taken > start:
+                    self._index = taken
+                    assert self._batch_tp is not None
+                    self._held.append(
+                        (self._last_offsets, batch[taken - 1].offset + 1, self._batch_tp)
+                    )
+            if taken < end:
+                break  # stopped before an undecodable record
+        return out
+
+    async def _next_batch(self, deadline: float | None = None) -> list[ConsumerRecord] | None:
+        """Make the next fetched batch current; wait for one (until ``deadline``, a
+        ``time.monotonic()`` value, then return ``None``)."""
         client = self._client
         if client is None:
             raise ConsumerStoppedError(
@@ -243,8 +297,14 @@ class Consumer:
                 return records
             if self.settings.group_id is not None and time.monotonic() >= self._next_commit:
                 await self._commit_quietly()
+            wait_ms = 1000
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                wait_ms = min(wait_ms, int(remaining * 1000) + 1)
             try:
-                batches = await client.getmany(timeout_ms=1000)
+                batches = await client.getmany(timeout_ms=wait_ms)
             except AioConsumerStoppedError:
                 raise StopAsyncIteration from None  # stopped from another task
             for tp, records in batches.items():
@@ -278,6 +338,10 @@ class Consumer:
         if last is not None:
             self._last = None
             self._last_offsets.completed = last.offset + 1
+        if self._held:
+            for offsets, next_offset, _ in self._held:
+                offsets.completed = next_offset
+            self._held.clear()
 
     # -- positions -----------------------------------------------------------------
 
@@ -358,8 +422,8 @@ class Consumer:
         gate = self._gate = anyio.Event()
         resume = self._resume = anyio.Event()
         try:
-            if self._last is not None:
-                # The loop body holds a record: give it the time to finish.
+            if self._last is not None or self._held:
+                # The loop body holds records: give it the time to finish.
                 with anyio.move_on_after(self.settings.rebalance_drain_timeout):
                     await gate.wait()
             self._drop_buffered(tps)
@@ -408,9 +472,12 @@ class Consumer:
     def _forget_last(self, tps: Iterable[TopicPartition]) -> None:
         """The record the loop body holds no longer counts once its partition was
         sought elsewhere or revoked."""
+        drop = set(tps)
         last = self._last
-        if last is not None and TopicPartition(last.topic, last.partition) in set(tps):
+        if last is not None and TopicPartition(last.topic, last.partition) in drop:
             self._last = None
+        if self._held:
+            self._held = [held for held in self._held if held[2] not in drop]
 
     def _require_client(self) -> AIOKafkaConsumer:
         if self._client is None or self._client_stopped:

@@ -208,3 +208,91 @@ async def test_group_rebalance_waits_for_the_loop_body_and_commits_before_revoke
     for name, tp, committed, expected in revoke_checks:
         if expected is not None:
             assert committed == expected, f"{name}: {tp} committed {committed}, not {expected}"
+
+
+async def test_getmany_hands_out_batches_and_counts_them_processed_on_the_next_call(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("iter-many", partitions=2)
+    for p in (0, 1):
+        await aproduce(
+            bootstrap, topic, [(None, f"{p}-{i}".encode()) for i in range(30)], partition=p
+        )
+    tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    group = unique("g-iter-many")
+    got: list[tuple[int, int]] = []
+    checked = False
+    with anyio.fail_after(60):
+        async with Consumer(
+            partitions=[tp0, tp1],
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            commit_interval=60,
+        ) as consumer:
+            while len(got) < 60:
+                batch = await consumer.getmany(max_records=7, max_wait=2)
+                assert 1 <= len(batch) <= 7
+                got.extend((m.partition, m.offset) for m in batch)
+                if len(got) >= 20 and not checked:
+                    checked = True
+                    committed = {tp: await consumer.committed(tp) for tp in (tp0, tp1)}
+                    assert committed == {tp0: None, tp1: None}  # nothing before commit()
+                    # commit() counts the batch in hand too: up to the last record seen.
+                    seen = {q for q, _ in got}
+                    expected = {
+                        TopicPartition(topic, p): max(o for q, o in got if q == p) + 1 for p in seen
+                    }
+                    assert await consumer.commit() == expected
+            assert await consumer.getmany(max_wait=0.3) == []  # nothing more: empty after the wait
+    assert checked
+    for p in (0, 1):
+        assert [o for q, o in got if q == p] == list(range(30))  # each partition in order
+    # Leaving normally counts the last batch as processed.
+    assert await committed_offsets(bootstrap, group, [tp0, tp1]) == {tp0: 30, tp1: 30}
+
+
+async def test_getmany_stops_before_an_undecodable_record_and_never_skips_it(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("many-poison")
+    await aproduce(bootstrap, topic, [(None, b"1"), (None, b"2"), (None, b"{bad"), (None, b"4")])
+    tp = TopicPartition(topic, 0)
+    group = unique("g-many-poison")
+    with anyio.fail_after(60), pytest.raises(DeserializationError):  # noqa: PT012
+        async with Consumer(
+            partitions=[tp],
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            value_codec="json",
+        ) as consumer:
+            first = await consumer.getmany(max_records=10)
+            assert [m.value for m in first] == [1, 2]
+            await consumer.getmany(max_records=10)  # raises for offset 2
+    # The two good records were counted at the failing call; the bad one was not.
+    assert await committed_offsets(bootstrap, group, [tp]) == {tp: 2}
+
+
+async def test_getmany_batch_in_hand_is_not_committed_when_leaving_by_an_exception(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("many-exc")
+    await aproduce(bootstrap, topic, [(None, b"x")] * 10)
+    tp = TopicPartition(topic, 0)
+    group = unique("g-many-exc")
+    with anyio.fail_after(60), pytest.raises(RuntimeError, match="batch failed"):  # noqa: PT012
+        async with Consumer(
+            partitions=[tp],
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+        ) as consumer:
+            assert [m.offset for m in await consumer.getmany(max_records=3)] == [0, 1, 2]
+            assert [m.offset for m in await consumer.getmany(max_records=3)] == [3, 4, 5]
+            raise RuntimeError("batch failed")
+    # The first batch was processed (the second call says so); the second was not.
+    assert await committed_offsets(bootstrap, group, [tp]) == {tp: 3}
