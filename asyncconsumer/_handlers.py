@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from ._codecs import CodecSpec, resolve_codec
 from ._errors import ConfigurationError
 from ._message import Decoder, make_decoder
+from ._runtime._lanes import Handler
 
 __all__ = ["BatchSettings", "HandlerRegistry", "HandlerSpec", "Ordering"]
 
@@ -27,7 +27,7 @@ class BatchSettings:
 
 @dataclass(frozen=True, slots=True)
 class HandlerSpec:
-    fn: Callable[[Any], Awaitable[Any]]
+    fn: Handler
     name: str
     topics: tuple[str, ...]
     pattern: re.Pattern[str] | None

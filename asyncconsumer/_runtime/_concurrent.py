@@ -20,13 +20,13 @@ drain cancels the record it runs.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .._message import Decoder
-from ._lanes import BufferBound, Lane, LaneOwner, size_of
+from ._lanes import BufferBound, Handler, Lane, LaneOwner, size_of
 from ._offsets import CompletionTracker, PartitionOffsets
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class WorkerPool:
 
     __slots__ = ("_closed", "_idle", "_ready", "_workers", "handler", "name", "size")
 
-    def __init__(self, handler: Callable[[Any], Awaitable[Any]], size: int, name: str) -> None:
+    def __init__(self, handler: Handler, size: int, name: str) -> None:
         self.handler = handler
         self.size = size
         self.name = name

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._errors import DeserializationError
-from .._message import Decoder, Message
+from .._message import Decoder
 from ._offsets import PartitionOffsets
 
 if TYPE_CHECKING:
@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchLane", "BufferBound", "Handler", "Lane", "LaneOwner", "PartitionLane", "size_of"]
 
-Handler = Callable[[Message[Any]], Awaitable[Any]]
-BatchHandler = Callable[[list[Message[Any]]], Awaitable[Any]]
+Handler = Callable[[Any], Awaitable[Any]]
+"""A registered handler: it takes a :class:`Message` (or, for batch handlers, a list
+of them); what it returns is ignored."""
 
 
 class BufferBound:
@@ -170,7 +171,7 @@ class PartitionLane(Lane):
     def __init__(
         self,
         tp: TopicPartition,
-        handler: Callable[[Any], Awaitable[Any]],
+        handler: Handler,
         decode: Decoder,
         offsets: PartitionOffsets,
         owner: LaneOwner,
@@ -279,7 +280,7 @@ class BatchLane(PartitionLane):
     def __init__(
         self,
         tp: TopicPartition,
-        handler: BatchHandler,
+        handler: Handler,
         decode: Decoder,
         offsets: PartitionOffsets,
         owner: LaneOwner,
