@@ -18,6 +18,7 @@ from ._config import ConsumerSettings, OffsetReset
 from ._errors import ConfigurationError, ConsumerStoppedError
 from ._handlers import BatchSettings, HandlerRegistry, Ordering, handler_name
 from ._runtime._engine import Engine
+from ._runtime._observe import Observers
 from ._runtime._rebalance import RebalanceHook
 from ._statistics import Statistics
 
@@ -93,6 +94,7 @@ class ConsumerApp:
         self._stop_early = False
         self._stack: AsyncExitStack | None = None
         self._background_error: BaseException | None = None
+        self._observers = Observers()  # commit and rebalance events, for metrics
 
     # -- registration ----------------------------------------------------------
 
@@ -199,6 +201,7 @@ class ConsumerApp:
         )
         if self._stop_early:
             engine.request_stop()
+        engine.observe(self._observers)
         failure: Exception | None = None
         try:
             async with self._lifespan_context():

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,7 @@ from .._statistics import HandlerStatistics, Statistics
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
+from ._observe import Observers
 from ._offsets import OffsetBook, decode_completed
 from ._rebalance import RebalanceAdapter, RebalanceHook
 
@@ -96,6 +98,11 @@ class Engine(LaneOwner):
         self._full: set[TopicPartition] = set()  # lanes at their bound: not polled
         self._client_paused: set[TopicPartition] = set()
         self.liveness = LivenessMonitor(self._describe_running)
+        # Rebalances: completed ones, and when the one in progress began (the
+        # first one is the initial join).
+        self.rebalances = 0
+        self._rebalance_since: float | None = time.monotonic()
+        self.observers = self._book.observers = Observers()
 
     # -- public surface used by ConsumerApp ---------------------------------
 
@@ -152,11 +159,44 @@ class Engine(LaneOwner):
             committed={
                 lane.tp: lane.offsets.committed for lane in lanes if lane.offsets.committed >= 0
             },
+            highwater=self._highwater(),
+            rebalances=self.rebalances,
+            rebalance_age=(
+                0.0 if self._rebalance_since is None else time.monotonic() - self._rebalance_since
+            ),
             poll_age=self.liveness.poll_age(),
             loop_lag=self.liveness.loop_lag,
             max_loop_lag=self.liveness.max_loop_lag,
             handlers=handlers,
         )
+
+    def observe(self, observers: Observers) -> None:
+        """Report commits and rebalances to ``observers`` (the app's)."""
+        self.observers = self._book.observers = observers
+
+    def _highwater(self) -> dict[TopicPartition, int]:
+        # The fetch responses' high watermark: the broker's ListOffsets may be
+        # wrong (see the embedded broker's gaps), this one is not.
+        client = self.client
+        if client is None:
+            return {}
+        marks = {}
+        for tp in self._lanes:
+            mark = client.highwater(tp)
+            if mark is not None:
+                marks[tp] = mark
+        return marks
+
+    def _rebalance_began(self) -> None:
+        if self._rebalance_since is None:
+            self._rebalance_since = time.monotonic()
+
+    def _rebalance_ended(self) -> None:
+        if self._rebalance_since is not None:
+            duration = time.monotonic() - self._rebalance_since
+            self._rebalance_since = None
+            self.rebalances += 1
+            self.observers.rebalanced(duration)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -290,6 +330,7 @@ class Engine(LaneOwner):
         # No shortcut while stopping: a revoke that races with the stop sequence
         # waits for it (the lock), so the final commit still lands in this
         # generation, and then finds nothing left to do.
+        self._rebalance_began()
         async with self._lock:
             lanes = [self._lanes.pop(tp) for tp in tps if tp in self._lanes]
             if not lanes:
@@ -320,6 +361,7 @@ class Engine(LaneOwner):
             assert self._tg is not None
             for lane in new:
                 lane.start(self._tg)
+        self._rebalance_ended()
 
     def _make_lane(self, tp: TopicPartition, spec: HandlerSpec) -> Lane:
         offsets = self._book.track(tp)

@@ -35,8 +35,8 @@ class LivenessMonitor:
         self,
         describe_running: Callable[[], Iterable[str]],
         *,
-        interval: float = 0.5,
-        warn_lag: float = 1.0,
+        interval: float = 0.25,
+        warn_lag: float = 0.5,
         poll_stall_after: float = 60.0,
     ) -> None:
         self._describe_running = describe_running
