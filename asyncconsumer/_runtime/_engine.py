@@ -42,8 +42,8 @@ from .._statistics import HandlerStatistics, Statistics
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
-from ._observe import Observers
-from ._offsets import OffsetBook, decode_completed
+from ._observe import ObservedOffsetBook, Observers
+from ._offsets import decode_completed
 from ._rebalance import RebalanceAdapter, RebalanceHook
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class Engine(LaneOwner):
         self.failure: BaseException | None = None
         self._lanes: dict[TopicPartition, Lane] = {}
         self._pools: dict[str, WorkerPool] = {}  # handler name -> workers (key/none ordering)
-        self._book = OffsetBook(settings.commit_timeout)
+        self._book = ObservedOffsetBook(settings.commit_timeout)
         self._lock = anyio.Lock()
         self._stop_requested = anyio.Event()
         self._closing = False
@@ -102,7 +102,7 @@ class Engine(LaneOwner):
         # first one is the initial join).
         self.rebalances = 0
         self._rebalance_since: float | None = time.monotonic()
-        self.observers = self._book.observers = Observers()
+        self.observers = self._book.observers
 
     # -- public surface used by ConsumerApp ---------------------------------
 

@@ -10,9 +10,18 @@ subscribed a report costs one empty loop; there is no report per record.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["Observers", "RuntimeObserver"]
+from .._errors import CommitError
+from ._offsets import OffsetBook
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+__all__ = ["ObservedOffsetBook", "Observers", "RuntimeObserver"]
 
 log = logging.getLogger("asyncconsumer")
 
@@ -57,3 +66,30 @@ class Observers:
                 observer.rebalanced(duration)
             except Exception:
                 log.exception("observer %r failed", observer)
+
+
+class ObservedOffsetBook(OffsetBook):
+    """An :class:`OffsetBook` that reports every commit's duration and outcome."""
+
+    __slots__ = ("observers",)
+
+    def __init__(self, commit_timeout: float = 30.0) -> None:
+        super().__init__(commit_timeout)
+        self.observers = Observers()
+
+    async def commit(
+        self,
+        client: AIOKafkaConsumer,
+        tps: Iterable[TopicPartition] | None = None,
+        *,
+        revoking: bool = False,
+    ) -> dict[TopicPartition, int]:
+        started = time.monotonic()
+        try:
+            done = await super().commit(client, tps, revoking=revoking)
+        except CommitError as exc:
+            self.observers.committed(time.monotonic() - started, exc)
+            raise
+        if done:  # else there was nothing to commit: no request was sent
+            self.observers.committed(time.monotonic() - started, None)
+        return done

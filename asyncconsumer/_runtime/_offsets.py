@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 import zlib
 from collections import deque
 from collections.abc import Iterable
@@ -25,7 +24,6 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from .._errors import CommitError
-from ._observe import Observers
 
 __all__ = [
     "CompletionTracker",
@@ -149,12 +147,11 @@ def decode_completed(base: int, metadata: str | None) -> set[int]:
 class OffsetBook:
     """The :class:`PartitionOffsets` of every partition a consumer owns."""
 
-    __slots__ = ("_parts", "commit_timeout", "observers")
+    __slots__ = ("_parts", "commit_timeout")
 
     def __init__(self, commit_timeout: float = 30.0) -> None:
         self._parts: dict[TopicPartition, PartitionOffsets] = {}
         self.commit_timeout = commit_timeout
-        self.observers: Observers | None = None  # told each commit's duration and outcome
 
     def track(self, tp: TopicPartition) -> PartitionOffsets:
         """The offsets of ``tp``, created empty on first use."""
@@ -204,7 +201,6 @@ class OffsetBook:
         offsets = self.uncommitted(tps)
         if not offsets:
             return {}
-        started = time.monotonic()
         with anyio.move_on_after(self.commit_timeout) as scope:
             try:
                 try:
@@ -220,14 +216,9 @@ class OffsetBook:
                     # before a rejoin; it does not look at the assignment.
                     await client._coordinator.commit_offsets(None, offsets)
             except KafkaError as exc:
-                error = CommitError(f"offset commit failed: {exc!r}")
-                self._observe(started, error)
-                raise error from exc
+                raise CommitError(f"offset commit failed: {exc!r}") from exc
         if scope.cancelled_caught:
-            error = CommitError(f"offset commit did not complete within {self.commit_timeout:.1f}s")
-            self._observe(started, error)
-            raise error
-        self._observe(started, None)
+            raise CommitError(f"offset commit did not complete within {self.commit_timeout:.1f}s")
         done: dict[TopicPartition, int] = {}
         for tp, meta in offsets.items():
             part = self._parts.get(tp)
@@ -237,7 +228,3 @@ class OffsetBook:
             done[tp] = meta.offset
         log.debug("committed %s", done)
         return done
-
-    def _observe(self, started: float, error: BaseException | None) -> None:
-        if self.observers is not None:
-            self.observers.committed(time.monotonic() - started, error)
