@@ -48,7 +48,8 @@ async def test_probes_metrics_and_commit_at_shutdown(kafka_broker: KafkaTestBrok
     topic, group = unique("fastapi"), unique("g-fastapi")
     await kafka_broker.create_topic(topic, 2)
     records = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(40)]
-    ends = {tp: max(offsets) + 1 for tp, offsets in (await aproduce(bootstrap, topic, records)).items()}
+    produced = await aproduce(bootstrap, topic, records)
+    ends = {tp: max(offsets) + 1 for tp, offsets in produced.items()}
     events: list[str] = []
     handled: list[tuple[TopicPartition, int]] = []
     consumer = ConsumerApp(
