@@ -6,7 +6,7 @@ processed (at-least-once), flush offsets before a rebalance takes partitions
 away, and commit and leave the group on close.
 """
 
-from ._app import ConsumerApp, Lifespan
+from ._app import CommitHook, ConsumerApp, Lifespan
 from ._codecs import Codec, CodecSpec
 from ._consumer import Consumer
 from ._errors import (
@@ -14,29 +14,48 @@ from ._errors import (
     CommitError,
     ConfigurationError,
     ConsumerStoppedError,
+    DeadLetterError,
     DeserializationError,
 )
 from ._message import Message, TopicPartition
+from ._producer import Headers, Producer, ProducerRecord, RecordMetadata, encode
+from ._retry import Backoff, Delivery, FailurePolicy, Retry
 from ._run import run
-from ._statistics import HandlerStatistics, Statistics
+from ._runtime._pipeline import DLQ_HEADERS, CallNext, Middleware
+from ._statistics import HandlerStatistics, Statistics, TopicStatistics
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DLQ_HEADERS",
     "AsyncConsumerError",
+    "Backoff",
+    "CallNext",
     "Codec",
     "CodecSpec",
     "CommitError",
+    "CommitHook",
     "ConfigurationError",
     "Consumer",
     "ConsumerApp",
     "ConsumerStoppedError",
+    "DeadLetterError",
+    "Delivery",
     "DeserializationError",
+    "FailurePolicy",
     "HandlerStatistics",
+    "Headers",
     "Lifespan",
     "Message",
+    "Middleware",
+    "Producer",
+    "ProducerRecord",
+    "RecordMetadata",
+    "Retry",
     "Statistics",
     "TopicPartition",
+    "TopicStatistics",
     "__version__",
+    "encode",
     "run",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
@@ -16,16 +16,20 @@ from anyio.abc import TaskStatus
 from ._codecs import CodecSpec
 from ._config import ConsumerSettings, OffsetReset
 from ._errors import ConfigurationError, ConsumerStoppedError
-from ._handlers import BatchSettings, HandlerRegistry, Ordering, handler_name
-from ._runtime._engine import Engine
+from ._handlers import BatchSettings, HandlerOptions, HandlerRegistry, Ordering, handler_name
+from ._producer import Producer
+from ._retry import Delivery, FailurePolicy, Retry
+from ._runtime._engine import CommitHook, Engine
 from ._runtime._observe import Observers
+from ._runtime._pipeline import CounterMap, Middleware
 from ._runtime._rebalance import RebalanceHook
 from ._statistics import Statistics
 
-__all__ = ["ConsumerApp", "Lifespan"]
+__all__ = ["CommitHook", "ConsumerApp", "Lifespan"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 H = TypeVar("H", bound=RebalanceHook)
+C = TypeVar("C", bound=CommitHook)
 
 Lifespan = Callable[["ConsumerApp"], AbstractAsyncContextManager[None]]
 """``lifespan(app)``: an async context manager entered before the consumer starts
@@ -41,6 +45,12 @@ class ConsumerApp:
     returned is committed every ``commit_interval`` seconds, before partitions
     are revoked, and at stop; a record whose handler is running, failed or was
     cancelled is never committed (at-least-once).
+
+    ``middleware`` wraps every handler attempt, the first one outermost (see
+    :data:`~asyncconsumer.Middleware`). :attr:`producer` is a Kafka producer
+    started with the app (``producer_options`` go to
+    :class:`aiokafka.AIOKafkaProducer`); dead-lettering and ``publish_to`` use it,
+    and handlers may too.
 
     ``kafka_options`` are passed to :class:`aiokafka.AIOKafkaConsumer`
     (``max_poll_records``, ``fetch_max_wait_ms``, ``session_timeout_ms``,
@@ -59,6 +69,8 @@ class ConsumerApp:
         max_buffered_records: int = 1000,
         max_buffered_bytes: int | None = None,
         lifespan: Lifespan | None = None,
+        middleware: Sequence[Middleware] = (),
+        producer_options: Mapping[str, Any] | None = None,
         **kafka_options: Any,
     ) -> None:
         if not group_id:
@@ -86,10 +98,21 @@ class ConsumerApp:
             )
         self.max_buffered_records = max_buffered_records
         self.max_buffered_bytes = max_buffered_bytes
+        for layer in middleware:
+            if not callable(layer):
+                raise ConfigurationError(
+                    f"middleware must be callables `async (msg, call_next)`, not {layer!r}"
+                )
+        self.middleware: tuple[Middleware, ...] = tuple(middleware)
+        self.producer = Producer(bootstrap_servers, **(producer_options or {}))
+        """The app's Kafka producer: started before the consumer, stopped (flushed)
+        after it, so handlers can use it while they run."""
         self._lifespan = lifespan
         self._registry = HandlerRegistry()
+        self._counters = CounterMap()
         self._on_assign: list[RebalanceHook] = []
         self._on_revoke: list[RebalanceHook] = []
+        self._on_commit: list[CommitHook] = []
         self._engine: Engine | None = None
         self._stop_early = False
         self._stack: AsyncExitStack | None = None
@@ -106,6 +129,11 @@ class ConsumerApp:
         value_codec: CodecSpec = "bytes",
         ordering: Ordering = "partition",
         concurrency: int | None = None,
+        retry: Retry | None = None,
+        on_failure: FailurePolicy = "stop",
+        dead_letter_topic: str | None = None,
+        delivery: Delivery = "at_least_once",
+        publish_to: str | None = None,
     ) -> Callable[[F], F]:
         """Register ``async def handler(msg: Message) -> None`` for topics or a pattern.
 
@@ -120,7 +148,22 @@ class ConsumerApp:
         and ``none``, up to ``concurrency`` (default 100) records of this handler
         run at once, and the committed offset of a partition is the one after its
         highest contiguous completed record.
+
+        Failures: ``retry`` (default: none) runs a failed record again after a
+        backoff; meanwhile the partition (``partition`` ordering) or the record's
+        key (``key``) waits, everything else goes on. After the last attempt, or at
+        once for a record that cannot be decoded, ``on_failure`` applies:
+        ``"stop"`` (default: stop the app, the record is not committed),
+        ``"dead_letter"`` (publish it to ``dead_letter_topic``, default
+        ``<topic>.DLQ``, with provenance headers, then go on) or ``"skip"`` (log,
+        count, go on).
+
+        ``delivery="at_most_once"`` commits records' offsets before their handler
+        runs (a crash loses them instead of running them twice). ``publish_to``
+        publishes what the handler returns (if not ``None``) with the record's key,
+        before the record counts as completed.
         """
+        options = HandlerOptions(retry, on_failure, dead_letter_topic, delivery, publish_to)
 
         def register(fn: F) -> F:
             self._registry.add(
@@ -131,6 +174,7 @@ class ConsumerApp:
                 value_codec,
                 ordering=ordering,
                 concurrency=concurrency,
+                options=options,
             )
             return fn
 
@@ -144,13 +188,24 @@ class ConsumerApp:
         max_wait: float = 0.05,
         key_codec: CodecSpec = "bytes",
         value_codec: CodecSpec = "bytes",
+        retry: Retry | None = None,
+        on_failure: FailurePolicy = "stop",
+        dead_letter_topic: str | None = None,
+        delivery: Delivery = "at_least_once",
+        publish_to: str | None = None,
     ) -> Callable[[F], F]:
         """Register ``async def handler(msgs: list[Message]) -> None``.
 
         It receives up to ``max_records`` records of one partition, in offset
         order, waiting up to ``max_wait`` seconds for a short batch to fill; the
         records count as completed when it returns. Partitions run concurrently.
+
+        ``retry``, ``on_failure``, ``delivery`` as for :meth:`handler`; a batch is
+        retried, dead-lettered or skipped as a whole, except records that cannot be
+        decoded, which take the ``on_failure`` path alone before the batch runs.
+        With ``publish_to`` the handler returns a list of values to publish.
         """
+        options = HandlerOptions(retry, on_failure, dead_letter_topic, delivery, publish_to)
 
         def register(fn: F) -> F:
             self._registry.add(
@@ -160,6 +215,7 @@ class ConsumerApp:
                 key_codec,
                 value_codec,
                 batch=BatchSettings(max_records, max_wait),
+                options=options,
             )
             return fn
 
@@ -177,6 +233,14 @@ class ConsumerApp:
         partitions are taken away, after their in-flight records finished and
         their offsets were committed; also run at stop."""
         self._on_revoke.append(_check_hook(hook))
+        return hook
+
+    def on_commit(self, hook: C) -> C:
+        """Register ``async def hook(offsets: dict[TopicPartition, int], error:
+        CommitError | None)``, run after every commit with the offsets it stored
+        (or tried to: then ``error`` says why it failed; they are retried). An
+        exception from the hook stops the app."""
+        self._on_commit.append(_check_async(hook, "on_commit hook"))
         return hook
 
     # -- running ---------------------------------------------------------------
@@ -198,19 +262,28 @@ class ConsumerApp:
             self._on_revoke,
             max_buffered_records=self.max_buffered_records,
             max_buffered_bytes=self.max_buffered_bytes,
+            middleware=self.middleware,
+            on_commit=self._on_commit,
+            producer=self.producer,
+            counters=self._counters,
         )
         if self._stop_early:
             engine.request_stop()
         engine.observe(self._observers)
         failure: Exception | None = None
         try:
-            async with self._lifespan_context():
-                try:
-                    await engine.run(task_status=task_status)
-                except Exception as exc:
-                    # The lifespan closes its resources the normal way; the
-                    # error is raised once it has.
-                    failure = exc
+            await self.producer.start()
+            try:
+                async with self._lifespan_context():
+                    try:
+                        await engine.run(task_status=task_status)
+                    except Exception as exc:
+                        # The lifespan closes its resources the normal way; the
+                        # error is raised once it has.
+                        failure = exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.producer.stop()
         finally:
             self._engine = None
             self._stop_early = False
@@ -332,8 +405,16 @@ class _TrackedStatus(TaskStatus[None]):
 
 
 def _check_hook(hook: RebalanceHook) -> RebalanceHook:
-    if not inspect.iscoroutinefunction(hook):
+    return _check_async(hook, "rebalance hook")
+
+
+T = TypeVar("T")
+
+
+def _check_async(hook: T, what: str) -> T:
+    is_async: bool = inspect.iscoroutinefunction(hook)
+    if not is_async:
         raise ConfigurationError(
-            f"rebalance hook {handler_name(hook)} must be a coroutine function (async def)"
+            f"{what} {handler_name(hook)} must be a coroutine function (async def)"
         )
     return hook

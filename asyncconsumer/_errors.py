@@ -6,6 +6,7 @@
     ├── ConfigurationError      bad settings or registrations, raised before anything runs
     ├── DeserializationError    a record's key or value could not be decoded
     ├── CommitError             the broker refused or failed an offset commit
+    ├── DeadLetterError         a failed record could not be published to its dead-letter topic
     └── ConsumerStoppedError    the consumer was used after it stopped
 
 Errors raised by user code (a handler, a rebalance hook) are never wrapped:
@@ -15,11 +16,17 @@ record it was handling.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiokafka.structs import TopicPartition
+
 __all__ = [
     "AsyncConsumerError",
     "CommitError",
     "ConfigurationError",
     "ConsumerStoppedError",
+    "DeadLetterError",
     "DeserializationError",
 ]
 
@@ -46,7 +53,21 @@ class DeserializationError(AsyncConsumerError):
 
 
 class CommitError(AsyncConsumerError):
-    """An offset commit failed; the offsets stay uncommitted and are retried."""
+    """An offset commit failed; the offsets stay uncommitted and are retried.
+
+    ``offsets`` are the offsets (per partition, the next record to read) that the
+    commit tried to store.
+    """
+
+    def __init__(self, message: str, offsets: dict[TopicPartition, int] | None = None) -> None:
+        super().__init__(message)
+        self.offsets: dict[TopicPartition, int] = offsets or {}
+
+
+class DeadLetterError(AsyncConsumerError):
+    """A record that failed could not be published to its dead-letter topic; the
+    app stops without committing it (it is not lost). The original failure is in
+    the exception's notes, the publishing error is its ``__cause__``."""
 
 
 class ConsumerStoppedError(AsyncConsumerError):

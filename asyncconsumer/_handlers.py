@@ -10,11 +10,12 @@ from typing import Any, Literal, cast
 from ._codecs import CodecSpec, resolve_codec
 from ._errors import ConfigurationError
 from ._message import Decoder, make_decoder
-from ._runtime._lanes import Handler
+from ._retry import DELIVERIES, FAILURE_POLICIES, NO_RETRY, Delivery, FailurePolicy, Retry
+from ._runtime._pipeline import Handler
 from ._threads import ThreadLimit
 from ._typed import typed_value_codec
 
-__all__ = ["BatchSettings", "HandlerRegistry", "HandlerSpec", "Ordering"]
+__all__ = ["BatchSettings", "HandlerOptions", "HandlerRegistry", "HandlerSpec", "Ordering"]
 
 
 Ordering = Literal["partition", "key", "none"]
@@ -37,6 +38,49 @@ class HandlerSpec:
     ordering: Ordering = "partition"
     concurrency: int = 1
     batch: BatchSettings | None = None
+    retry: Retry = NO_RETRY
+    on_failure: FailurePolicy = "stop"
+    dead_letter_topic: str | None = None
+    delivery: Delivery = "at_least_once"
+    publish_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerOptions:
+    """What a handler does with failures and results, as registered."""
+
+    retry: Retry | None = None
+    on_failure: str = "stop"
+    dead_letter_topic: str | None = None
+    delivery: str = "at_least_once"
+    publish_to: str | None = None
+
+    def check(self, name: str) -> None:
+        if self.retry is not None and not isinstance(self.retry, Retry):
+            raise ConfigurationError(f"handler {name}: retry must be a Retry, not {self.retry!r}")
+        if self.on_failure not in FAILURE_POLICIES:
+            raise ConfigurationError(
+                f"handler {name}: on_failure must be 'stop', 'dead_letter' or 'skip', "
+                f"not {self.on_failure!r}"
+            )
+        if self.dead_letter_topic is not None:
+            if self.on_failure != "dead_letter":
+                raise ConfigurationError(
+                    f"handler {name}: dead_letter_topic needs on_failure='dead_letter'"
+                )
+            _check_topic_name(name, "dead_letter_topic", self.dead_letter_topic)
+        if self.delivery not in DELIVERIES:
+            raise ConfigurationError(
+                f"handler {name}: delivery must be 'at_least_once' or 'at_most_once', "
+                f"not {self.delivery!r}"
+            )
+        if self.publish_to is not None:
+            _check_topic_name(name, "publish_to", self.publish_to)
+
+
+def _check_topic_name(name: str, what: str, topic: object) -> None:
+    if not isinstance(topic, str) or not topic:
+        raise ConfigurationError(f"handler {name}: {what} must be a topic name, not {topic!r}")
 
 
 def check_mode(
@@ -94,11 +138,19 @@ class HandlerRegistry:
         ordering: str = "partition",
         concurrency: int | None = None,
         batch: BatchSettings | None = None,
+        options: HandlerOptions | None = None,
     ) -> HandlerSpec:
         name = handler_name(fn)
         if not callable(fn):
             raise ConfigurationError(f"handler {name} must be a function, not {fn!r}")
         mode, workers = check_mode(name, ordering, concurrency, batch)
+        options = options or HandlerOptions()
+        options.check(name)
+        if options.dead_letter_topic in topics or options.publish_to in topics:
+            raise ConfigurationError(
+                f"handler {name}: publishing failures or results to a topic it consumes "
+                "would feed them back to it"
+            )
         if batch is not None:
             if not isinstance(batch.max_records, int) or batch.max_records < 1:
                 raise ConfigurationError(
@@ -152,6 +204,11 @@ class HandlerRegistry:
             ordering=mode,
             concurrency=workers,
             batch=batch,
+            retry=options.retry or NO_RETRY,
+            on_failure=cast(FailurePolicy, options.on_failure),
+            dead_letter_topic=options.dead_letter_topic,
+            delivery=cast(Delivery, options.delivery),
+            publish_to=options.publish_to,
         )
         if compiled is None:
             for topic in topics:

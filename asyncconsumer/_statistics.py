@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from aiokafka.structs import TopicPartition
 
-__all__ = ["HandlerStatistics", "Statistics"]
+__all__ = ["HandlerStatistics", "Statistics", "TopicStatistics"]
 
 
 class HandlerStatistics(NamedTuple):
@@ -18,6 +18,23 @@ class HandlerStatistics(NamedTuple):
     """Records whose handler call is running."""
     buffered: int
     """Records fetched and not started yet."""
+
+
+class TopicStatistics(NamedTuple):
+    """Totals for one topic since the app was created."""
+
+    fetched: int
+    """Records fetched (handed to the handler's lanes)."""
+    handled: int
+    """Records whose handler returned (batch handlers: each record of the batch)."""
+    failed: int
+    """Records whose last attempt failed, or that could not be decoded."""
+    retried: int
+    """Failed attempts that were retried."""
+    dead_lettered: int
+    """Failed records published to the dead-letter topic."""
+    skipped: int
+    """Failed records skipped (``on_failure="skip"``)."""
 
 
 class Statistics(NamedTuple):
@@ -51,3 +68,5 @@ class Statistics(NamedTuple):
     """Largest event-loop lag seen since start, in seconds."""
     handlers: dict[str, HandlerStatistics]
     """Per handler (by qualified name)."""
+    topics: dict[str, TopicStatistics]
+    """Per topic, totals since the app was created."""

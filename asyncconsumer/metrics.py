@@ -149,9 +149,8 @@ class ConsumerMetrics:
 def _add_middleware(app: ConsumerApp, timer: HandlerTimer) -> None:
     # Outermost, so that the time of the other middleware counts too. The app
     # reads its middleware when it starts running.
-    current = getattr(app, "middleware", None)
-    if current is not None:
-        setattr(app, "middleware", (timer, *current))  # noqa: B010 -- an attribute of main's
+    if timer not in app.middleware:
+        app.middleware = (timer, *app.middleware)
 
 
 class _StatisticsCollector(Collector):
@@ -181,11 +180,11 @@ class _StatisticsCollector(Collector):
 
 
 def _from_statistics(ns: str, group: str, s: Statistics) -> Iterator[Metric]:
-    topics: dict[str, Any] = getattr(s, "topics", None) or {}
+    topics = sorted(s.topics.items())
     for field, doc in _TOPIC_COUNTERS:
         family = CounterMetricFamily(f"{ns}_records_{field}", doc, labels=["group", "topic"])
-        for topic, counts in sorted(topics.items()):
-            family.add_metric([group, topic], getattr(counts, field, 0))
+        for topic, counts in topics:
+            family.add_metric([group, topic], getattr(counts, field))
         yield family
 
     in_flight = GaugeMetricFamily(

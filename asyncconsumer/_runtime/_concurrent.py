@@ -13,21 +13,27 @@ Workers take ready records round-robin across lanes. Records complete out of
 order, so the lane's :class:`~._offsets.CompletionTracker` keeps the committable
 offset at the lowest record not completed yet.
 
+A record to retry does not keep its worker: it is *parked* (it still holds its
+key, and the committed offset, back) and the pool's timer task makes it ready
+again when its backoff is over, so other keys go on at full concurrency.
+
 No task is created per record: a worker's cancel scope is replaced only when a
 drain cancels the record it runs.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._message import Decoder
-from ._lanes import BufferBound, Handler, Lane, LaneOwner, size_of
+from ._lanes import BufferBound, Lane, LaneOwner, size_of
 from ._offsets import CompletionTracker, PartitionOffsets
+from ._pipeline import Processor
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord, TopicPartition
@@ -37,24 +43,66 @@ __all__ = ["KeyedLane", "WorkerPool"]
 
 
 class WorkerPool:
-    """``size`` workers running one handler's ready records."""
+    """``size`` workers running one handler's ready records, and a timer task
+    that makes parked (retrying) records ready again."""
 
-    __slots__ = ("_closed", "_idle", "_ready", "_workers", "handler", "name", "size")
+    __slots__ = (
+        "_closed",
+        "_idle",
+        "_parked",
+        "_ready",
+        "_seq",
+        "_timer_wakeup",
+        "_workers",
+        "name",
+        "processor",
+        "size",
+    )
 
-    def __init__(self, handler: Handler, size: int, name: str) -> None:
-        self.handler = handler
+    def __init__(self, processor: Processor, size: int, name: str) -> None:
+        self.processor = processor
         self.size = size
         self.name = name
         self._ready: deque[KeyedLane] = deque()  # lanes with ready records, round-robin
         self._idle: list[anyio.Event] = []
         self._workers: list[_Worker] = []
         self._closed = False
+        # (due, seq, lane, record, lane generation): records waiting for a retry
+        self._parked: list[tuple[float, int, KeyedLane, ConsumerRecord, int]] = []
+        self._seq = itertools.count()
+        self._timer_wakeup = anyio.Event()
 
     def start(self, tg: TaskGroup) -> None:
         for i in range(self.size):
             worker = _Worker(self)
             self._workers.append(worker)
             tg.start_soon(worker.run, name=f"asyncconsumer worker {self.name}#{i}")
+        tg.start_soon(self._timer, name=f"asyncconsumer retry timer {self.name}")
+
+    def park(self, lane: KeyedLane, record: ConsumerRecord, delay: float) -> None:
+        """Make ``record`` ready again in ``delay`` seconds (unless its lane closes
+        or seeks meanwhile)."""
+        due = anyio.current_time() + delay
+        parked = self._parked
+        heapq.heappush(parked, (due, next(self._seq), lane, record, lane.gen))
+        if parked[0][0] == due:
+            self._timer_wakeup.set()  # the earliest now: the timer sleeps less
+
+    async def _timer(self) -> None:
+        parked = self._parked
+        while not self._closed:
+            self._timer_wakeup = wakeup = anyio.Event()
+            if not parked:
+                await wakeup.wait()
+                continue
+            wait = parked[0][0] - anyio.current_time()
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await wakeup.wait()
+                continue
+            _, _, lane, record, gen = heapq.heappop(parked)
+            if not lane.closed and gen == lane.gen:
+                lane.requeue(record)
 
     def schedule(self, lane: KeyedLane, ready: int) -> None:
         """``lane`` has ``ready`` more records that may run."""
@@ -74,6 +122,8 @@ class WorkerPool:
         for event in self._idle:
             event.set()
         self._idle.clear()
+        self._parked.clear()
+        self._timer_wakeup.set()
 
 
 class _Worker:
@@ -100,7 +150,7 @@ class _Worker:
     async def _loop(self) -> None:
         pool = self.pool
         ready_lanes = pool._ready
-        handler = pool.handler
+        process = pool.processor.process
         while not pool._closed:
             if not ready_lanes:
                 event = anyio.Event()
@@ -123,8 +173,10 @@ class _Worker:
             running[offset] = self
             self.lane, self.record = lane, record
             gen = lane.gen
+            attempts = lane.attempts
+            attempt = attempts.pop(offset, 1) if attempts else 1
             try:
-                await handler(lane.decode(record))
+                delay = await process(record, attempt)
             except Exception as exc:
                 self.lane = self.record = None
                 del running[offset]
@@ -132,10 +184,13 @@ class _Worker:
                 continue
             self.lane = self.record = None
             del running[offset]
-            if gen == lane.gen:
+            if gen != lane.gen:
+                if lane.closed and not running:
+                    lane.done.set()
+            elif delay is None:
                 lane.complete(record)
-            elif lane.closed and not running:
-                lane.done.set()
+            else:
+                lane.retry_later(record, attempt + 1, delay)
 
 
 class KeyedLane(Lane):
@@ -146,6 +201,7 @@ class KeyedLane(Lane):
         "_keys",
         "_skip",
         "_skip_max",
+        "attempts",
         "by_key",
         "gen",
         "pool",
@@ -159,15 +215,23 @@ class KeyedLane(Lane):
         self,
         tp: TopicPartition,
         pool: WorkerPool,
-        decode: Decoder,
         offsets: PartitionOffsets,
         owner: LaneOwner,
         *,
         by_key: bool,
         bound: BufferBound,
         handler_name: str = "",
+        commit_ahead: bool = False,
     ) -> None:
-        super().__init__(tp, decode, offsets, owner, bound=bound, handler_name=handler_name)
+        super().__init__(
+            tp,
+            pool.processor,
+            offsets,
+            owner,
+            bound=bound,
+            handler_name=handler_name,
+            commit_ahead=commit_ahead,
+        )
         self.pool = pool
         self.by_key = by_key
         self.tracker = CompletionTracker(offsets)
@@ -180,6 +244,7 @@ class KeyedLane(Lane):
         self.gen = 0
         self._skip: set[int] | None = None
         self._skip_max = -1
+        self.attempts: dict[int, int] = {}  # offset -> next attempt, of parked records
 
     @property
     def buffered(self) -> int:
@@ -198,11 +263,13 @@ class KeyedLane(Lane):
         keys = self._keys
         ready = self.ready
         by_key = self.by_key
+        track = not self.commit_ahead
         new_ready = 0
         added = 0
         for record in records:
             offset = record.offset
-            tracker.receive(offset)
+            if track:
+                tracker.receive(offset)
             skip = self._skip
             if skip is not None:
                 if offset >= self._skip_max:
@@ -255,6 +322,24 @@ class KeyedLane(Lane):
         if self.closed and not self.running_workers:
             self.done.set()
 
+    def retry_later(self, record: ConsumerRecord, attempt: int, delay: float) -> None:
+        """Park a failed record for a retry: it keeps its key (later records of the
+        key wait) and stays uncompleted, but frees its worker."""
+        if self.closed:
+            if not self.running_workers:
+                self.done.set()
+            return
+        self.attempts[record.offset] = attempt
+        self.pool.park(self, record, delay)
+
+    def requeue(self, record: ConsumerRecord) -> None:
+        """A parked record's backoff is over: ready again, ahead of the others."""
+        self._buffered += 1
+        if self.count_bytes:
+            self.buffered_bytes += size_of(record)
+        self.ready.appendleft(record)
+        self.pool.schedule(self, 1)
+
     def failed(self, record: ConsumerRecord, exc: Exception) -> None:
         first = not self.closed
         self.close()
@@ -269,6 +354,7 @@ class KeyedLane(Lane):
     def _clear(self) -> None:
         self.ready.clear()
         self._keys.clear()
+        self.attempts.clear()
         self._buffered = 0
         self.buffered_bytes = 0
         self._skip = None
@@ -286,6 +372,7 @@ class KeyedLane(Lane):
 
     def close(self) -> None:
         self.closed = True
+        self.closing.set()
         self._clear()
         if not self.running_workers:
             self.done.set()

@@ -7,7 +7,11 @@ One anyio task group owns everything that runs::
         ├── fetch loop      getmany -> lanes; pauses a partition whose lane is full
         ├── commit loop     every commit_interval: commit completed offsets
         ├── liveness        event-loop lag and fetch-loop watch
-        └── lanes           one worker per assigned partition (see _lanes)
+        ├── lanes           one worker per assigned partition (see _lanes)
+        └── worker pools    per key/none-ordered handler: workers + retry timer
+
+What a lane does with a record (decode, middleware, handler, publish, retries,
+dead-letter / skip / stop) is the handler's :class:`~._pipeline.Processor`.
 
 Rebalances arrive from aiokafka's coordinator through :class:`RebalanceAdapter`:
 
@@ -20,7 +24,11 @@ Rebalances arrive from aiokafka's coordinator through :class:`RebalanceAdapter`:
 Stop (``stop()``, an error, or cancellation of ``run``): stop fetching, drain
 every lane within ``shutdown_timeout``, cancel the rest, commit, run
 ``on_revoke``, then close the client, which leaves the group. A lock keeps
-rebalance handling, periodic commits and the stop sequence from interleaving.
+rebalance handling, commits and the stop sequence from interleaving.
+
+Every commit goes through :meth:`Engine._commit`, which reports it (offsets, or
+the error) to the ``on_commit`` hooks. ``at_most_once`` handlers' records are
+committed by the fetch loop before their lane gets them.
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
 from aiokafka import AIOKafkaConsumer
@@ -38,12 +46,13 @@ from aiokafka.structs import TopicPartition
 
 from .._config import ConsumerSettings
 from .._errors import CommitError, ConsumerStoppedError
-from .._statistics import HandlerStatistics, Statistics
+from .._statistics import HandlerStatistics, Statistics, TopicStatistics
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
 from ._observe import ObservedOffsetBook, Observers
 from ._offsets import decode_completed
+from ._pipeline import CounterMap, Middleware, Processor, compose
 from ._rebalance import RebalanceAdapter, RebalanceHook
 
 if TYPE_CHECKING:
@@ -51,8 +60,11 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
 
     from .._handlers import HandlerRegistry, HandlerSpec
+    from .._producer import Producer
 
-__all__ = ["Engine"]
+__all__ = ["CommitHook", "Engine"]
+
+CommitHook: TypeAlias = Callable[[dict[TopicPartition, int], CommitError | None], Awaitable[None]]
 
 _NO_STATS = HandlerStatistics(partitions=0, in_flight=0, buffered=0)
 
@@ -70,11 +82,21 @@ class Engine(LaneOwner):
         max_buffered_records: int,
         max_buffered_bytes: int | None = None,
         poll_timeout: float = 0.5,
+        middleware: Sequence[Middleware] = (),
+        on_commit: Sequence[CommitHook] = (),
+        producer: Producer | None = None,
+        counters: CounterMap | None = None,
     ) -> None:
         self.settings = settings
         self._registry = registry
         self._on_assign = on_assign
         self._on_revoke = on_revoke
+        self._on_commit = on_commit
+        self._middleware = middleware
+        self._producer = producer
+        # Per-topic totals, kept across rebalances (the app keeps them across runs).
+        self.counters = counters if counters is not None else CounterMap()
+        self._processors: dict[str, Processor] = {}  # handler name -> its processor
         self._bound = BufferBound(max_buffered_records, max_buffered_bytes)
         self._poll_ms = int(poll_timeout * 1000)
         # One poll hands a partition at most this many records, so a lane holds
@@ -168,6 +190,17 @@ class Engine(LaneOwner):
             loop_lag=self.liveness.loop_lag,
             max_loop_lag=self.liveness.max_loop_lag,
             handlers=handlers,
+            topics={
+                topic: TopicStatistics(
+                    fetched=c.fetched,
+                    handled=c.handled,
+                    failed=c.failed,
+                    retried=c.retried,
+                    dead_lettered=c.dead_lettered,
+                    skipped=c.skipped,
+                )
+                for topic, c in self.counters.items()
+            },
         )
 
     def observe(self, observers: Observers) -> None:
@@ -245,9 +278,11 @@ class Engine(LaneOwner):
             timeout = 0.0 if self._aborted else self.settings.shutdown_timeout
             await self._drain(lanes, timeout)
             try:
-                await self._book.commit(self._client())
+                await self._commit()
             except CommitError as exc:
                 log.error("final commit failed, these records will be delivered again: %s", exc)
+            except Exception as exc:  # an on_commit hook
+                self.fail(exc)
             tps = sorted(self._lanes)
             self._lanes.clear()
             for pool in self._pools.values():
@@ -275,6 +310,7 @@ class Engine(LaneOwner):
         lanes = self._lanes
         full = self._full
         polled = self.liveness.polled
+        counters = self.counters
         options = {"timeout_ms": self._poll_ms, "max_records": self._poll_records}
         try:
             with self._fetch_scope:
@@ -291,18 +327,73 @@ class Engine(LaneOwner):
                     if poll.cancelled_caught:
                         continue  # a lane drained: poll again, with it
                     polled()
+                    ahead: list[tuple[Lane, list[ConsumerRecord]]] | None = None
                     for tp, records in batches.items():
                         lane = lanes.get(tp)
                         if lane is None or lane.closed:
                             continue  # revoked meanwhile: the next owner fetches them
-                        if lane.push(records) and not lane.paused:
-                            lane.paused = True
-                            full.add(tp)
+                        counters[tp.topic].fetched += len(records)
+                        if lane.commit_ahead:
+                            ahead = ahead or []
+                            ahead.append((lane, records))
+                        else:
+                            self._push(lane, records)
+                    if ahead:
+                        await self._commit_ahead(ahead)
                     # getmany returns without suspending when records are ready:
                     # let the lanes run.
                     await anyio.lowlevel.checkpoint()
         except Exception as exc:
             self.fail(exc)
+
+    def _push(self, lane: Lane, records: list[ConsumerRecord]) -> None:
+        if lane.push(records) and not lane.paused:
+            lane.paused = True
+            self._full.add(lane.tp)
+
+    async def _commit_ahead(self, batches: list[tuple[Lane, list[ConsumerRecord]]]) -> None:
+        """``at_most_once``: commit the records' offsets, then let their lanes run them.
+
+        If the commit fails, the partitions are sought back to these records, which
+        are fetched and offered again (never run uncommitted)."""
+        async with self._lock:
+            live = [(lane, records) for lane, records in batches if not lane.closed]
+            if not live:
+                return
+            before = {lane.tp: lane.offsets.completed for lane, _ in live}
+            for lane, records in live:
+                lane.offsets.completed = records[-1].offset + 1
+            committed = False
+            try:
+                await self._commit([lane.tp for lane, _ in live])
+                committed = True
+            except CommitError as exc:
+                log.warning("at_most_once commit failed, fetching the records again: %s", exc)
+            finally:
+                if not committed:  # failed, or cancelled by the stop
+                    client = self._client()
+                    for lane, records in live:
+                        lane.offsets.completed = before[lane.tp]
+                        with contextlib.suppress(IllegalStateError):
+                            client.seek(lane.tp, records[0].offset)
+            if committed:
+                for lane, records in live:
+                    self._push(lane, records)
+
+    async def _commit(
+        self, tps: Iterable[TopicPartition] | None = None, *, revoking: bool = False
+    ) -> None:
+        """Commit completed offsets, tell the ``on_commit`` hooks; raise CommitError."""
+        error: CommitError | None = None
+        try:
+            done = await self._book.commit(self._client(), tps, revoking=revoking)
+        except CommitError as exc:
+            done, error = exc.offsets, exc
+        if done:
+            for hook in self._on_commit:
+                await hook(dict(done), error)
+        if error is not None:
+            raise error
 
     def _pause_in_client(self, tps: set[TopicPartition]) -> None:
         client = self._client()
@@ -313,16 +404,21 @@ class Engine(LaneOwner):
 
     async def _commit_loop(self) -> None:
         interval = self.settings.commit_interval
-        client = self._client()
         while True:
             await anyio.sleep(interval)
             async with self._lock:
                 if self._closing:
                     return
                 try:
-                    await self._book.commit(client, self._lanes)
+                    await self._commit(self._lanes)
                 except CommitError as exc:
+                    # Never fatal: the offsets stay pending and are committed at the
+                    # next interval, or, if the partitions moved, the next owner
+                    # starts from the last committed offset.
                     log.warning("%s; retrying at the next interval", exc)
+                except Exception as exc:  # an on_commit hook
+                    self.fail(exc)
+                    return
 
     # -- rebalance -----------------------------------------------------------
 
@@ -340,7 +436,7 @@ class Engine(LaneOwner):
             owned = [lane.tp for lane in lanes]
             await self._drain(lanes, self.settings.rebalance_drain_timeout)
             try:
-                await self._book.commit(self._client(), owned, revoking=True)
+                await self._commit(owned, revoking=True)
             except CommitError as exc:
                 log.warning("commit before revoke failed, the next owner will redo: %s", exc)
             self._book.forget(owned)
@@ -363,39 +459,63 @@ class Engine(LaneOwner):
                 lane.start(self._tg)
         self._rebalance_ended()
 
+    def _processor(self, spec: HandlerSpec) -> Processor:
+        processor = self._processors.get(spec.name)
+        if processor is None:
+            processor = self._processors[spec.name] = Processor(
+                compose(spec.fn, self._middleware),
+                spec.decode,
+                name=spec.name,
+                retry=spec.retry,
+                on_failure=spec.on_failure,
+                dead_letter_topic=spec.dead_letter_topic,
+                publish_to=spec.publish_to,
+                producer=self._producer,
+                group_id=self.settings.group_id or "",
+                counters=self.counters,
+            )
+        return processor
+
     def _make_lane(self, tp: TopicPartition, spec: HandlerSpec) -> Lane:
         offsets = self._book.track(tp)
         bound, name = self._bound, spec.name
+        ahead = spec.delivery == "at_most_once"
         if spec.batch is not None:
             return BatchLane(
                 tp,
-                spec.fn,
-                spec.decode,
+                self._processor(spec),
                 offsets,
                 self,
                 bound=bound,
                 max_records=spec.batch.max_records,
                 max_wait=spec.batch.max_wait,
                 handler_name=name,
+                commit_ahead=ahead,
             )
         if spec.ordering == "partition":
             return PartitionLane(
-                tp, spec.fn, spec.decode, offsets, self, bound=bound, handler_name=name
+                tp,
+                self._processor(spec),
+                offsets,
+                self,
+                bound=bound,
+                handler_name=name,
+                commit_ahead=ahead,
             )
         pool = self._pools.get(name)
         if pool is None:
             assert self._tg is not None
-            pool = self._pools[name] = WorkerPool(spec.fn, spec.concurrency, name)
+            pool = self._pools[name] = WorkerPool(self._processor(spec), spec.concurrency, name)
             pool.start(self._tg)
         return KeyedLane(
             tp,
             pool,
-            spec.decode,
             offsets,
             self,
             by_key=spec.ordering == "key",
             bound=bound,
             handler_name=name,
+            commit_ahead=ahead,
         )
 
     async def _skip_completed(self, lanes: list[KeyedLane]) -> None:

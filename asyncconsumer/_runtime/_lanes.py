@@ -4,6 +4,9 @@ A lane owns the fetched, not yet started records of its partition and decides
 which of them may run, and when each counts as completed: it moves the
 partition's ``completed`` offset, the only thing the commit task ever commits,
 so a record that is still running, was cancelled or failed is never committed.
+What running a record means (decoding, middleware, the handler, publishing, the
+failure policy) is the handler's :class:`~._pipeline.Processor`; when it asks
+for a retry, the lane waits the backoff without holding up other partitions.
 
 - :class:`PartitionLane` (``ordering="partition"``): one long-lived worker runs
   the records one at a time, in offset order.
@@ -15,24 +18,20 @@ so a record that is still running, was cancelled or failed is never committed.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 
 from .._errors import DeserializationError
-from .._message import Decoder
 from ._offsets import PartitionOffsets
+from ._pipeline import Processor
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord, TopicPartition
     from anyio.abc import TaskGroup
 
-__all__ = ["BatchLane", "BufferBound", "Handler", "Lane", "LaneOwner", "PartitionLane", "size_of"]
-
-Handler = Callable[[Any], Awaitable[Any]]
-"""A registered handler: it takes a :class:`Message` (or, for batch handlers, a list
-of them); what it returns is ignored."""
+__all__ = ["BatchLane", "BufferBound", "Lane", "LaneOwner", "PartitionLane", "size_of"]
 
 
 class BufferBound:
@@ -76,12 +75,14 @@ class Lane:
         "bound",
         "buffered_bytes",
         "closed",
+        "closing",
+        "commit_ahead",
         "count_bytes",
-        "decode",
         "done",
         "handler_name",
         "offsets",
         "paused",
+        "processor",
         "started",
         "tp",
     )
@@ -89,15 +90,19 @@ class Lane:
     def __init__(
         self,
         tp: TopicPartition,
-        decode: Decoder,
+        processor: Processor,
         offsets: PartitionOffsets,
         owner: LaneOwner,
         *,
         bound: BufferBound,
         handler_name: str = "",
+        commit_ahead: bool = False,
     ) -> None:
         self.tp = tp
-        self.decode = decode
+        self.processor = processor
+        # at_most_once: the engine commits records' offsets before pushing them
+        # here, so the lane must not move ``completed`` (it would go backwards).
+        self.commit_ahead = commit_ahead
         self.offsets = offsets
         self.bound = bound
         self.count_bytes = bound.bytes is not None
@@ -105,6 +110,7 @@ class Lane:
         self.handler_name = handler_name
         self._owner = owner
         self.done = anyio.Event()  # set once closed and nothing runs any more
+        self.closing = anyio.Event()  # set by close(): interrupts retry backoffs
         self.started = False
         self.closed = False
         self.paused = False
@@ -166,21 +172,28 @@ class Lane:
 class PartitionLane(Lane):
     """One worker task runs the partition's records one at a time, in offset order."""
 
-    __slots__ = ("_gen", "_records", "_waiting", "_wakeup", "current", "handler", "scope")
+    __slots__ = ("_gen", "_records", "_waiting", "_wakeup", "current", "scope")
 
     def __init__(
         self,
         tp: TopicPartition,
-        handler: Handler,
-        decode: Decoder,
+        processor: Processor,
         offsets: PartitionOffsets,
         owner: LaneOwner,
         *,
         bound: BufferBound,
         handler_name: str = "",
+        commit_ahead: bool = False,
     ) -> None:
-        super().__init__(tp, decode, offsets, owner, bound=bound, handler_name=handler_name)
-        self.handler = handler
+        super().__init__(
+            tp,
+            processor,
+            offsets,
+            owner,
+            bound=bound,
+            handler_name=handler_name,
+            commit_ahead=commit_ahead,
+        )
         self._records: deque[ConsumerRecord] = deque()
         self._wakeup = anyio.Event()
         self._waiting = False
@@ -221,6 +234,7 @@ class PartitionLane(Lane):
 
     def close(self) -> None:
         self.closed = True
+        self.closing.set()
         self.discard_buffered()
         if not self.started:
             self.done.set()
@@ -237,13 +251,20 @@ class PartitionLane(Lane):
         self._waiting = True
         await self._wakeup.wait()
 
+    async def _backoff(self, delay: float, gen: int) -> bool:
+        """Wait ``delay`` seconds before a retry; ``False`` if the lane closed or
+        moved (a seek) meanwhile: the record is then abandoned, not completed."""
+        with anyio.move_on_after(delay):
+            await self.closing.wait()
+        return not self.closed and gen == self._gen
+
     async def run(self) -> None:
         self.started = True
         records = self._records
         offsets = self.offsets
-        handler = self.handler
-        decode = self.decode
+        process = self.processor.process
         count_bytes = self.count_bytes
+        track = not self.commit_ahead
         record: ConsumerRecord | None = None
         try:
             with self.scope:
@@ -256,8 +277,12 @@ class PartitionLane(Lane):
                         self.buffered_bytes -= size_of(record)
                     self.current = record
                     gen = self._gen
-                    await handler(decode(record))
-                    if gen == self._gen:
+                    delay = await process(record)
+                    attempt = 1
+                    while delay is not None and await self._backoff(delay, gen):
+                        attempt += 1
+                        delay = await process(record, attempt)
+                    if delay is None and gen == self._gen and track:
                         offsets.completed = record.offset + 1
                     self.current = None
                     if self.paused:
@@ -280,8 +305,7 @@ class BatchLane(PartitionLane):
     def __init__(
         self,
         tp: TopicPartition,
-        handler: Handler,
-        decode: Decoder,
+        processor: Processor,
         offsets: PartitionOffsets,
         owner: LaneOwner,
         *,
@@ -289,9 +313,16 @@ class BatchLane(PartitionLane):
         max_records: int,
         max_wait: float,
         handler_name: str = "",
+        commit_ahead: bool = False,
     ) -> None:
         super().__init__(
-            tp, handler, decode, offsets, owner, bound=bound, handler_name=handler_name
+            tp,
+            processor,
+            offsets,
+            owner,
+            bound=bound,
+            handler_name=handler_name,
+            commit_ahead=commit_ahead,
         )
         self.max_records = max_records
         self.max_wait = max_wait
@@ -304,9 +335,9 @@ class BatchLane(PartitionLane):
         self.started = True
         records = self._records
         offsets = self.offsets
-        handler = self.handler
-        decode = self.decode
+        processor = self.processor
         max_records = self.max_records
+        track = not self.commit_ahead
         try:
             with self.scope:
                 while not self.closed:
@@ -329,8 +360,13 @@ class BatchLane(PartitionLane):
                     if self.count_bytes:
                         self.buffered_bytes -= sum(map(size_of, batch))
                     gen = self._gen
-                    await handler(list(map(decode, batch)))
-                    if gen == self._gen:
+                    msgs = await processor.decode_batch(batch)
+                    delay = await processor.process_batch(batch, msgs) if msgs else None
+                    attempt = 1
+                    while delay is not None and await self._backoff(delay, gen):
+                        attempt += 1
+                        delay = await processor.process_batch(batch, msgs, attempt)
+                    if delay is None and gen == self._gen and track:
                         offsets.completed = batch[-1].offset + 1
                     self._batch = []
                     if self.paused:

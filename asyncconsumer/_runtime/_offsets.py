@@ -216,9 +216,12 @@ class OffsetBook:
                     # before a rejoin; it does not look at the assignment.
                     await client._coordinator.commit_offsets(None, offsets)
             except KafkaError as exc:
-                raise CommitError(f"offset commit failed: {exc!r}") from exc
+                raise CommitError(f"offset commit failed: {exc!r}", _plain(offsets)) from exc
         if scope.cancelled_caught:
-            raise CommitError(f"offset commit did not complete within {self.commit_timeout:.1f}s")
+            raise CommitError(
+                f"offset commit did not complete within {self.commit_timeout:.1f}s",
+                _plain(offsets),
+            )
         done: dict[TopicPartition, int] = {}
         for tp, meta in offsets.items():
             part = self._parts.get(tp)
@@ -228,3 +231,7 @@ class OffsetBook:
             done[tp] = meta.offset
         log.debug("committed %s", done)
         return done
+
+
+def _plain(offsets: dict[TopicPartition, OffsetAndMetadata]) -> dict[TopicPartition, int]:
+    return {tp: meta.offset for tp, meta in offsets.items()}

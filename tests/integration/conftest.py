@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
 from confluent_kafka import KafkaException, Producer
 
 from asyncconsumer import TopicPartition
@@ -111,3 +112,30 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await anyio.sleep(0.1)
+
+
+async def read_topic(
+    bootstrap: str, topic: str, count: int, timeout: float = 30.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """The first ``count`` records of every partition of ``topic`` together (read
+    without a group), in partition then offset order."""
+    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await client.start()
+    try:
+        partitions = client.partitions_for_topic(topic)
+        with anyio.fail_after(timeout):
+            while not partitions:
+                await anyio.sleep(0.1)
+                await client.topics()
+                partitions = client.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        client.assign(tps)
+        await client.seek_to_beginning(*tps)
+        found: list[ConsumerRecord[bytes, bytes]] = []
+        with anyio.fail_after(timeout):
+            while len(found) < count:
+                for records in (await client.getmany(timeout_ms=200)).values():
+                    found.extend(records)
+        return sorted(found, key=lambda r: (r.partition, r.offset))
+    finally:
+        await client.stop()

@@ -13,6 +13,7 @@ from asyncconsumer._message import make_decoder
 from asyncconsumer._runtime._concurrent import KeyedLane, WorkerPool
 from asyncconsumer._runtime._lanes import BufferBound, Lane, LaneOwner
 from asyncconsumer._runtime._offsets import PartitionOffsets
+from asyncconsumer._runtime._pipeline import Processor
 
 TP = TopicPartition("t", 0)
 
@@ -45,7 +46,6 @@ def lane_for(
     return KeyedLane(
         TP,
         pool,
-        make_decoder(None, None),
         PartitionOffsets(),
         owner,
         by_key=by_key,
@@ -75,7 +75,7 @@ async def test_same_key_in_order_different_keys_overlap() -> None:
         seen[msg.key].append(msg.offset)
 
     keys = [f"k{rng.randrange(8)}".encode() for _ in range(400)]
-    pool = WorkerPool(handler, 16, "h")
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 16, "h")
     lane = lane_for(pool, Owner())
     async with anyio.create_task_group() as tg:
         pool.start(tg)
@@ -99,7 +99,7 @@ async def test_unordered_runs_up_to_concurrency_and_a_slow_record_holds_the_comm
         if msg.offset == 2:
             await release.wait()
 
-    pool = WorkerPool(handler, 4, "h")
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 4, "h")
     lane = lane_for(pool, Owner(), by_key=False)
     async with anyio.create_task_group() as tg:
         pool.start(tg)
@@ -122,7 +122,7 @@ async def test_records_without_key_share_one_lane() -> None:
         await anyio.sleep(0.001 * (5 - msg.offset % 5))
         order.append(msg.offset)
 
-    pool = WorkerPool(handler, 8, "h")
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 8, "h")
     lane = lane_for(pool, Owner())
     async with anyio.create_task_group() as tg:
         pool.start(tg)
@@ -139,7 +139,7 @@ async def test_completed_under_a_previous_owner_are_skipped() -> None:
     async def handler(msg: Message[Any]) -> None:
         handled.append(msg.offset)
 
-    pool = WorkerPool(handler, 4, "h")
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 4, "h")
     lane = lane_for(pool, Owner(), by_key=False)
     lane.skip_completed({12, 13, 15})
     async with anyio.create_task_group() as tg:
@@ -157,7 +157,7 @@ async def test_failure_closes_the_lane_and_holds_the_offset() -> None:
             raise ValueError("bad")
 
     owner = Owner()
-    pool = WorkerPool(handler, 1, "h")
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 1, "h")
     lane = lane_for(pool, owner, by_key=False)
     async with anyio.create_task_group() as tg:
         pool.start(tg)
@@ -183,12 +183,11 @@ async def test_drain_waits_then_cancel_stops_only_this_lanes_records() -> None:
             raise
         finished.append((msg.partition, msg.offset))
 
-    pool = WorkerPool(handler, 4, "h")
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 4, "h")
     slow = lane_for(pool, Owner(), by_key=False)
     other = KeyedLane(
         TopicPartition("t", 1),
         pool,
-        make_decoder(None, None),
         PartitionOffsets(),
         Owner(),
         by_key=False,
@@ -227,7 +226,7 @@ async def test_buffer_drains_to_low_water_resumes() -> None:
         await gate.wait()
 
     owner = Owner()
-    pool = WorkerPool(handler, 2, "h")
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 2, "h")
     lane = lane_for(pool, owner, by_key=False, low_water=3)
     async with anyio.create_task_group() as tg:
         pool.start(tg)
@@ -263,7 +262,7 @@ async def test_engine_reads_completed_offsets_from_commit_metadata_on_assign() -
     async def handler(msg: Message[Any]) -> None:
         handled.append(msg.offset)
 
-    pool = WorkerPool(handler, 2, "h")
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 2, "h")
     lane = lane_for(pool, Owner(), by_key=False)
     await engine._skip_completed([lane])
     async with anyio.create_task_group() as tg:

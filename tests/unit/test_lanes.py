@@ -8,6 +8,7 @@ from asyncconsumer import Message, TopicPartition
 from asyncconsumer._message import make_decoder
 from asyncconsumer._runtime._lanes import BufferBound, Lane, LaneOwner, PartitionLane
 from asyncconsumer._runtime._offsets import PartitionOffsets
+from asyncconsumer._runtime._pipeline import Processor
 
 TP = TopicPartition("t", 0)
 
@@ -38,8 +39,7 @@ def make_lane(handler: Any, owner: Owner, low_water: int = 0) -> PartitionLane:
     """A lane whose bound drains at ``low_water`` records."""
     return PartitionLane(
         TP,
-        handler,
-        make_decoder(None, None),
+        Processor(handler, make_decoder(None, None)),
         PartitionOffsets(),
         owner,
         bound=BufferBound(2 * low_water + 1),
@@ -159,8 +159,7 @@ async def test_batch_lane_hands_over_lists_in_order_and_completes_per_batch() ->
 
     lane = BatchLane(
         TP,
-        handler,
-        make_decoder(None, None),
+        Processor(handler, make_decoder(None, None)),
         PartitionOffsets(),
         Owner(),
         bound=BufferBound(1),
@@ -189,8 +188,7 @@ async def test_batch_failure_holds_the_offset_at_the_batch_start() -> None:
     owner = Owner()
     lane = BatchLane(
         TP,
-        handler,
-        make_decoder(None, None),
+        Processor(handler, make_decoder(None, None)),
         PartitionOffsets(),
         owner,
         bound=BufferBound(1),
@@ -229,8 +227,7 @@ async def test_bytes_bound_fills_and_drains_with_the_record_sizes() -> None:
     owner = Owner()
     lane = PartitionLane(
         TP,
-        handler,
-        make_decoder(None, None),
+        Processor(handler, make_decoder(None, None)),
         PartitionOffsets(),
         owner,
         bound=BufferBound(records=1000, bytes=10_000),

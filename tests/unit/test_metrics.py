@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from asyncconsumer import CommitError, ConsumerApp, HandlerStatistics, Message, TopicPartition
+from asyncconsumer import (
+    CommitError,
+    ConsumerApp,
+    HandlerStatistics,
+    Message,
+    TopicPartition,
+    TopicStatistics,
+)
 from asyncconsumer.metrics import ConsumerMetrics, instrument
 
 from .stats import make_statistics
@@ -46,6 +52,9 @@ def test_values_are_read_from_the_statistics_at_scrape_time(
     a = app()
     metrics = ConsumerMetrics(a)
     t0, t1, t2 = (TopicPartition("orders", p) for p in range(3))
+    counts = TopicStatistics(
+        fetched=120, handled=100, failed=3, retried=5, dead_lettered=2, skipped=1
+    )
     statistics = make_statistics(
         assigned=frozenset({t0, t1, t2}),
         paused=frozenset({t2}),
@@ -58,16 +67,12 @@ def test_values_are_read_from_the_statistics_at_scrape_time(
         loop_lag=0.01,
         max_loop_lag=0.7,
         handlers={"svc.handle": HandlerStatistics(partitions=3, in_flight=2, buffered=30)},
+        topics={"orders": counts},
     )
-    # The per-topic counters (main's TopicStatistics shape): a stand-in here.
-    counts = SimpleNamespace(
-        fetched=120, handled=100, failed=3, retried=5, dead_lettered=2, skipped=1
-    )
-    snapshot: Any = SimpleNamespace(**statistics._asdict(), topics={"orders": counts})
-    monkeypatch.setattr(a, "statistics", lambda: snapshot)
+    monkeypatch.setattr(a, "statistics", lambda: statistics)
     values = scrape(metrics)
     assert values[key("asyncconsumer_running")] == 1
-    for field, expected in counts.__dict__.items():
+    for field, expected in counts._asdict().items():
         assert values[key(f"asyncconsumer_records_{field}_total", topic="orders")] == expected
     assert values[key("asyncconsumer_in_flight_records", handler="svc.handle")] == 2
     assert values[key("asyncconsumer_buffered_records", handler="svc.handle")] == 30

@@ -1,0 +1,172 @@
+"""The app's producer: :class:`Producer` (aiokafka's, started with the app) and
+:class:`ProducerRecord` (what a ``publish_to`` handler may return)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+
+from ._errors import ConfigurationError, ConsumerStoppedError
+
+__all__ = ["Headers", "Producer", "ProducerRecord", "RecordMetadata", "encode"]
+
+Headers: TypeAlias = Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str]]
+"""Record headers: a mapping or a sequence of ``(name, value)`` pairs; ``str`` values
+are UTF-8 encoded."""
+
+_OWNED = {
+    "key_serializer": "keys and values are encoded by type (see asyncconsumer.encode)",
+    "value_serializer": "keys and values are encoded by type (see asyncconsumer.encode)",
+    "loop": "the running event loop is used",
+    "bootstrap_servers": "the app's bootstrap_servers are used",
+}
+_PRODUCER_OPTIONS = frozenset(inspect.signature(AIOKafkaProducer.__init__).parameters) - {"self"}
+
+# Safer than aiokafka's acks=1: a record the producer reports as written (a
+# dead-lettered one, for example) survives the loss of the partition leader.
+DEFAULT_PRODUCER_OPTIONS: dict[str, Any] = {"acks": "all"}
+
+
+def encode(value: object) -> bytes | None:
+    """Bytes for a key or value: ``bytes`` as they are, ``str`` as UTF-8, a pydantic
+    model as its JSON, ``None`` as ``None`` (no key; a tombstone), anything else as
+    compact JSON (``TypeError`` if it cannot be)."""
+    if value is None or type(value) is bytes:
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    dump = getattr(value, "model_dump_json", None)
+    if callable(dump):
+        text: str = dump()
+        return text.encode()
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_headers(headers: Headers | None) -> list[tuple[str, bytes]] | None:
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return [(name, v.encode() if isinstance(v, str) else bytes(v)) for name, v in pairs]
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerRecord:
+    """A record to publish, when a ``publish_to`` handler needs more than a value:
+    its own key (by default the consumed record's key is kept), headers, another
+    topic or a partition."""
+
+    value: object
+    key: object = None
+    headers: Headers | None = None
+    topic: str | None = None
+    partition: int | None = None
+
+
+def check_producer_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    for name in options:
+        if name in _OWNED:
+            raise ConfigurationError(f"producer option {name!r} is not accepted: {_OWNED[name]}")
+        if name not in _PRODUCER_OPTIONS:
+            raise ConfigurationError(
+                f"unknown Kafka producer option {name!r} "
+                "(see aiokafka.AIOKafkaProducer for the accepted names)"
+            )
+    return {**DEFAULT_PRODUCER_OPTIONS, **options}
+
+
+class Producer:
+    """A Kafka producer, shared by everything in an app (handlers, the dead-letter
+    path, ``publish_to``). :class:`~asyncconsumer.ConsumerApp` starts it before the
+    consumer and stops it (flushing) after the consumer stopped.
+
+    ``options`` go to :class:`aiokafka.AIOKafkaProducer`: ``acks`` (default
+    ``"all"``), ``linger_ms``, ``max_batch_size``, ``compression_type``,
+    ``enable_idempotence``, ``request_timeout_ms`` (how long a send is retried),
+    ``retry_backoff_ms``, ``client_id``, security settings, ...
+    """
+
+    def __init__(self, bootstrap_servers: str | list[str], **options: Any) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.options = check_producer_options(options)
+        self._client: AIOKafkaProducer | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._client is not None
+
+    @property
+    def client(self) -> AIOKafkaProducer:
+        """The running aiokafka producer (for what this class does not wrap)."""
+        if self._client is None:
+            raise ConsumerStoppedError("the producer is not started (it runs with the app)")
+        return self._client
+
+    async def start(self) -> None:
+        if self._client is not None:
+            raise RuntimeError("the producer is already started")
+        try:
+            client = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"invalid Kafka producer settings: {exc}") from exc
+        try:
+            await client.start()
+        except BaseException:
+            await client.stop()
+            raise
+        self._client = client
+
+    async def stop(self) -> None:
+        """Flush what is pending and close."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.stop()
+
+    async def send(
+        self,
+        topic: str,
+        value: object = None,
+        *,
+        key: object = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        """Queue a record; the returned future resolves when the broker acknowledged it.
+
+        Keys and values are encoded by type (:func:`encode`): bytes as they are,
+        ``str`` as UTF-8, anything else as JSON.
+        """
+        future: asyncio.Future[RecordMetadata] = await self.client.send(
+            topic,
+            encode(value),
+            key=encode(key),
+            partition=partition,
+            timestamp_ms=timestamp_ms,
+            headers=encode_headers(headers),
+        )
+        return future
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: object = None,
+        *,
+        key: object = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordMetadata:
+        """Send a record and wait for the broker's acknowledgement."""
+        future = await self.send(
+            topic, value, key=key, headers=headers, partition=partition, timestamp_ms=timestamp_ms
+        )
+        return await future

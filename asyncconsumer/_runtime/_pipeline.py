@@ -1,0 +1,344 @@
+"""What happens to a record once a lane runs it: the :class:`Processor`.
+
+One processor per handler, shared by its lanes. For a record it decodes, calls
+the handler through the middleware chain, publishes the result (``publish_to``),
+and decides what a failure means::
+
+    decode ──error──────────────────────────────┐  (a poison pill: no retries)
+      │                                          ▼
+    middleware → handler → publish ──error──► retry?  yes: the lane waits the backoff
+      │                                          │        and calls again
+      ▼                                          no
+    completed                                    ▼
+                                  on_failure: "stop"        raise: the app stops, not committed
+                                              "dead_letter" publish to the DLQ, then completed
+                                              "skip"        log and count, then completed
+
+The processor never waits for a retry itself: it returns the backoff delay and
+the lane decides how to wait (a partition lane sleeps, a pooled lane parks the
+record and frees its worker), so that lanes stay the only schedulers.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from .._errors import DeadLetterError, DeserializationError
+from .._message import Decoder, Message
+from .._producer import Producer, ProducerRecord, encode, encode_headers
+from .._retry import NO_RETRY, FailurePolicy, Retry
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+
+__all__ = [
+    "DLQ_HEADERS",
+    "CallNext",
+    "CounterMap",
+    "Handler",
+    "Middleware",
+    "Processor",
+    "TopicCounters",
+    "compose",
+]
+
+log = logging.getLogger("asyncconsumer")
+
+Handler: TypeAlias = Callable[[Any], Awaitable[Any]]
+"""A registered handler: it takes a :class:`Message` (or, for batch handlers, a list
+of them); what it returns is published with ``publish_to``, else ignored."""
+
+CallNext: TypeAlias = Callable[[Any], Awaitable[Any]]
+"""``await call_next(msg)`` runs the rest of the chain (the next middleware, at the
+end the handler) and returns what the handler returned."""
+
+Middleware: TypeAlias = Callable[[Any, CallNext], Awaitable[Any]]
+"""``async def middleware(msg, call_next)`` (or an object with such a ``__call__``):
+wraps every handler attempt. ``msg`` is a :class:`Message` (a list of them for batch
+handlers); return what ``call_next`` returned, or something else to publish."""
+
+# Provenance headers on a dead-lettered record (values are UTF-8 text).
+DLQ_HEADERS = (
+    "dlq.original.topic",
+    "dlq.original.partition",
+    "dlq.original.offset",
+    "dlq.original.timestamp",
+    "dlq.group",
+    "dlq.handler",
+    "dlq.exception.type",
+    "dlq.exception.message",
+    "dlq.exception.traceback",
+    "dlq.attempts",
+)
+_MESSAGE_LIMIT = 1_000  # characters of the exception message
+_TRACEBACK_LIMIT = 8_000  # characters of the traceback (its end: the innermost frames)
+
+
+@dataclass(slots=True)
+class TopicCounters:
+    """Running totals for one topic (the engine keeps them across rebalances)."""
+
+    fetched: int = 0
+    handled: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+
+
+def compose(handler: Handler, middleware: Sequence[Middleware]) -> CallNext:
+    """The handler wrapped by ``middleware``, the first one outermost. Built once."""
+    call: CallNext = handler
+    for layer in reversed(middleware):
+        call = _link(layer, call)
+    return call
+
+
+def _link(layer: Middleware, call_next: CallNext) -> CallNext:
+    def call(msg: Any) -> Awaitable[Any]:
+        return layer(msg, call_next)
+
+    return call
+
+
+class Processor:
+    """Decode, call, publish and apply the failure policy for one handler's records."""
+
+    __slots__ = (
+        "call",
+        "counters",
+        "dead_letter_topic",
+        "decode",
+        "group_id",
+        "name",
+        "on_failure",
+        "producer",
+        "publish_to",
+        "retry",
+    )
+
+    def __init__(
+        self,
+        call: CallNext,
+        decode: Decoder,
+        *,
+        name: str = "",
+        retry: Retry = NO_RETRY,
+        on_failure: FailurePolicy = "stop",
+        dead_letter_topic: str | None = None,
+        publish_to: str | None = None,
+        producer: Producer | None = None,
+        group_id: str = "",
+        counters: CounterMap | None = None,
+    ) -> None:
+        if (on_failure == "dead_letter" or publish_to is not None) and producer is None:
+            raise ValueError("dead-lettering and publish_to need a producer")
+        self.call = call
+        self.decode = decode
+        self.name = name
+        self.retry = retry
+        self.on_failure = on_failure
+        self.dead_letter_topic = dead_letter_topic
+        self.publish_to = publish_to
+        self.producer = producer
+        self.group_id = group_id
+        self.counters = counters if counters is not None else CounterMap()
+
+    # -- one record ----------------------------------------------------------------
+
+    async def process(self, record: ConsumerRecord, attempt: int = 1) -> float | None:
+        """Run attempt number ``attempt`` for ``record``.
+
+        Returns ``None`` when the record is done with (handled, dead-lettered or
+        skipped: it counts as completed), or the seconds to wait before the next
+        attempt. Raises the error to stop on (``on_failure="stop"``).
+        """
+        try:
+            msg = self.decode(record)
+        except DeserializationError as exc:
+            await self._give_up((record,), exc, attempts=0)
+            return None
+        try:
+            result = await self.call(msg)
+            if result is not None and self.publish_to is not None:
+                await self._publish(record.key, (result,))
+        except Exception as exc:
+            return await self._failed((record,), exc, attempt)
+        self.counters[record.topic].handled += 1
+        return None
+
+    # -- a batch ---------------------------------------------------------------------
+
+    async def decode_batch(self, records: list[ConsumerRecord]) -> list[Message[Any]]:
+        """Decode a batch once (before its attempts): the records that cannot be
+        decoded go their own way (dead letter, skip, or stop) and are left out."""
+        decode = self.decode
+        try:
+            return list(map(decode, records))
+        except DeserializationError:
+            pass
+        msgs = []
+        for record in records:
+            try:
+                msgs.append(decode(record))
+            except DeserializationError as exc:
+                await self._give_up((record,), exc, attempts=0)
+        return msgs
+
+    async def process_batch(
+        self, records: list[ConsumerRecord], msgs: list[Message[Any]], attempt: int = 1
+    ) -> float | None:
+        """Like :meth:`process`, for the decoded ``msgs`` of ``records`` as one call.
+        A batch succeeds or fails as a whole."""
+        try:
+            result = await self.call(list(msgs))
+            if result is not None and self.publish_to is not None:
+                if not isinstance(result, list | tuple):
+                    raise TypeError(
+                        f"a publish_to batch handler must return a list of values, not {result!r}"
+                    )
+                await self._publish(None, result)
+        except Exception as exc:
+            live = {m.offset for m in msgs}
+            return await self._failed([r for r in records if r.offset in live], exc, attempt)
+        self.counters[records[0].topic].handled += len(msgs)
+        return None
+
+    # -- failures --------------------------------------------------------------------
+
+    async def _failed(
+        self, records: Sequence[ConsumerRecord], exc: Exception, attempt: int
+    ) -> float | None:
+        retry = self.retry
+        if retry.allows(exc, attempt):
+            delay = retry.backoff.delay(attempt)
+            self.counters[records[0].topic].retried += len(records)
+            log.warning(
+                "%s failed on %s (attempt %d of %d): %r; retrying in %.2fs",
+                self.name,
+                _where(records),
+                attempt,
+                retry.attempts,
+                exc,
+                delay,
+            )
+            return delay
+        await self._give_up(records, exc, attempt)
+        return None
+
+    async def _give_up(
+        self, records: Sequence[ConsumerRecord], exc: Exception, attempts: int
+    ) -> None:
+        """Apply ``on_failure`` to records whose last attempt failed (``attempts`` = 0:
+        they could not be decoded)."""
+        counters = self.counters[records[0].topic]
+        counters.failed += len(records)
+        policy = self.on_failure
+        if policy == "stop":
+            raise exc
+        where = _where(records)
+        if policy == "skip":
+            counters.skipped += len(records)
+            log.error(
+                "%s failed on %s after %d attempt(s); skipped (on_failure='skip')",
+                self.name,
+                where,
+                attempts,
+                exc_info=exc,
+            )
+            return
+        await self._dead_letter(records, exc, attempts)
+        counters.dead_lettered += len(records)
+        log.error(
+            "%s failed on %s after %d attempt(s); sent to the dead-letter topic",
+            self.name,
+            where,
+            attempts,
+            exc_info=exc,
+        )
+
+    async def _dead_letter(
+        self, records: Sequence[ConsumerRecord], exc: Exception, attempts: int
+    ) -> None:
+        assert self.producer is not None
+        client = self.producer.client
+        text = "".join(traceback.format_exception(exc))[-_TRACEBACK_LIMIT:]
+        common = [
+            ("dlq.group", self.group_id.encode()),
+            ("dlq.handler", self.name.encode()),
+            ("dlq.exception.type", _qualified(type(exc)).encode()),
+            ("dlq.exception.message", str(exc)[:_MESSAGE_LIMIT].encode()),
+            ("dlq.exception.traceback", text.encode()),
+            ("dlq.attempts", str(attempts).encode()),
+        ]
+        topic = ""
+        try:
+            futures = []
+            for record in records:
+                topic = self.dead_letter_topic or f"{record.topic}.DLQ"
+                headers = [(k, v) for k, v in record.headers if not k.startswith("dlq.")]
+                headers += [
+                    ("dlq.original.topic", record.topic.encode()),
+                    ("dlq.original.partition", str(record.partition).encode()),
+                    ("dlq.original.offset", str(record.offset).encode()),
+                    ("dlq.original.timestamp", str(record.timestamp).encode()),
+                ]
+                headers += common
+                futures.append(await client.send(topic, record.value, record.key, headers=headers))
+            for future in futures:
+                await future
+        except Exception as send_error:
+            error = DeadLetterError(
+                f"could not publish {_where(records)} to the dead-letter topic {topic!r}: "
+                f"{send_error!r}; the record is not committed"
+            )
+            error.add_note(f"asyncconsumer: the record had failed with {exc!r}")
+            raise error from send_error
+
+    async def _publish(self, key: bytes | None, results: Iterable[object]) -> None:
+        assert self.producer is not None
+        assert self.publish_to is not None
+        client = self.producer.client
+        futures = []
+        for result in results:
+            if result is None:
+                continue
+            if isinstance(result, ProducerRecord):
+                futures.append(
+                    await client.send(
+                        result.topic or self.publish_to,
+                        encode(result.value),
+                        encode(result.key),
+                        partition=result.partition,
+                        headers=encode_headers(result.headers),
+                    )
+                )
+            else:
+                futures.append(await client.send(self.publish_to, encode(result), key))
+        for future in futures:
+            await future
+
+
+class CounterMap(dict[str, TopicCounters]):
+    """Per-topic counters, created on first use."""
+
+    def __missing__(self, topic: str) -> TopicCounters:
+        counters = self[topic] = TopicCounters()
+        return counters
+
+
+def _where(records: Sequence[ConsumerRecord]) -> str:
+    first = records[0]
+    where = f"{first.topic}[{first.partition}]@{first.offset}"
+    if len(records) > 1:
+        where += f"..{records[-1].offset} ({len(records)} records)"
+    return where
+
+
+def _qualified(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

@@ -1,0 +1,297 @@
+"""Retry/Backoff policies, the middleware chain and the Processor's failure paths."""
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from asyncconsumer import (
+    DLQ_HEADERS,
+    Backoff,
+    CallNext,
+    ConfigurationError,
+    DeadLetterError,
+    DeserializationError,
+    Message,
+    ProducerRecord,
+    Retry,
+    encode,
+)
+from asyncconsumer._message import make_decoder
+from asyncconsumer._producer import Producer, check_producer_options
+from asyncconsumer._runtime._pipeline import Processor, compose
+
+
+def record(offset: int = 0, value: bytes = b"v", key: bytes | None = b"k") -> Any:
+    return SimpleNamespace(
+        topic="t",
+        partition=2,
+        offset=offset,
+        key=key,
+        value=value,
+        headers=[("trace", b"1"), ("dlq.attempts", b"9")],
+        timestamp=1234,
+    )
+
+
+class FakeClient:
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.fail = fail
+
+    async def send(self, topic: str, value: Any, key: Any = None, **kw: Any) -> Any:
+        if self.fail:
+            raise RuntimeError("broker gone")
+        self.sent.append({"topic": topic, "value": value, "key": key, **kw})
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def producer(client: Any) -> Producer:
+    p = Producer("127.0.0.1:1")
+    p._client = client
+    return p
+
+
+# -- policies ----------------------------------------------------------------------
+
+
+def test_exponential_backoff_grows_to_its_maximum() -> None:
+    b = Backoff.exponential(initial=0.1, maximum=1.0, jitter=False)
+    assert [b.delay(n) for n in (1, 2, 3, 4, 5, 9)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert Backoff.constant(0.5).delay(7) == 0.5
+
+
+def test_jitter_stays_between_half_and_the_full_delay() -> None:
+    b = Backoff.exponential(initial=1.0, maximum=8.0)
+    delays = [b.delay(3) for _ in range(500)]
+    assert all(2.0 <= d <= 4.0 for d in delays)
+    assert max(delays) - min(delays) > 1.0  # actually spread
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Retry(attempts=0),
+        lambda: Retry(on=(KeyboardInterrupt,)),  # type: ignore[arg-type]
+        lambda: Retry(on=()),
+        lambda: Backoff(initial=-1),
+        lambda: Backoff(initial=2, maximum=1),
+        lambda: Backoff(multiplier=0.5),
+    ],
+)
+def test_bad_policies_are_configuration_errors(make: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        make()
+
+
+def test_retry_counts_attempts_and_filters_errors() -> None:
+    retry = Retry(attempts=3, on=ValueError)
+    assert retry.on == (ValueError,)
+    assert retry.allows(ValueError(), 1)
+    assert retry.allows(ValueError(), 2)
+    assert not retry.allows(ValueError(), 3)  # three attempts in all
+    assert not retry.allows(TypeError(), 1)
+
+
+def test_producer_options_are_checked_and_acks_default_to_all() -> None:
+    assert check_producer_options({"linger_ms": 5}) == {"acks": "all", "linger_ms": 5}
+    assert check_producer_options({"acks": 1})["acks"] == 1
+    for bad in ({"value_serializer": str}, {"lingerms": 5}):
+        with pytest.raises(ConfigurationError):
+            check_producer_options(bad)
+
+
+def test_encode_by_type() -> None:
+    assert encode(b"x") == b"x"
+    assert encode(bytearray(b"y")) == b"y"
+    assert encode("é") == "é".encode()
+    assert encode(None) is None
+    assert encode({"a": [1, 2]}) == b'{"a":[1,2]}'
+    with pytest.raises(TypeError):
+        encode(object())
+
+
+# -- middleware ----------------------------------------------------------------------
+
+
+async def test_middleware_runs_first_outermost_and_sees_the_result() -> None:
+    trail: list[str] = []
+
+    def layer(name: str) -> Any:
+        async def mw(msg: Any, call_next: CallNext) -> Any:
+            trail.append(f"{name} in")
+            result = await call_next(msg)
+            trail.append(f"{name} out {result}")
+            return f"{name}({result})"
+
+        return mw
+
+    async def handler(msg: Any) -> str:
+        trail.append("handler")
+        return "r"
+
+    call = compose(handler, [layer("a"), layer("b")])
+    assert await call(None) == "a(b(r))"
+    assert trail == ["a in", "b in", "handler", "b out r", "a out b(r)"]
+
+
+# -- the processor ---------------------------------------------------------------------
+
+
+async def test_a_failure_asks_for_a_retry_until_the_last_attempt_then_stops() -> None:
+    async def handler(msg: Message[Any]) -> None:
+        raise ValueError("boom")
+
+    p = Processor(
+        handler,
+        make_decoder(None, None),
+        retry=Retry(attempts=3, backoff=Backoff.constant(0.25)),
+    )
+    assert await p.process(record(), 1) == 0.25
+    assert await p.process(record(), 2) == 0.25
+    with pytest.raises(ValueError, match="boom"):
+        await p.process(record(), 3)
+    c = p.counters["t"]
+    assert (c.retried, c.failed, c.handled) == (2, 1, 0)
+
+
+async def test_errors_outside_retry_on_fail_at_once() -> None:
+    async def handler(msg: Message[Any]) -> None:
+        raise KeyError("no")
+
+    p = Processor(
+        handler, make_decoder(None, None), retry=Retry(attempts=5, on=ValueError), on_failure="skip"
+    )
+    assert await p.process(record(), 1) is None
+    c = p.counters["t"]
+    assert (c.retried, c.failed, c.skipped) == (0, 1, 1)
+
+
+async def test_dead_letter_keeps_key_value_and_headers_and_adds_provenance() -> None:
+    async def handler(msg: Message[Any]) -> None:
+        raise ValueError("x" * 5000)
+
+    client = FakeClient()
+    p = Processor(
+        handler,
+        make_decoder(None, None),
+        name="svc.handle",
+        on_failure="dead_letter",
+        producer=producer(client),
+        group_id="g1",
+        retry=Retry(attempts=2, backoff=Backoff.constant(0)),
+    )
+    assert await p.process(record(7), 1) == 0
+    assert await p.process(record(7), 2) is None
+    [sent] = client.sent
+    assert (sent["topic"], sent["value"], sent["key"]) == ("t.DLQ", b"v", b"k")
+    headers = dict(sent["headers"])
+    assert set(DLQ_HEADERS) <= set(headers)
+    assert headers["trace"] == b"1"
+    assert [k for k, _ in sent["headers"]].count("dlq.attempts") == 1  # old one replaced
+    assert headers["dlq.original.topic"] == b"t"
+    assert headers["dlq.original.partition"] == b"2"
+    assert headers["dlq.original.offset"] == b"7"
+    assert headers["dlq.original.timestamp"] == b"1234"
+    assert headers["dlq.group"] == b"g1"
+    assert headers["dlq.handler"] == b"svc.handle"
+    assert headers["dlq.exception.type"] == b"ValueError"
+    assert len(headers["dlq.exception.message"]) == 1000
+    assert b"Traceback" in headers["dlq.exception.traceback"]
+    assert headers["dlq.attempts"] == b"2"
+    assert p.counters["t"].dead_lettered == 1
+
+
+async def test_an_undecodable_record_is_not_retried() -> None:
+    calls = 0
+
+    async def handler(msg: Message[Any]) -> None:
+        nonlocal calls
+        calls += 1
+
+    client = FakeClient()
+    p = Processor(
+        handler,
+        make_decoder(None, lambda b: b.decode("ascii")),
+        on_failure="dead_letter",
+        dead_letter_topic="poison",
+        producer=producer(client),
+        retry=Retry(attempts=5),
+    )
+    assert await p.process(record(value=b"\xff"), 1) is None
+    assert calls == 0
+    [sent] = client.sent
+    assert sent["topic"] == "poison"
+    headers = dict(sent["headers"])
+    assert headers["dlq.attempts"] == b"0"
+    assert headers["dlq.exception.type"] == b"asyncconsumer._errors.DeserializationError"
+
+
+async def test_an_undecodable_record_stops_by_default() -> None:
+    async def handler(msg: Message[Any]) -> None:
+        pass
+
+    p = Processor(handler, make_decoder(None, lambda b: b.decode("ascii")))
+    with pytest.raises(DeserializationError):
+        await p.process(record(value=b"\xff"), 1)
+
+
+async def test_a_dead_letter_that_cannot_be_published_stops_with_both_errors() -> None:
+    async def handler(msg: Message[Any]) -> None:
+        raise ValueError("original")
+
+    p = Processor(
+        handler,
+        make_decoder(None, None),
+        on_failure="dead_letter",
+        producer=producer(FakeClient(fail=True)),
+    )
+    with pytest.raises(DeadLetterError) as info:
+        await p.process(record(), 1)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert any("original" in note for note in info.value.__notes__)
+
+
+async def test_publish_to_keeps_the_key_or_takes_a_producer_record() -> None:
+    results: list[Any] = ["text", None, ProducerRecord({"n": 1}, key="k2", topic="other")]
+
+    async def handler(msg: Message[Any]) -> Any:
+        return results.pop(0)
+
+    client = FakeClient()
+    p = Processor(handler, make_decoder(None, None), publish_to="out", producer=producer(client))
+    for i in range(3):
+        assert await p.process(record(i), 1) is None
+    assert [(s["topic"], s["value"], s["key"]) for s in client.sent] == [
+        ("out", b"text", b"k"),
+        ("other", b'{"n":1}', b"k2"),
+    ]
+    assert p.counters["t"].handled == 3
+
+
+async def test_a_batch_leaves_out_its_poison_pills_and_fails_as_a_whole() -> None:
+    seen: list[list[int]] = []
+
+    async def handler(msgs: list[Message[Any]]) -> None:
+        seen.append([m.offset for m in msgs])
+        raise ValueError("batch")
+
+    client = FakeClient()
+    p = Processor(
+        handler,
+        make_decoder(None, lambda b: b.decode("ascii")),
+        on_failure="dead_letter",
+        producer=producer(client),
+    )
+    batch = [record(0), record(1, value=b"\xff"), record(2)]
+    msgs = await p.decode_batch(batch)
+    assert [m.offset for m in msgs] == [0, 2]
+    assert [dict(s["headers"])["dlq.original.offset"] for s in client.sent] == [b"1"]
+    assert await p.process_batch(batch, msgs, 1) is None
+    assert seen == [[0, 2]]
+    assert [dict(s["headers"])["dlq.original.offset"] for s in client.sent] == [b"1", b"0", b"2"]
+    c = p.counters["t"]
+    assert (c.failed, c.dead_lettered, c.handled) == (3, 3, 0)
