@@ -116,6 +116,8 @@ def configure(app: ConsumerApp, values: Mapping[str, Any]) -> None:
         settings["kafka_options"] = {**app.settings.kafka_options, "client_id": values["client_id"]}
     if settings:
         app.settings = dataclasses.replace(app.settings, **settings)
+    if "bootstrap_servers" in settings:
+        app.producer.bootstrap_servers = app.settings.bootstrap_servers  # same cluster
     if "max_buffered_records" in values:
         app.max_buffered_records = values["max_buffered_records"]
 

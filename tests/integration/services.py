@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 
 import anyio
 import httpx
@@ -33,11 +34,17 @@ def sample(
 
 
 async def wait_status(
-    client: httpx.AsyncClient, url: str, status: int, timeout: float = 30.0
+    client: httpx.AsyncClient,
+    url: str,
+    status: int,
+    timeout: float = 30.0,
+    alive: Callable[[], bool] = lambda: True,
 ) -> httpx.Response:
-    """GET ``url`` until it answers ``status``; return that response."""
+    """GET ``url`` until it answers ``status``; return that response. ``alive``:
+    whether the server's process still runs (fail at once when it does not)."""
     deadline = time.monotonic() + timeout
     while True:
+        assert alive(), "the server exited"
         try:
             response = await client.get(url)
             if response.status_code == status:

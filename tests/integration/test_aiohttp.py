@@ -73,6 +73,11 @@ async def test_probes_metrics_and_commit_at_cleanup(kafka_broker: KafkaTestBroke
         metrics = samples(response.text)
         assert sample(metrics, "asyncconsumer_running", group=group) == 1
         assert sample(metrics, "asyncconsumer_assigned_partitions", group=group) == 2
+        by_topic = {"group": group, "topic": topic}
+        assert sample(metrics, "asyncconsumer_records_handled_total", **by_topic) == len(records)
+        assert sample(metrics, "asyncconsumer_handler_duration_seconds_count", **by_topic) == len(
+            records
+        )
         for tp, end in ends.items():
             labels = {"group": group, "topic": topic, "partition": str(tp.partition)}
             assert sample(metrics, "asyncconsumer_highwater_offset", **labels) == end

@@ -174,7 +174,9 @@ async def test_run_options_and_environment_and_metrics_port(
         ) as proc,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
     ):
-        ready = await wait_status(client, "/health/ready", 200, timeout=60)
+        ready = await wait_status(
+            client, "/health/ready", 200, timeout=60, alive=lambda: proc.returncode is None
+        )
         assert ready.json()["state"] == "running"
         with anyio.fail_after(60):
             while await committed_offsets(bootstrap, group, ends) != ends:
@@ -189,6 +191,12 @@ async def test_run_options_and_environment_and_metrics_port(
             assert sample(metrics, "asyncconsumer_highwater_offset", **labels) == end
             assert sample(metrics, "asyncconsumer_consumer_lag", **labels) == 0
         assert sample(metrics, "asyncconsumer_commit_duration_seconds_count", group=group)
+        for topic, count in ((orders, 120), (payments, 30)):
+            by_topic = {"group": group, "topic": topic}
+            assert sample(metrics, "asyncconsumer_records_handled_total", **by_topic) == count
+            assert sample(metrics, "asyncconsumer_handler_duration_seconds_count", **by_topic) == (
+                count
+            )
         proc.send_signal(signal.SIGTERM)
         code = await wait_exit(proc, 30)
         assert proc.stdout is not None

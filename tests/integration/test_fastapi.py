@@ -73,6 +73,7 @@ async def test_probes_metrics_and_commit_at_shutdown(kafka_broker: KafkaTestBrok
         yield {"pool": "a resource"}
         events.append("resources closed")
 
+    name = f"{handle.__module__}.{handle.__qualname__}"
     api = FastAPI(lifespan=consumer_lifespan(consumer, resources))
     api.include_router(health_router(consumer))
 
@@ -91,6 +92,15 @@ async def test_probes_metrics_and_commit_at_shutdown(kafka_broker: KafkaTestBrok
         assert sample(metrics, "asyncconsumer_running", group=group) == 1
         assert sample(metrics, "asyncconsumer_assigned_partitions", group=group) == 2
         assert sample(metrics, "asyncconsumer_rebalances_total", group=group) == 1
+        assert sample(metrics, "asyncconsumer_rebalance_duration_seconds_count", group=group) == 1
+        by_topic = {"group": group, "topic": topic}
+        assert sample(metrics, "asyncconsumer_records_fetched_total", **by_topic) == len(records)
+        assert sample(metrics, "asyncconsumer_records_handled_total", **by_topic) == len(records)
+        assert sample(metrics, "asyncconsumer_records_failed_total", **by_topic) == 0
+        assert sample(metrics, "asyncconsumer_handler_duration_seconds_count", **by_topic) == len(
+            records
+        )
+        assert sample(metrics, "asyncconsumer_in_flight_records", group=group, handler=name) == 0
         for tp, end in ends.items():
             labels = {"group": group, "topic": topic, "partition": str(tp.partition)}
             assert sample(metrics, "asyncconsumer_highwater_offset", **labels) == end
@@ -132,6 +142,9 @@ async def test_probes_answer_503_once_the_consumer_stopped_on_an_error(
         assert (await client.get("/ops/health/ready")).status_code == 503
         metrics = samples((await client.get("/ops/metrics")).text)
         assert sample(metrics, "asyncconsumer_running", group=group) == 0
+        # Two attempts returned, one raised: all three were timed.
+        by_topic = {"group": group, "topic": topic}
+        assert sample(metrics, "asyncconsumer_handler_duration_seconds_count", **by_topic) == 3
     # The failed record and what follows it are not committed.
     assert await committed_offsets(bootstrap, group, [TopicPartition(topic, 0)]) == {
         TopicPartition(topic, 0): 2

@@ -75,6 +75,7 @@ def test_configure_overrides_the_apps_settings() -> None:
     )
     s = a.settings
     assert s.bootstrap_servers == ["b1:9092", "b2:9092"]
+    assert a.producer.bootstrap_servers == ["b1:9092", "b2:9092"]
     assert (s.group_id, s.auto_offset_reset) == ("g2", "earliest")
     assert (s.commit_interval, s.shutdown_timeout, s.drain_timeout) == (0.25, 3.0, 2.0)
     assert s.kafka_options == {"client_id": "svc-1"}
