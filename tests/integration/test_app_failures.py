@@ -319,9 +319,8 @@ async def test_a_failed_commit_does_not_wedge_the_app_and_reassignment_resumes_f
     tp = TopicPartition(topic, 0)
     await aproduce(bootstrap, topic, [(None, b"a")] * 10, 0)
     # A short session: the member id the broker dropped expires sooner.
-    app = make_app(
-        bootstrap, unique("g-commit-fail"), session_timeout_ms=6000, heartbeat_interval_ms=500
-    )
+    group = unique("g-commit-fail")
+    app = make_app(bootstrap, group, session_timeout_ms=6000, heartbeat_interval_ms=500)
     handled: list[int] = []
     errors: list[CommitError] = []
     resumed_at: list[tuple[int | None, int]] = []  # (committed at assignment, len(handled))
@@ -360,4 +359,4 @@ async def test_a_failed_commit_does_not_wedge_the_app_and_reassignment_resumes_f
     # After the reassignment the partition restarted from the committed offset.
     assert handled[handled_before] == committed_then
     assert set(handled) == set(range(20))  # nothing lost
-    assert (await committed_offsets(bootstrap, app.settings.group_id, [tp]))[tp] == 20
+    assert (await committed_offsets(bootstrap, group, [tp]))[tp] == 20
