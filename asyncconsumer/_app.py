@@ -104,9 +104,7 @@ class ConsumerApp:
                     f"middleware must be callables `async (msg, call_next)`, not {layer!r}"
                 )
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
-        self.producer = Producer(bootstrap_servers, **(producer_options or {}))
-        """The app's Kafka producer: started before the consumer, stopped (flushed)
-        after it, so handlers can use it while they run."""
+        self._producer = Producer(bootstrap_servers, **(producer_options or {}))
         self._lifespan = lifespan
         self._registry = HandlerRegistry()
         self._counters = CounterMap()
@@ -264,7 +262,7 @@ class ConsumerApp:
             max_buffered_bytes=self.max_buffered_bytes,
             middleware=self.middleware,
             on_commit=self._on_commit,
-            producer=self.producer,
+            producer=self._producer,
             counters=self._counters,
         )
         if self._stop_early:
@@ -272,7 +270,7 @@ class ConsumerApp:
         engine.observe(self._observers)
         failure: Exception | None = None
         try:
-            await self.producer.start()
+            await self._producer.start()
             try:
                 async with self._lifespan_context():
                     try:
@@ -283,7 +281,7 @@ class ConsumerApp:
                         failure = exc
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self.producer.stop()
+                    await self._producer.stop()
         finally:
             self._engine = None
             self._stop_early = False
@@ -373,6 +371,12 @@ class ConsumerApp:
     def statistics(self) -> Statistics:
         """A snapshot of the runtime: assigned, in-flight, buffered, paused, offsets, loop lag."""
         return self._running().statistics()
+
+    @property
+    def producer(self) -> Producer:
+        """The app's Kafka producer: started before the consumer and stopped (flushed)
+        after it, so handlers, hooks and the lifespan can use it."""
+        return self._producer
 
     @property
     def running(self) -> bool:

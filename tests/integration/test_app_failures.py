@@ -309,3 +309,54 @@ async def test_a_dead_letter_that_cannot_be_published_stops_without_committing(
     assert "Boom" in "".join(info.value.__notes__)
     tp = TopicPartition(topic, 0)
     assert (await committed_offsets(bootstrap, group, [tp]))[tp] == 1
+
+
+async def test_a_failed_commit_does_not_wedge_the_app_and_reassignment_resumes_from_committed(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("commit-fail")
+    tp = TopicPartition(topic, 0)
+    await aproduce(bootstrap, topic, [(None, b"a")] * 10, 0)
+    # A short session: the member id the broker dropped expires sooner.
+    group = unique("g-commit-fail")
+    app = make_app(bootstrap, group, session_timeout_ms=6000, heartbeat_interval_ms=500)
+    handled: list[int] = []
+    errors: list[CommitError] = []
+    resumed_at: list[tuple[int | None, int]] = []  # (committed at assignment, len(handled))
+
+    @app.on_commit
+    async def on_commit(offsets: dict[TopicPartition, int], error: CommitError | None) -> None:
+        if error is not None:
+            errors.append(error)
+
+    @app.on_assign
+    async def assigned(tps: list[TopicPartition]) -> None:
+        resumed_at.append((await app.committed(tp), len(handled)))
+
+    @app.handler(topic)
+    async def handle(msg: Message[bytes]) -> None:
+        handled.append(msg.offset)
+
+    async with app:
+        await wait_until(lambda: app.statistics().committed.get(tp) == 10, 60, "first commit")
+        # The group's generation as the broker knows it no longer matches: the
+        # broker refuses the next commit (ILLEGAL_GENERATION), as after a
+        # rebalance this member missed.
+        engine = app._engine
+        assert engine is not None
+        assert engine.client is not None
+        engine.client._coordinator.generation += 1000
+        await aproduce(bootstrap, topic, [(None, b"b")] * 10, 0)
+        await wait_until(lambda: bool(errors), 30, "a failed commit reported to on_commit")
+        await wait_until(lambda: len(resumed_at) >= 2, 30, "the member rejoined")
+        await wait_until(lambda: app.statistics().committed.get(tp) == 20, 30, "commits again")
+        assert app.running
+
+    assert errors[0].offsets[tp] > 10
+    committed_then, handled_before = resumed_at[-1]
+    assert committed_then is not None
+    # After the reassignment the partition restarted from the committed offset.
+    assert handled[handled_before] == committed_then
+    assert set(handled) == set(range(20))  # nothing lost
+    assert (await committed_offsets(bootstrap, group, [tp]))[tp] == 20
