@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from asyncconsumer import ConsumerApp, DeserializationError, Message, TopicPartition
+from asyncconsumer import ConsumerApp, DeserializationError, Message, Retry, TopicPartition
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
-from .conftest import aproduce, committed_offsets, unique
+from .conftest import aproduce, committed_offsets, unique, wait_until
 
 
 class Order(BaseModel):
@@ -45,3 +45,28 @@ async def test_valid_payloads_arrive_typed_and_an_invalid_one_stops_as_a_poison_
     assert all(type(order) is Order for order in received)
     tp = TopicPartition(topic, 0)
     assert await committed_offsets(bootstrap, group, [tp]) == {tp: 3}  # the pill is not
+
+
+async def test_an_invalid_payload_takes_the_dead_letter_path_without_retries(
+    kafka_broker: KafkaTestBroker,
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic, group = unique("typed-dlq"), unique("g-typed-dlq")
+    dlq = f"{topic}.DLQ"
+    await kafka_broker.create_topic(topic, 1)
+    await kafka_broker.create_topic(dlq, 1)
+    payloads = [b'{"id": 1, "amount": 1}', b'{"amount": 2}', b'{"id": 3, "amount": 3}']
+    await aproduce(bootstrap, topic, [(None, p) for p in payloads])
+    app = ConsumerApp(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest")
+    received: list[Order] = []
+
+    @app.handler(topic, on_failure="dead_letter", retry=Retry(attempts=3))
+    async def handle(msg: Message[Order]) -> None:
+        received.append(msg.value)
+
+    tp = TopicPartition(topic, 0)
+    async with app:
+        await wait_until(lambda: app.statistics().committed.get(tp) == 3, what="all committed")
+        counts = app.statistics().topics[topic]
+    assert [order.id for order in received] == [1, 3]
+    assert (counts.handled, counts.failed, counts.retried, counts.dead_lettered) == (2, 1, 0, 1)
