@@ -57,7 +57,12 @@ async def test_an_invalid_payload_takes_the_dead_letter_path_without_retries(
     await kafka_broker.create_topic(dlq, 1)
     payloads = [b'{"id": 1, "amount": 1}', b'{"amount": 2}', b'{"id": 3, "amount": 3}']
     await aproduce(bootstrap, topic, [(None, p) for p in payloads])
-    app = ConsumerApp(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest")
+    app = ConsumerApp(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        commit_interval=0.2,
+    )
     received: list[Order] = []
 
     @app.handler(topic, on_failure="dead_letter", retry=Retry(attempts=3))
