@@ -20,6 +20,7 @@ from ._handlers import BatchSettings, HandlerOptions, HandlerRegistry, Ordering,
 from ._producer import Producer
 from ._retry import Delivery, FailurePolicy, Retry
 from ._runtime._engine import CommitHook, Engine
+from ._runtime._observe import Observers
 from ._runtime._pipeline import CounterMap, Middleware
 from ._runtime._rebalance import RebalanceHook
 from ._statistics import Statistics
@@ -114,6 +115,7 @@ class ConsumerApp:
         self._stop_early = False
         self._stack: AsyncExitStack | None = None
         self._background_error: BaseException | None = None
+        self._observers = Observers()  # commit and rebalance events, for metrics
 
     # -- registration ----------------------------------------------------------
 
@@ -265,6 +267,7 @@ class ConsumerApp:
         )
         if self._stop_early:
             engine.request_stop()
+        engine.observe(self._observers)
         failure: Exception | None = None
         try:
             await self._producer.start()

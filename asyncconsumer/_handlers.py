@@ -12,6 +12,8 @@ from ._errors import ConfigurationError
 from ._message import Decoder, make_decoder
 from ._retry import DELIVERIES, FAILURE_POLICIES, NO_RETRY, Delivery, FailurePolicy, Retry
 from ._runtime._pipeline import Handler
+from ._threads import ThreadLimit
+from ._typed import typed_value_codec
 
 __all__ = ["BatchSettings", "HandlerOptions", "HandlerRegistry", "HandlerSpec", "Ordering"]
 
@@ -120,6 +122,7 @@ class HandlerRegistry:
         self._by_topic: dict[str, HandlerSpec] = {}
         self._patterns: list[HandlerSpec] = []
         self._resolved: dict[str, HandlerSpec] = {}
+        self.threads = ThreadLimit()  # bounds the threads of plain ``def`` handlers
 
     def __bool__(self) -> bool:
         return bool(self._by_topic or self._patterns)
@@ -138,10 +141,8 @@ class HandlerRegistry:
         options: HandlerOptions | None = None,
     ) -> HandlerSpec:
         name = handler_name(fn)
-        if not inspect.iscoroutinefunction(fn):
-            raise ConfigurationError(
-                f"handler {name} must be a coroutine function (async def), not {fn!r}"
-            )
+        if not callable(fn):
+            raise ConfigurationError(f"handler {name} must be a function, not {fn!r}")
         mode, workers = check_mode(name, ordering, concurrency, batch)
         options = options or HandlerOptions()
         options.check(name)
@@ -187,6 +188,9 @@ class HandlerRegistry:
                 raise ConfigurationError(
                     f"pattern {compiled.pattern!r} already has a handler; one handler per topic"
                 )
+        value_codec = typed_value_codec(fn, value_codec, batch=batch is not None)
+        if not inspect.iscoroutinefunction(fn):
+            fn = self.threads.wrap(fn)  # plain ``def``: runs in a worker thread
         decode = make_decoder(
             resolve_codec(key_codec, what="key_codec"),
             resolve_codec(value_codec, what="value_codec"),

@@ -2,34 +2,59 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 
 import anyio
 
 from ._app import ConsumerApp
+from ._service import service_for
 
 __all__ = ["run"]
 
 log = logging.getLogger("asyncconsumer")
 
 
-def run(app: ConsumerApp, *, handle_signals: bool = True) -> None:
+def run(
+    app: ConsumerApp,
+    *,
+    handle_signals: bool = True,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+) -> None:
     """Run ``app`` in a new event loop until it stops.
 
     SIGINT or SIGTERM asks for a graceful stop (in-flight records get
     ``shutdown_timeout`` to finish, then the final commit); a second signal
     cancels in-flight handlers at once (their records are not committed).
     Raises what the app stopped on.
+
+    ``metrics_port``: also serve ``GET /metrics`` (Prometheus, needs the
+    ``prometheus`` extra), ``/health/live`` and ``/health/ready`` on that port.
     """
 
     async def main() -> None:
         error: BaseException | None = None
+        service = service_for(app)
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(_watch_signals, app)
+            if metrics_port is not None:
+                from ._http import serve_probes
+                from .metrics import CONTENT_TYPE, instrument
+
+                metrics = instrument(app)  # before the app starts: its handler timer
+                serve = functools.partial(
+                    serve_probes,
+                    service,
+                    metrics_host,
+                    metrics_port,
+                    render_metrics=lambda: (metrics.render(), CONTENT_TYPE),
+                )
+                await tg.start(serve)
             try:
-                await app.run()
+                await service.run()
             except Exception as exc:
                 error = exc
             finally:

@@ -52,6 +52,14 @@ class Statistics(NamedTuple):
     """Per partition, the offset after the last completed record (what a commit would store)."""
     committed: dict[TopicPartition, int]
     """Per partition, the offset this member last committed."""
+    highwater: dict[TopicPartition, int]
+    """Per partition, the high watermark of the last fetch response (the offset after
+    the last record in the partition): ``highwater - committed`` is the consumer lag."""
+    rebalances: int
+    """Rebalances completed since start (the initial join is the first)."""
+    rebalance_age: float
+    """Seconds the rebalance in progress has lasted (the initial join included); 0.0
+    when none is in progress."""
     poll_age: float
     """Seconds since the fetch loop's last poll returned (it polls at least every 0.5 s)."""
     loop_lag: float

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -49,7 +50,8 @@ from .._statistics import HandlerStatistics, Statistics, TopicStatistics
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
-from ._offsets import OffsetBook, decode_completed
+from ._observe import ObservedOffsetBook, Observers
+from ._offsets import decode_completed
 from ._pipeline import CounterMap, Middleware, Processor, compose
 from ._rebalance import RebalanceAdapter, RebalanceHook
 
@@ -107,7 +109,7 @@ class Engine(LaneOwner):
         self.failure: BaseException | None = None
         self._lanes: dict[TopicPartition, Lane] = {}
         self._pools: dict[str, WorkerPool] = {}  # handler name -> workers (key/none ordering)
-        self._book = OffsetBook(settings.commit_timeout)
+        self._book = ObservedOffsetBook(settings.commit_timeout)
         self._lock = anyio.Lock()
         self._stop_requested = anyio.Event()
         self._closing = False
@@ -118,6 +120,11 @@ class Engine(LaneOwner):
         self._full: set[TopicPartition] = set()  # lanes at their bound: not polled
         self._client_paused: set[TopicPartition] = set()
         self.liveness = LivenessMonitor(self._describe_running)
+        # Rebalances: completed ones, and when the one in progress began (the
+        # first one is the initial join).
+        self.rebalances = 0
+        self._rebalance_since: float | None = time.monotonic()
+        self.observers = self._book.observers
 
     # -- public surface used by ConsumerApp ---------------------------------
 
@@ -174,6 +181,11 @@ class Engine(LaneOwner):
             committed={
                 lane.tp: lane.offsets.committed for lane in lanes if lane.offsets.committed >= 0
             },
+            highwater=self._highwater(),
+            rebalances=self.rebalances,
+            rebalance_age=(
+                0.0 if self._rebalance_since is None else time.monotonic() - self._rebalance_since
+            ),
             poll_age=self.liveness.poll_age(),
             loop_lag=self.liveness.loop_lag,
             max_loop_lag=self.liveness.max_loop_lag,
@@ -190,6 +202,34 @@ class Engine(LaneOwner):
                 for topic, c in self.counters.items()
             },
         )
+
+    def observe(self, observers: Observers) -> None:
+        """Report commits and rebalances to ``observers`` (the app's)."""
+        self.observers = self._book.observers = observers
+
+    def _highwater(self) -> dict[TopicPartition, int]:
+        # The fetch responses' high watermark: the broker's ListOffsets may be
+        # wrong (see the embedded broker's gaps), this one is not.
+        client = self.client
+        if client is None:
+            return {}
+        marks = {}
+        for tp in self._lanes:
+            mark = client.highwater(tp)
+            if mark is not None:
+                marks[tp] = mark
+        return marks
+
+    def _rebalance_began(self) -> None:
+        if self._rebalance_since is None:
+            self._rebalance_since = time.monotonic()
+
+    def _rebalance_ended(self) -> None:
+        if self._rebalance_since is not None:
+            duration = time.monotonic() - self._rebalance_since
+            self._rebalance_since = None
+            self.rebalances += 1
+            self.observers.rebalanced(duration)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -386,6 +426,7 @@ class Engine(LaneOwner):
         # No shortcut while stopping: a revoke that races with the stop sequence
         # waits for it (the lock), so the final commit still lands in this
         # generation, and then finds nothing left to do.
+        self._rebalance_began()
         async with self._lock:
             lanes = [self._lanes.pop(tp) for tp in tps if tp in self._lanes]
             if not lanes:
@@ -416,6 +457,7 @@ class Engine(LaneOwner):
             assert self._tg is not None
             for lane in new:
                 lane.start(self._tg)
+        self._rebalance_ended()
 
     def _processor(self, spec: HandlerSpec) -> Processor:
         processor = self._processors.get(spec.name)

@@ -5,11 +5,19 @@ with the handlers. A handler that blocks the loop (CPU work, a blocking call)
 delays both, and long enough it gets the member evicted from the group. The
 monitor measures how late its own timer fires, and warns with the records that
 were running, so the culprit has a name.
+
+The name is taken while the loop is blocked: a watchdog thread sees the
+monitor's timer overdue and notes what is running at that moment (a handler
+that blocks and returns between two of the monitor's checks would otherwise be
+gone when the loop can look). The thread only reads, and only while the loop
+it reads from is stuck.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -22,6 +30,8 @@ log = logging.getLogger("asyncconsumer")
 
 class LivenessMonitor:
     __slots__ = (
+        "_beat",
+        "_culprit",
         "_describe_running",
         "interval",
         "last_poll",
@@ -35,8 +45,8 @@ class LivenessMonitor:
         self,
         describe_running: Callable[[], Iterable[str]],
         *,
-        interval: float = 0.5,
-        warn_lag: float = 1.0,
+        interval: float = 0.25,
+        warn_lag: float = 0.5,
         poll_stall_after: float = 60.0,
     ) -> None:
         self._describe_running = describe_running
@@ -46,6 +56,8 @@ class LivenessMonitor:
         self.loop_lag = 0.0
         self.max_loop_lag = 0.0
         self.last_poll = time.monotonic()
+        self._beat = self.last_poll  # when the monitor's current sleep began
+        self._culprit: str | None = None  # what ran while the loop was blocked
 
     def polled(self) -> None:
         """The fetch loop calls this after every poll."""
@@ -55,15 +67,38 @@ class LivenessMonitor:
         return time.monotonic() - self.last_poll
 
     async def run(self) -> None:
+        stop = threading.Event()
+        watchdog = threading.Thread(
+            target=self._watch, args=(stop,), name="asyncconsumer liveness", daemon=True
+        )
+        watchdog.start()
+        try:
+            await self._run()
+        finally:
+            stop.set()
+
+    def _watch(self, stop: threading.Event) -> None:
+        """In a thread: note what runs once the monitor's timer is overdue by half
+        the warning threshold (so by the time the loop measures a lag of the
+        threshold, the note was taken during the block)."""
+        overdue = self.interval + self.warn_lag / 2
+        while not stop.wait(self.warn_lag / 4):
+            if self._culprit is None and time.monotonic() - self._beat >= overdue:
+                # If the loop moved on meanwhile, it looks itself.
+                with contextlib.suppress(Exception):
+                    self._culprit = ", ".join(self._describe_running())
+
+    async def _run(self) -> None:
         stalled = False
         while True:
-            start = time.monotonic()
+            start = self._beat = time.monotonic()
             await anyio.sleep(self.interval)
             lag = max(0.0, time.monotonic() - start - self.interval)
             self.loop_lag = lag
             self.max_loop_lag = max(self.max_loop_lag, lag)
+            culprit, self._culprit = self._culprit, None
             if lag >= self.warn_lag:
-                running = ", ".join(self._describe_running()) or "no handler"
+                running = culprit or ", ".join(self._describe_running()) or "no handler"
                 log.warning(
                     "event loop was blocked for %.2fs (running: %s); a blocked loop "
                     "delays heartbeats and fetches: move blocking work to a thread",

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import httpx
 
 from asyncconsumer import TopicPartition
 from asyncconsumer.testing import create_topic
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
 from .conftest import aproduce, committed_offsets, unique
+from .services import free_port, sample, samples, wait_status
 
 ROOT = Path(__file__).resolve().parents[2]
 # The subprocesses import this checkout's package, whatever is installed.
@@ -136,3 +138,84 @@ async def test_broker_command_serves_until_sigterm() -> None:
         await create_topic(address, unique("cli-broker"), 1)  # it is a working broker
         proc.send_signal(signal.SIGTERM)
         assert await wait_exit(proc, 15) == 0
+
+
+async def test_run_options_and_environment_and_metrics_port(
+    kafka_broker: KafkaTestBroker,
+) -> None:
+    """Settings from ASYNCCONSUMER_* variables and options (options win, both
+    override the app's code); probes and metrics on --metrics-port; SIGTERM drains."""
+    bootstrap = kafka_broker.bootstrap_servers
+    orders, payments, group = unique("cli-m-orders"), unique("cli-m-payments"), unique("g-cli-m")
+    await kafka_broker.create_topic(orders, 2)
+    await kafka_broker.create_topic(payments, 1)
+    ends: dict[TopicPartition, int] = {}
+    for topic, count in ((orders, 120), (payments, 30)):
+        records = [(f"c{i % 5}".encode(), b'{"amount": 2.0}') for i in range(count)]
+        for tp, offsets in (await aproduce(bootstrap, topic, records)).items():
+            ends[tp] = max(offsets) + 1
+    port = free_port()
+    env = {
+        **ENV,
+        # The example's code would use 127.0.0.1:9092 and this group:
+        "ASYNCCONSUMER_BOOTSTRAP_SERVERS": bootstrap,
+        "ASYNCCONSUMER_GROUP_ID": "overridden-by-the-option",
+        "ASYNCCONSUMER_COMMIT_INTERVAL": "0.2",
+        "ASYNCCONSUMER_METRICS_HOST": "127.0.0.1",
+        "EXAMPLE_ORDERS_TOPIC": orders,
+        "EXAMPLE_PAYMENTS_TOPIC": payments,
+    }
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    command = [sys.executable, "-m", "asyncconsumer", "run", "examples.orders_app:app"]
+    command += ["--group-id", group, "--metrics-port", str(port)]
+    async with (
+        await anyio.open_process(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as proc,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        ready = await wait_status(
+            client, "/health/ready", 200, timeout=60, alive=lambda: proc.returncode is None
+        )
+        assert ready.json()["state"] == "running"
+        with anyio.fail_after(60):
+            while await committed_offsets(bootstrap, group, ends) != ends:
+                assert proc.returncode is None, "the app exited early"
+                await anyio.sleep(0.3)
+        assert (await client.get("/health/live")).status_code == 200
+        metrics = samples((await client.get("/metrics")).text)
+        assert sample(metrics, "asyncconsumer_assigned_partitions", group=group) == 3
+        for tp, end in ends.items():
+            labels = {"group": group, "topic": tp.topic, "partition": str(tp.partition)}
+            assert sample(metrics, "asyncconsumer_committed_offset", **labels) == end
+            assert sample(metrics, "asyncconsumer_highwater_offset", **labels) == end
+            assert sample(metrics, "asyncconsumer_consumer_lag", **labels) == 0
+        assert sample(metrics, "asyncconsumer_commit_duration_seconds_count", group=group)
+        for topic, count in ((orders, 120), (payments, 30)):
+            by_topic = {"group": group, "topic": topic}
+            assert sample(metrics, "asyncconsumer_records_handled_total", **by_topic) == count
+            assert sample(metrics, "asyncconsumer_handler_duration_seconds_count", **by_topic) == (
+                count
+            )
+        proc.send_signal(signal.SIGTERM)
+        code = await wait_exit(proc, 30)
+        assert proc.stdout is not None
+        output = await read_all(proc.stdout)
+    assert code == 0, output
+    assert f"serving /metrics, /health/live and /health/ready on 127.0.0.1:{port}" in output
+    assert await committed_offsets(bootstrap, group, ends) == ends
+    assert await committed_offsets(bootstrap, "overridden-by-the-option", ends) == dict.fromkeys(
+        ends
+    )
+
+
+async def test_run_rejects_an_invalid_environment_value() -> None:
+    env = {**ENV, "ASYNCCONSUMER_COMMIT_INTERVAL": "soon"}
+    result = await anyio.run_process(
+        [sys.executable, "-m", "asyncconsumer", "run", "examples.orders_app:app"],
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert b"ASYNCCONSUMER_COMMIT_INTERVAL" in result.stderr

@@ -34,3 +34,22 @@ async def test_a_stalled_fetch_loop_is_reported_once(caplog: pytest.LogCaptureFi
     stalls = [r for r in caplog.records if "has not polled" in r.getMessage()]
     assert len(stalls) == 1
     assert monitor.poll_age() < 0.05
+
+
+async def test_the_blocking_handler_is_named_even_when_it_returned_before_the_check(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    running: list[str] = []
+    monitor = LivenessMonitor(lambda: list(running), interval=0.02, warn_lag=0.2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(monitor.run)
+        await anyio.sleep(0.05)
+        with caplog.at_level(logging.WARNING, logger="asyncconsumer"):
+            running.append("handlers.crunch on orders[0]@7")
+            time.sleep(0.4)  # noqa: ASYNC251 -- the handler blocks the loop ...
+            running.clear()  # ... and returns before the monitor can run
+            await anyio.sleep(0.1)
+        tg.cancel_scope.cancel()
+    messages = [r.getMessage() for r in caplog.records if "blocked for" in r.getMessage()]
+    assert len(messages) == 1
+    assert "running: handlers.crunch on orders[0]@7" in messages[0]

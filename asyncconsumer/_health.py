@@ -1,0 +1,118 @@
+"""Health of a running :class:`~asyncconsumer.ConsumerApp`: liveness and readiness.
+
+:func:`evaluate` is a pure function of the app's lifecycle state and its
+:class:`~asyncconsumer.Statistics`, so both web integrations and the CLI answer
+the same, and tests can check every rule without a broker.
+
+- **live** fails only when the app stopped on an error: restarting the process
+  is then the remedy.
+- **ready** means the app consumes: it started; it has partitions, or it joined
+  the group and was legitimately given none (more members than partitions); the
+  fetch loop polled within ``max_poll_age``; no rebalance has lasted beyond
+  ``max_rebalance``; the event-loop lag is below ``max_loop_lag``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._statistics import Statistics
+
+__all__ = ["DEFAULT_BOUNDS", "Check", "Health", "HealthBounds", "State", "evaluate"]
+
+State = Literal["idle", "starting", "running", "stopped", "failed"]
+"""``idle``: not started; ``starting``: connecting and subscribing; ``running``;
+``stopped``: stopped cleanly; ``failed``: stopped on an error."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthBounds:
+    """The limits beyond which the app is not ready (seconds)."""
+
+    max_poll_age: float = 30.0
+    """The fetch loop polls at least every 0.5 s, even when every partition is paused."""
+    max_rebalance: float = 60.0
+    """A rebalance (the initial join included) lasting longer is stuck."""
+    max_loop_lag: float = 5.0
+    """Event-loop lag beyond this delays heartbeats towards an eviction."""
+
+
+DEFAULT_BOUNDS = HealthBounds()
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One readiness rule and how it went."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The answer of the health probes."""
+
+    state: State
+    live: bool
+    ready: bool
+    checks: tuple[Check, ...]
+    error: str | None = None
+    """``repr`` of the error the app stopped on (state ``failed``)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary: state, live, ready, error and the checks."""
+        return {
+            "state": self.state,
+            "live": self.live,
+            "ready": self.ready,
+            "error": self.error,
+            "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in self.checks},
+        }
+
+
+def evaluate(
+    state: State,
+    statistics: Statistics | None,
+    *,
+    error: BaseException | None = None,
+    bounds: HealthBounds = DEFAULT_BOUNDS,
+) -> Health:
+    """Liveness and readiness from the lifecycle ``state`` and a statistics snapshot
+    (``None`` when the app is not running)."""
+    live = state != "failed"
+    detail_error = repr(error) if error is not None else None
+    started = Check("started", state == "running", state)
+    if statistics is None or state != "running":
+        return Health(state, live, False, (started,), detail_error)
+    s = statistics
+    assigned = len(s.assigned)
+    checks = (
+        started,
+        Check(
+            "assignment",
+            assigned > 0 or s.rebalances > 0,
+            f"{assigned} partitions"
+            if assigned or s.rebalances
+            else "waiting for the first assignment",
+        ),
+        Check(
+            "fetch_loop",
+            s.poll_age <= bounds.max_poll_age,
+            f"last poll {s.poll_age:.1f}s ago (bound {bounds.max_poll_age:g}s)",
+        ),
+        Check(
+            "rebalance",
+            s.rebalance_age <= bounds.max_rebalance,
+            f"in progress for {s.rebalance_age:.1f}s (bound {bounds.max_rebalance:g}s)"
+            if s.rebalance_age
+            else "none in progress",
+        ),
+        Check(
+            "event_loop",
+            s.loop_lag <= bounds.max_loop_lag,
+            f"lag {s.loop_lag:.3f}s (bound {bounds.max_loop_lag:g}s)",
+        ),
+    )
+    return Health(state, live, all(c.ok for c in checks), checks, detail_error)

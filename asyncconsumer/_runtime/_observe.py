@@ -1,0 +1,95 @@
+"""Runtime events that metrics record as observations rather than read as a snapshot.
+
+Most of what metrics export is read at scrape time from
+:meth:`ConsumerApp.statistics`. Durations need every event: the engine reports
+each offset commit and each completed rebalance to its :class:`Observers`, which
+hand them to whatever subscribed (``asyncconsumer.metrics``). With nothing
+subscribed a report costs one empty loop; there is no report per record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from .._errors import CommitError
+from ._offsets import OffsetBook
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+__all__ = ["ObservedOffsetBook", "Observers", "RuntimeObserver"]
+
+log = logging.getLogger("asyncconsumer")
+
+
+class RuntimeObserver(Protocol):
+    """What an observer of the runtime implements."""
+
+    def committed(self, duration: float, error: BaseException | None) -> None:
+        """An offset commit finished after ``duration`` seconds (``error``: it failed)."""
+
+    def rebalanced(self, duration: float) -> None:
+        """A rebalance completed: ``duration`` seconds from the revoke (or the
+        subscription) to the end of the assignment."""
+
+
+class Observers:
+    """The observers of one app; the engine reports to it."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: list[RuntimeObserver] = []
+
+    def add(self, observer: RuntimeObserver) -> None:
+        if observer not in self._items:
+            self._items.append(observer)
+
+    def remove(self, observer: RuntimeObserver) -> None:
+        if observer in self._items:
+            self._items.remove(observer)
+
+    def committed(self, duration: float, error: BaseException | None) -> None:
+        for observer in self._items:
+            try:
+                observer.committed(duration, error)
+            except Exception:  # an observer must not break a commit
+                log.exception("observer %r failed", observer)
+
+    def rebalanced(self, duration: float) -> None:
+        for observer in self._items:
+            try:
+                observer.rebalanced(duration)
+            except Exception:
+                log.exception("observer %r failed", observer)
+
+
+class ObservedOffsetBook(OffsetBook):
+    """An :class:`OffsetBook` that reports every commit's duration and outcome."""
+
+    __slots__ = ("observers",)
+
+    def __init__(self, commit_timeout: float = 30.0) -> None:
+        super().__init__(commit_timeout)
+        self.observers = Observers()
+
+    async def commit(
+        self,
+        client: AIOKafkaConsumer,
+        tps: Iterable[TopicPartition] | None = None,
+        *,
+        revoking: bool = False,
+    ) -> dict[TopicPartition, int]:
+        started = time.monotonic()
+        try:
+            done = await super().commit(client, tps, revoking=revoking)
+        except CommitError as exc:
+            self.observers.committed(time.monotonic() - started, exc)
+            raise
+        if done:  # else there was nothing to commit: no request was sent
+            self.observers.committed(time.monotonic() - started, None)
+        return done

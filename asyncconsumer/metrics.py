@@ -1,0 +1,297 @@
+"""Prometheus metrics for a :class:`~asyncconsumer.ConsumerApp` (the ``prometheus`` extra).
+
+::
+
+    from asyncconsumer.metrics import instrument
+
+    metrics = instrument(app)            # before the app runs
+    body = metrics.render()              # the text exposition format
+
+Most values are read when Prometheus scrapes, from :meth:`ConsumerApp.statistics`
+(a custom collector): nothing is counted per record for them. Durations are
+observations: handler latency is measured by a middleware added to the app,
+commit latency and rebalance duration are reported by the runtime.
+
+Every metric has a ``group`` label (the consumer group). See the README,
+"Running in services", for the table of names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from ._app import ConsumerApp
+from ._errors import ConsumerStoppedError
+from ._statistics import Statistics
+
+__all__ = ["CONTENT_TYPE", "ConsumerMetrics", "HandlerTimer", "instrument"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""The ``Content-Type`` of :meth:`ConsumerMetrics.render`."""
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_TOPIC_COUNTERS = (
+    ("fetched", "Records fetched and handed to the handler's lanes."),
+    ("handled", "Records whose handler returned."),
+    ("failed", "Records whose last attempt failed, or that could not be decoded."),
+    ("retried", "Failed attempts that were retried."),
+    ("dead_lettered", "Failed records published to the dead-letter topic."),
+    ("skipped", "Failed records skipped."),
+)
+
+
+class HandlerTimer:
+    """Middleware: observes each handler attempt's duration, by topic.
+
+    ``async (msg, call_next)``: ``msg`` is a :class:`~asyncconsumer.Message`, or a
+    list of them for batch handlers (one observation per batch).
+    """
+
+    __slots__ = ("_by_topic", "_group", "_histogram")
+
+    def __init__(self, histogram: Histogram, group: str) -> None:
+        self._histogram = histogram
+        self._group = group
+        self._by_topic: dict[str, Any] = {}
+
+    async def __call__(self, msg: Any, call_next: Any) -> Any:
+        topic = msg[0].topic if isinstance(msg, list) else msg.topic
+        child = self._by_topic.get(topic)
+        if child is None:
+            child = self._by_topic[topic] = self._histogram.labels(self._group, topic)
+        started = time.perf_counter()
+        try:
+            return await call_next(msg)
+        finally:
+            child.observe(time.perf_counter() - started)
+
+
+class ConsumerMetrics:
+    """The Prometheus metrics of one app, in ``registry`` (default: a registry of
+    its own, so that several apps or tests never collide)."""
+
+    def __init__(
+        self,
+        app: ConsumerApp,
+        *,
+        registry: CollectorRegistry | None = None,
+        namespace: str = "asyncconsumer",
+        latency_buckets: Iterable[float] = LATENCY_BUCKETS,
+    ) -> None:
+        self.app = app
+        self.registry = registry if registry is not None else CollectorRegistry()
+        group = app.settings.group_id or ""
+        self._group = group
+        buckets = tuple(latency_buckets)
+        self.handler_duration = Histogram(
+            "handler_duration_seconds",
+            "Duration of handler attempts (middleware included), by topic.",
+            ["group", "topic"],
+            namespace=namespace,
+            registry=self.registry,
+            buckets=buckets,
+        )
+        self.commit_duration = Histogram(
+            "commit_duration_seconds",
+            "Duration of offset commits (failed ones included).",
+            ["group"],
+            namespace=namespace,
+            registry=self.registry,
+            buckets=buckets,
+        ).labels(group)
+        self.commit_failures = Counter(
+            "commit_failures",
+            "Offset commits that failed (the offsets are committed later, or redelivered).",
+            ["group"],
+            namespace=namespace,
+            registry=self.registry,
+        ).labels(group)
+        self.rebalance_duration = Histogram(
+            "rebalance_duration_seconds",
+            "Duration of rebalances, from the revoke (or the subscription) to the end "
+            "of the assignment.",
+            ["group"],
+            namespace=namespace,
+            registry=self.registry,
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        ).labels(group)
+        self.timer = HandlerTimer(self.handler_duration, group)
+        self.registry.register(_StatisticsCollector(app, namespace, group))
+        app._observers.add(self)
+        _add_middleware(app, self.timer)
+
+    # -- RuntimeObserver -------------------------------------------------------
+
+    def committed(self, duration: float, error: BaseException | None) -> None:
+        self.commit_duration.observe(duration)
+        if error is not None:
+            self.commit_failures.inc()
+
+    def rebalanced(self, duration: float) -> None:
+        self.rebalance_duration.observe(duration)
+
+    # -- exposition ------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """Every metric of the registry, in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+def _add_middleware(app: ConsumerApp, timer: HandlerTimer) -> None:
+    # Outermost, so that the time of the other middleware counts too. The app
+    # reads its middleware when it starts running.
+    if timer not in app.middleware:
+        app.middleware = (timer, *app.middleware)
+
+
+class _StatisticsCollector(Collector):
+    """Reads ``app.statistics()`` at scrape time."""
+
+    def __init__(self, app: ConsumerApp, namespace: str, group: str) -> None:
+        self._app = app
+        self._ns = namespace
+        self._group = group
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # names are checked for collisions by the histograms above
+
+    def collect(self) -> Iterator[Metric]:
+        ns, group = self._ns, self._group
+        running = GaugeMetricFamily(
+            f"{ns}_running", "1 while the app runs, else 0.", labels=["group"]
+        )
+        stats: Statistics | None = None
+        with contextlib.suppress(ConsumerStoppedError):
+            stats = self._app.statistics()
+        running.add_metric([group], 1.0 if stats is not None else 0.0)
+        yield running
+        if stats is None:
+            return
+        yield from _from_statistics(ns, group, stats)
+
+
+def _from_statistics(ns: str, group: str, s: Statistics) -> Iterator[Metric]:
+    topics = sorted(s.topics.items())
+    for field, doc in _TOPIC_COUNTERS:
+        family = CounterMetricFamily(f"{ns}_records_{field}", doc, labels=["group", "topic"])
+        for topic, counts in topics:
+            family.add_metric([group, topic], getattr(counts, field))
+        yield family
+
+    in_flight = GaugeMetricFamily(
+        f"{ns}_in_flight_records", "Records whose handler is running.", labels=["group", "handler"]
+    )
+    buffered = GaugeMetricFamily(
+        f"{ns}_buffered_records",
+        "Records fetched and not started yet.",
+        labels=["group", "handler"],
+    )
+    for name, h in sorted(s.handlers.items()):
+        in_flight.add_metric([group, name], h.in_flight)
+        buffered.add_metric([group, name], h.buffered)
+    yield in_flight
+    yield buffered
+
+    assigned = GaugeMetricFamily(
+        f"{ns}_assigned_partitions", "Partitions this member handles.", labels=["group"]
+    )
+    assigned.add_metric([group], len(s.assigned))
+    yield assigned
+    paused = GaugeMetricFamily(
+        f"{ns}_paused_partitions",
+        "Partitions whose fetching is paused (buffer full).",
+        labels=["group"],
+    )
+    paused.add_metric([group], len(s.paused))
+    yield paused
+
+    labels = ["group", "topic", "partition"]
+    lag = GaugeMetricFamily(
+        f"{ns}_consumer_lag",
+        "Records behind: the fetch high watermark minus the committed offset (before "
+        "this member's first commit of the partition, minus its processed position).",
+        labels=labels,
+    )
+    highwater = GaugeMetricFamily(
+        f"{ns}_highwater_offset", "The fetch high watermark.", labels=labels
+    )
+    committed = GaugeMetricFamily(
+        f"{ns}_committed_offset", "The offset this member last committed.", labels=labels
+    )
+    for tp in sorted(s.assigned):
+        values = [group, tp.topic, str(tp.partition)]
+        mark = s.highwater.get(tp)
+        done = s.committed.get(tp)
+        if done is not None:
+            committed.add_metric(values, done)
+        base = done if done is not None else s.completed.get(tp)
+        if mark is not None:
+            highwater.add_metric(values, mark)
+            if base is not None:
+                lag.add_metric(values, max(0, mark - base))
+    yield lag
+    yield highwater
+    yield committed
+
+    rebalances = CounterMetricFamily(
+        f"{ns}_rebalances",
+        "Rebalances completed (the initial join included).",
+        labels=["group"],
+    )
+    rebalances.add_metric([group], s.rebalances)
+    yield rebalances
+    rebalancing = GaugeMetricFamily(
+        f"{ns}_rebalance_in_progress_seconds",
+        "How long the rebalance in progress has lasted (0: none).",
+        labels=["group"],
+    )
+    rebalancing.add_metric([group], s.rebalance_age)
+    yield rebalancing
+    poll_age = GaugeMetricFamily(
+        f"{ns}_poll_age_seconds", "Seconds since the fetch loop last polled.", labels=["group"]
+    )
+    poll_age.add_metric([group], s.poll_age)
+    yield poll_age
+    loop_lag = GaugeMetricFamily(
+        f"{ns}_event_loop_lag_seconds",
+        "Event-loop lag at the last check (every 0.25 s).",
+        labels=["group"],
+    )
+    loop_lag.add_metric([group], s.loop_lag)
+    yield loop_lag
+    max_lag = GaugeMetricFamily(
+        f"{ns}_event_loop_lag_max_seconds",
+        "Largest event-loop lag since the app started.",
+        labels=["group"],
+    )
+    max_lag.add_metric([group], s.max_loop_lag)
+    yield max_lag
+
+
+_instrumented: weakref.WeakKeyDictionary[ConsumerApp, ConsumerMetrics] = weakref.WeakKeyDictionary()
+
+
+def instrument(app: ConsumerApp, *, registry: CollectorRegistry | None = None) -> ConsumerMetrics:
+    """The :class:`ConsumerMetrics` of ``app``, created on the first call.
+
+    Call it before the app runs (the handler timer is a middleware, read at
+    start). The web integrations and ``asyncconsumer run --metrics-port`` call it
+    too, and share the same metrics. ``registry`` applies to the first call only;
+    pass ``prometheus_client.REGISTRY`` to expose the app's metrics with the
+    process's default ones.
+    """
+    metrics = _instrumented.get(app)
+    if metrics is None:
+        metrics = _instrumented[app] = ConsumerMetrics(app, registry=registry)
+    elif registry is not None and registry is not metrics.registry:
+        raise ValueError("this app is already instrumented with another registry")
+    return metrics

@@ -1,0 +1,91 @@
+"""``asyncconsumer run`` options: command line over environment over the app's code."""
+
+from __future__ import annotations
+
+import pytest
+
+from asyncconsumer import ConfigurationError, ConsumerApp
+from asyncconsumer.cli import configure, main
+
+
+def app() -> ConsumerApp:
+    return ConsumerApp(
+        bootstrap_servers="code:9092", group_id="code-group", commit_interval=5.0, client_id="c"
+    )
+
+
+def parse(argv: list[str], env: dict[str, str]) -> dict[str, object]:
+    import argparse
+
+    from asyncconsumer import cli
+
+    captured: dict[str, object] = {}
+
+    def fake_run(args: argparse.Namespace) -> int:
+        captured.update(cli._resolve(args, env))
+        return 0
+
+    original = cli._cmd_run
+    cli._cmd_run = fake_run
+    try:
+        assert main(["run", "m:app", *argv]) == 0
+    finally:
+        cli._cmd_run = original
+    return captured
+
+
+def test_the_command_line_beats_the_environment() -> None:
+    env = {
+        "ASYNCCONSUMER_GROUP_ID": "env-group",
+        "ASYNCCONSUMER_COMMIT_INTERVAL": "0.5",
+        "ASYNCCONSUMER_METRICS_PORT": "9100",
+        "ASYNCCONSUMER_UNRELATED": "x",
+    }
+    values = parse(["--group-id", "cli-group", "--max-buffered-records", "64"], env)
+    assert values == {
+        "group_id": "cli-group",
+        "commit_interval": 0.5,
+        "metrics_port": 9100,
+        "max_buffered_records": 64,
+    }
+
+
+def test_invalid_values_are_rejected() -> None:
+    with pytest.raises(SystemExit, match="ASYNCCONSUMER_COMMIT_INTERVAL"):
+        parse([], {"ASYNCCONSUMER_COMMIT_INTERVAL": "-1"})
+    with pytest.raises(SystemExit):  # argparse: exit code 2
+        parse(["--auto-offset-reset", "sometimes"], {})
+
+
+def test_configure_overrides_the_apps_settings() -> None:
+    a = app()
+    configure(
+        a,
+        {
+            "bootstrap_servers": "b1:9092, b2:9092",
+            "group_id": "g2",
+            "auto_offset_reset": "earliest",
+            "commit_interval": 0.25,
+            "shutdown_timeout": 3.0,
+            "drain_timeout": 2.0,
+            "client_id": "svc-1",
+            "max_buffered_records": 10,
+            "metrics_port": 9100,
+        },
+    )
+    s = a.settings
+    assert s.bootstrap_servers == ["b1:9092", "b2:9092"]
+    assert a.producer.bootstrap_servers == ["b1:9092", "b2:9092"]
+    assert (s.group_id, s.auto_offset_reset) == ("g2", "earliest")
+    assert (s.commit_interval, s.shutdown_timeout, s.drain_timeout) == (0.25, 3.0, 2.0)
+    assert s.kafka_options == {"client_id": "svc-1"}
+    assert a.max_buffered_records == 10
+    b = app()
+    configure(b, {"bootstrap_servers": "one:9092"})
+    assert b.settings.bootstrap_servers == "one:9092"
+    assert b.settings.group_id == "code-group"  # untouched
+
+
+def test_configure_validates_like_the_constructor() -> None:
+    with pytest.raises(ConfigurationError, match="group_id"):
+        configure(app(), {"group_id": ""})

@@ -1,0 +1,135 @@
+"""Prometheus metrics: what a scrape reads from the statistics, and the observations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from asyncconsumer import (
+    CommitError,
+    ConsumerApp,
+    HandlerStatistics,
+    Message,
+    TopicPartition,
+    TopicStatistics,
+)
+from asyncconsumer.metrics import ConsumerMetrics, instrument
+
+from .stats import make_statistics
+
+GROUP = "billing"
+
+
+def app() -> ConsumerApp:
+    return ConsumerApp(bootstrap_servers="127.0.0.1:9", group_id=GROUP)
+
+
+def scrape(metrics: ConsumerMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = metrics.render().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    return name, frozenset({"group": GROUP, **labels}.items())
+
+
+def test_a_stopped_app_exports_running_0_and_no_runtime_values() -> None:
+    values = scrape(ConsumerMetrics(app()))
+    assert values[key("asyncconsumer_running")] == 0
+    assert not [k for k in values if k[0] == "asyncconsumer_assigned_partitions"]
+
+
+def test_values_are_read_from_the_statistics_at_scrape_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = app()
+    metrics = ConsumerMetrics(a)
+    t0, t1, t2 = (TopicPartition("orders", p) for p in range(3))
+    counts = TopicStatistics(
+        fetched=120, handled=100, failed=3, retried=5, dead_lettered=2, skipped=1
+    )
+    statistics = make_statistics(
+        assigned=frozenset({t0, t1, t2}),
+        paused=frozenset({t2}),
+        completed={t0: 90, t1: 40},
+        committed={t0: 80},
+        highwater={t0: 100, t1: 50, t2: 7},
+        rebalances=2,
+        rebalance_age=0.0,
+        poll_age=0.2,
+        loop_lag=0.01,
+        max_loop_lag=0.7,
+        handlers={"svc.handle": HandlerStatistics(partitions=3, in_flight=2, buffered=30)},
+        topics={"orders": counts},
+    )
+    monkeypatch.setattr(a, "statistics", lambda: statistics)
+    values = scrape(metrics)
+    assert values[key("asyncconsumer_running")] == 1
+    for field, expected in counts._asdict().items():
+        assert values[key(f"asyncconsumer_records_{field}_total", topic="orders")] == expected
+    assert values[key("asyncconsumer_in_flight_records", handler="svc.handle")] == 2
+    assert values[key("asyncconsumer_buffered_records", handler="svc.handle")] == 30
+    assert values[key("asyncconsumer_assigned_partitions")] == 3
+    assert values[key("asyncconsumer_paused_partitions")] == 1
+    lag = "asyncconsumer_consumer_lag"
+    assert values[key(lag, topic="orders", partition="0")] == 20  # highwater - committed
+    assert values[key(lag, topic="orders", partition="1")] == 10  # - completed: none committed
+    assert key(lag, topic="orders", partition="2") not in values  # nothing to count from
+    assert values[key("asyncconsumer_committed_offset", topic="orders", partition="0")] == 80
+    assert values[key("asyncconsumer_highwater_offset", topic="orders", partition="2")] == 7
+    assert values[key("asyncconsumer_rebalances_total")] == 2
+    assert values[key("asyncconsumer_rebalance_in_progress_seconds")] == 0
+    assert values[key("asyncconsumer_poll_age_seconds")] == 0.2
+    assert values[key("asyncconsumer_event_loop_lag_seconds")] == 0.01
+    assert values[key("asyncconsumer_event_loop_lag_max_seconds")] == 0.7
+
+
+def test_commits_and_rebalances_are_observed() -> None:
+    a = app()
+    metrics = ConsumerMetrics(a)
+    a._observers.committed(0.02, None)
+    a._observers.committed(0.5, CommitError("refused"))
+    a._observers.rebalanced(3.0)
+    values = scrape(metrics)
+    assert values[key("asyncconsumer_commit_duration_seconds_count")] == 2
+    assert values[key("asyncconsumer_commit_duration_seconds_sum")] == pytest.approx(0.52)
+    assert values[key("asyncconsumer_commit_failures_total")] == 1
+    assert values[key("asyncconsumer_rebalance_duration_seconds_count")] == 1
+    assert values[key("asyncconsumer_rebalance_duration_seconds_bucket", le="5.0")] == 1
+    assert values[key("asyncconsumer_rebalance_duration_seconds_bucket", le="2.5")] == 0
+
+
+async def test_the_handler_timer_observes_every_attempt_by_topic() -> None:
+    metrics = ConsumerMetrics(app())
+    msg: Message[bytes] = Message("orders", 0, 1, None, b"x", [], 0)
+
+    async def ok(m: Any) -> str:
+        return "result"
+
+    async def fails(m: Any) -> None:
+        raise ValueError("no")
+
+    assert await metrics.timer(msg, ok) == "result"
+    with pytest.raises(ValueError, match="no"):
+        await metrics.timer(msg, fails)
+    await metrics.timer([msg, msg], ok)  # a batch: one observation
+    values = scrape(metrics)
+    assert values[key("asyncconsumer_handler_duration_seconds_count", topic="orders")] == 3
+
+
+def test_instrument_returns_one_metrics_object_per_app() -> None:
+    a = app()
+    registry = CollectorRegistry()
+    metrics = instrument(a, registry=registry)
+    assert instrument(a) is metrics
+    assert metrics.registry is registry
+    with pytest.raises(ValueError, match="another registry"):
+        instrument(a, registry=CollectorRegistry())
+    assert instrument(app()) is not metrics
