@@ -264,10 +264,10 @@ class ConsumerApp:
             on_commit=self._on_commit,
             producer=self._producer,
             counters=self._counters,
+            observers=self._observers,
         )
         if self._stop_early:
             engine.request_stop()
-        engine.observe(self._observers)
         failure: Exception | None = None
         try:
             await self._producer.start()

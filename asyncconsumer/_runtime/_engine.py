@@ -50,8 +50,8 @@ from .._statistics import HandlerStatistics, Statistics, TopicStatistics
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
-from ._observe import ObservedOffsetBook, Observers
-from ._offsets import decode_completed
+from ._observe import Observers
+from ._offsets import OffsetBook, decode_completed
 from ._pipeline import CounterMap, Middleware, Processor, compose
 from ._rebalance import RebalanceAdapter, RebalanceHook
 
@@ -86,6 +86,7 @@ class Engine(LaneOwner):
         on_commit: Sequence[CommitHook] = (),
         producer: Producer | None = None,
         counters: CounterMap | None = None,
+        observers: Observers | None = None,
     ) -> None:
         self.settings = settings
         self._registry = registry
@@ -109,7 +110,7 @@ class Engine(LaneOwner):
         self.failure: BaseException | None = None
         self._lanes: dict[TopicPartition, Lane] = {}
         self._pools: dict[str, WorkerPool] = {}  # handler name -> workers (key/none ordering)
-        self._book = ObservedOffsetBook(settings.commit_timeout)
+        self._book = OffsetBook(settings.commit_timeout)
         self._lock = anyio.Lock()
         self._stop_requested = anyio.Event()
         self._closing = False
@@ -124,7 +125,8 @@ class Engine(LaneOwner):
         # first one is the initial join).
         self.rebalances = 0
         self._rebalance_since: float | None = time.monotonic()
-        self.observers = self._book.observers
+        # Commit and rebalance events, for metrics (the app's, kept across runs).
+        self.observers = observers if observers is not None else Observers()
 
     # -- public surface used by ConsumerApp ---------------------------------
 
@@ -202,10 +204,6 @@ class Engine(LaneOwner):
                 for topic, c in self.counters.items()
             },
         )
-
-    def observe(self, observers: Observers) -> None:
-        """Report commits and rebalances to ``observers`` (the app's)."""
-        self.observers = self._book.observers = observers
 
     def _highwater(self) -> dict[TopicPartition, int]:
         # The fetch responses' high watermark: the broker's ListOffsets may be
@@ -385,11 +383,13 @@ class Engine(LaneOwner):
     ) -> None:
         """Commit completed offsets, tell the ``on_commit`` hooks; raise CommitError."""
         error: CommitError | None = None
+        started = time.monotonic()
         try:
             done = await self._book.commit(self._client(), tps, revoking=revoking)
         except CommitError as exc:
             done, error = exc.offsets, exc
-        if done:
+        if done:  # else there was nothing to commit: no request was sent
+            self.observers.committed(time.monotonic() - started, error)
             for hook in self._on_commit:
                 await hook(dict(done), error)
         if error is not None:

@@ -2,26 +2,18 @@
 
 Most of what metrics export is read at scrape time from
 :meth:`ConsumerApp.statistics`. Durations need every event: the engine reports
-each offset commit and each completed rebalance to its :class:`Observers`, which
-hand them to whatever subscribed (``asyncconsumer.metrics``). With nothing
-subscribed a report costs one empty loop; there is no report per record.
+each offset commit (``Engine._commit``, the one place commits go through) and
+each completed rebalance to its :class:`Observers`, which hand them to whatever
+subscribed (``asyncconsumer.metrics``). With nothing subscribed a report costs
+one empty loop; there is no report per record.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from .._errors import CommitError
-from ._offsets import OffsetBook
-
-if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
-
-__all__ = ["ObservedOffsetBook", "Observers", "RuntimeObserver"]
+__all__ = ["Observers", "RuntimeObserver"]
 
 log = logging.getLogger("asyncconsumer")
 
@@ -66,30 +58,3 @@ class Observers:
                 observer.rebalanced(duration)
             except Exception:
                 log.exception("observer %r failed", observer)
-
-
-class ObservedOffsetBook(OffsetBook):
-    """An :class:`OffsetBook` that reports every commit's duration and outcome."""
-
-    __slots__ = ("observers",)
-
-    def __init__(self, commit_timeout: float = 30.0) -> None:
-        super().__init__(commit_timeout)
-        self.observers = Observers()
-
-    async def commit(
-        self,
-        client: AIOKafkaConsumer,
-        tps: Iterable[TopicPartition] | None = None,
-        *,
-        revoking: bool = False,
-    ) -> dict[TopicPartition, int]:
-        started = time.monotonic()
-        try:
-            done = await super().commit(client, tps, revoking=revoking)
-        except CommitError as exc:
-            self.observers.committed(time.monotonic() - started, exc)
-            raise
-        if done:  # else there was nothing to commit: no request was sent
-            self.observers.committed(time.monotonic() - started, None)
-        return done
