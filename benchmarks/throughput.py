@@ -86,6 +86,23 @@ async def app_partition(bootstrap: str, topic: str, total: int) -> float:
     return clock.rate
 
 
+async def app_partition_metrics(bootstrap: str, topic: str, total: int) -> float:
+    """Per-record with Prometheus metrics on: the handler-latency middleware runs per
+    record (the other metrics are read at scrape time)."""
+    from asyncconsumer.metrics import instrument
+
+    app, clock, done = _app(bootstrap), Clock(total), anyio.Event()
+
+    @app.handler(topic)
+    async def handle(msg: Message[bytes]) -> None:
+        if clock.tick():
+            done.set()
+
+    instrument(app)
+    await _run_app(app, done)
+    return clock.rate
+
+
 async def app_key_100(bootstrap: str, topic: str, total: int) -> float:
     app, clock, done = _app(bootstrap), Clock(total), anyio.Event()
 
@@ -151,6 +168,7 @@ CONTENDERS: dict[str, Contender] = {
     "FastStream per-message (logger off)": faststream_per_message,
     "FastStream batch subscriber": faststream_batch,
     "asyncconsumer per-record (partition)": app_partition,
+    "asyncconsumer per-record + metrics": app_partition_metrics,
     "asyncconsumer key, concurrency 100": app_key_100,
     "asyncconsumer batch handler": app_batch,
     "asyncconsumer Consumer async for": consumer_async_for,
