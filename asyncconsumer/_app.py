@@ -24,6 +24,7 @@ from ._runtime._observe import Observers
 from ._runtime._pipeline import CounterMap, Middleware
 from ._runtime._rebalance import RebalanceHook
 from ._statistics import Statistics
+from ._threads import DEFAULT_MAX_THREADS
 
 __all__ = ["CommitHook", "ConsumerApp", "Lifespan"]
 
@@ -46,6 +47,7 @@ class ConsumerApp:
     are revoked, and at stop; a record whose handler is running, failed or was
     cancelled is never committed (at-least-once).
 
+    Plain ``def`` handlers run in worker threads, at most ``max_threads`` at once.
     ``middleware`` wraps every handler attempt, the first one outermost (see
     :data:`~asyncconsumer.Middleware`). :attr:`producer` is a Kafka producer
     started with the app (``producer_options`` go to
@@ -68,6 +70,7 @@ class ConsumerApp:
         drain_timeout: float | None = None,
         max_buffered_records: int = 1000,
         max_buffered_bytes: int | None = None,
+        max_threads: int = DEFAULT_MAX_THREADS,
         lifespan: Lifespan | None = None,
         middleware: Sequence[Middleware] = (),
         producer_options: Mapping[str, Any] | None = None,
@@ -106,7 +109,9 @@ class ConsumerApp:
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self._producer = Producer(bootstrap_servers, **(producer_options or {}))
         self._lifespan = lifespan
-        self._registry = HandlerRegistry()
+        if not isinstance(max_threads, int) or max_threads < 1:
+            raise ConfigurationError(f"max_threads must be an int >= 1, not {max_threads!r}")
+        self._registry = HandlerRegistry(max_threads=max_threads)
         self._counters = CounterMap()
         self._on_assign: list[RebalanceHook] = []
         self._on_revoke: list[RebalanceHook] = []

@@ -12,7 +12,7 @@ from ._errors import ConfigurationError
 from ._message import Decoder, make_decoder
 from ._retry import DELIVERIES, FAILURE_POLICIES, NO_RETRY, Delivery, FailurePolicy, Retry
 from ._runtime._pipeline import Handler
-from ._threads import ThreadLimit
+from ._threads import DEFAULT_MAX_THREADS, ThreadLimit
 from ._typed import typed_value_codec
 
 __all__ = ["BatchSettings", "HandlerOptions", "HandlerRegistry", "HandlerSpec", "Ordering"]
@@ -118,11 +118,11 @@ class HandlerRegistry:
     """Maps topics to handlers. Exact topic names win over patterns; a topic
     matched by two patterns is an error (reported when it is assigned)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_threads: int = DEFAULT_MAX_THREADS) -> None:
         self._by_topic: dict[str, HandlerSpec] = {}
         self._patterns: list[HandlerSpec] = []
         self._resolved: dict[str, HandlerSpec] = {}
-        self.threads = ThreadLimit()  # bounds the threads of plain ``def`` handlers
+        self.threads = ThreadLimit(max_threads)  # bounds the threads of ``def`` handlers
 
     def __bool__(self) -> bool:
         return bool(self._by_topic or self._patterns)

@@ -84,3 +84,10 @@ def test_consumer_rebalance_hooks_need_a_group() -> None:
 
 def test_manual_assignment_needs_no_group() -> None:
     Consumer(partitions=[TopicPartition("t", 0)], bootstrap_servers=BOOT)
+
+
+def test_max_threads_bounds_def_handlers_and_is_checked() -> None:
+    app = ConsumerApp(bootstrap_servers="127.0.0.1:9092", group_id="g", max_threads=3)
+    assert app._registry.threads.limiter().total_tokens == 3
+    with pytest.raises(ConfigurationError):
+        ConsumerApp(bootstrap_servers="127.0.0.1:9092", group_id="g", max_threads=0)
