@@ -21,11 +21,17 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -54,25 +60,47 @@ class HandlerTimer:
 
     ``async (msg, call_next)``: ``msg`` is a :class:`~asyncconsumer.Message`, or a
     list of them for batch handlers (one observation per batch).
+
+    This runs per record, so it keeps its own bucket counts (a list per topic, no
+    lock: only the event loop writes them) and the collector turns them into the
+    ``handler_duration_seconds`` histogram at scrape time; prometheus_client's
+    ``Histogram.observe`` takes a lock and cost about a third of the throughput.
     """
 
-    __slots__ = ("_by_topic", "_group", "_histogram")
+    __slots__ = ("bounds", "by_topic")
 
-    def __init__(self, histogram: Histogram, group: str) -> None:
-        self._histogram = histogram
-        self._group = group
-        self._by_topic: dict[str, Any] = {}
+    def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(sorted(bounds))
+        # topic -> [count per bucket (the last one: above every bound)..., sum]
+        self.by_topic: dict[str, list[float]] = {}
 
     async def __call__(self, msg: Any, call_next: Any) -> Any:
         topic = msg[0].topic if isinstance(msg, list) else msg.topic
-        child = self._by_topic.get(topic)
-        if child is None:
-            child = self._by_topic[topic] = self._histogram.labels(self._group, topic)
         started = time.perf_counter()
         try:
             return await call_next(msg)
         finally:
-            child.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            counts = self.by_topic.get(topic)
+            if counts is None:
+                counts = self.by_topic[topic] = [0.0] * (len(self.bounds) + 2)
+            counts[bisect_left(self.bounds, elapsed)] += 1
+            counts[-1] += elapsed
+
+    def families(self, name: str, group: str) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            name,
+            "Duration of handler attempts (middleware included), by topic.",
+            labels=["group", "topic"],
+        )
+        for topic, counts in sorted(self.by_topic.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip(self.bounds, counts, strict=False):
+                cumulative += count
+                buckets.append((repr(float(bound)), cumulative))
+            buckets.append(("+Inf", cumulative + counts[-2]))
+            family.add_metric([group, topic], buckets, sum_value=counts[-1])
+        yield family
 
 
 class ConsumerMetrics:
@@ -92,14 +120,6 @@ class ConsumerMetrics:
         group = app.settings.group_id or ""
         self._group = group
         buckets = tuple(latency_buckets)
-        self.handler_duration = Histogram(
-            "handler_duration_seconds",
-            "Duration of handler attempts (middleware included), by topic.",
-            ["group", "topic"],
-            namespace=namespace,
-            registry=self.registry,
-            buckets=buckets,
-        )
         self.commit_duration = Histogram(
             "commit_duration_seconds",
             "Duration of offset commits (failed ones included).",
@@ -124,8 +144,8 @@ class ConsumerMetrics:
             registry=self.registry,
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         ).labels(group)
-        self.timer = HandlerTimer(self.handler_duration, group)
-        self.registry.register(_StatisticsCollector(app, namespace, group))
+        self.timer = HandlerTimer(buckets)
+        self.registry.register(_StatisticsCollector(app, namespace, group, self.timer))
         app._observers.add(self)
         _add_middleware(app, self.timer)
 
@@ -156,16 +176,18 @@ def _add_middleware(app: ConsumerApp, timer: HandlerTimer) -> None:
 class _StatisticsCollector(Collector):
     """Reads ``app.statistics()`` at scrape time."""
 
-    def __init__(self, app: ConsumerApp, namespace: str, group: str) -> None:
+    def __init__(self, app: ConsumerApp, namespace: str, group: str, timer: HandlerTimer) -> None:
         self._app = app
         self._ns = namespace
         self._group = group
+        self._timer = timer
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # names are checked for collisions by the histograms above
 
     def collect(self) -> Iterator[Metric]:
         ns, group = self._ns, self._group
+        yield from self._timer.families(f"{ns}_handler_duration_seconds", group)
         running = GaugeMetricFamily(
             f"{ns}_running", "1 while the app runs, else 0.", labels=["group"]
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from asyncconsumer import (
     TopicPartition,
     TopicStatistics,
 )
-from asyncconsumer.metrics import ConsumerMetrics, instrument
+from asyncconsumer.metrics import ConsumerMetrics, HandlerTimer, instrument
 
 from .stats import make_statistics
 
@@ -122,6 +123,26 @@ async def test_the_handler_timer_observes_every_attempt_by_topic() -> None:
     await metrics.timer([msg, msg], ok)  # a batch: one observation
     values = scrape(metrics)
     assert values[key("asyncconsumer_handler_duration_seconds_count", topic="orders")] == 3
+    bucket = "asyncconsumer_handler_duration_seconds_bucket"
+    assert values[key(bucket, topic="orders", le="+Inf")] == 3
+    assert values[key(bucket, topic="orders", le="0.001")] == 3  # instant handlers
+    assert 0 < values[key("asyncconsumer_handler_duration_seconds_sum", topic="orders")] < 0.003
+
+
+async def test_handler_buckets_are_cumulative_and_bounds_inclusive() -> None:
+    timer = HandlerTimer((0.1, 1.0))
+    timer.by_topic["t"] = [0.0, 0.0, 0.0, 0.0]
+    counts = timer.by_topic["t"]
+    for elapsed in (0.05, 0.1, 0.5, 3.0):  # as __call__ files them
+        counts[bisect_left(timer.bounds, elapsed)] += 1
+        counts[-1] += elapsed
+    [family] = list(timer.families("h", "g"))
+    samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert samples[("h_bucket", "0.1")] == 2  # 0.05 and 0.1 (le is inclusive)
+    assert samples[("h_bucket", "1.0")] == 3
+    assert samples[("h_bucket", "+Inf")] == 4
+    assert samples[("h_count", None)] == 4
+    assert samples[("h_sum", None)] == pytest.approx(3.65)
 
 
 def test_instrument_returns_one_metrics_object_per_app() -> None:
