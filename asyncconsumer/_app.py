@@ -338,7 +338,7 @@ class ConsumerApp:
             exc.add_note(f"asyncconsumer: the app had also stopped on {error!r}")
 
     async def _run_in_background(self, *, task_status: TaskStatus[None]) -> None:
-        status = _TrackedStatus(task_status)
+        status = TrackedStatus(task_status)
         try:
             await self.run(task_status=status)
         except Exception as exc:
@@ -401,7 +401,7 @@ class ConsumerApp:
                 yield
 
 
-class _TrackedStatus(TaskStatus[None]):
+class TrackedStatus(TaskStatus[None]):
     """Passes ``started()`` on and remembers that it was called."""
 
     def __init__(self, inner: TaskStatus[None]) -> None:

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager, suppress
 import anyio
 from anyio.abc import TaskStatus
 
-from ._app import ConsumerApp
+from ._app import ConsumerApp, TrackedStatus
 from ._errors import ConsumerStoppedError
 from ._health import DEFAULT_BOUNDS, Health, HealthBounds, State, evaluate
 
@@ -65,7 +65,7 @@ class AppService:
                     self.app.stop()
 
     async def _run_in_background(self, *, task_status: TaskStatus[None]) -> None:
-        status = _Tracked(task_status)
+        status = TrackedStatus(task_status)
         try:
             await self.run(task_status=status)
         except Exception as exc:
@@ -80,16 +80,6 @@ class AppService:
             with suppress(ConsumerStoppedError):
                 statistics = self.app.statistics()
         return evaluate(self.state, statistics, error=self.error, bounds=bounds)
-
-
-class _Tracked(TaskStatus[None]):
-    def __init__(self, inner: TaskStatus[None]) -> None:
-        self._inner = inner
-        self.called = False
-
-    def started(self, value: None = None) -> None:
-        self.called = True
-        self._inner.started(value)
 
 
 class _Started(TaskStatus[None]):
