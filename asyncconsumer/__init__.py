@@ -16,6 +16,7 @@ from ._errors import (
     ConsumerStoppedError,
     DeadLetterError,
     DeserializationError,
+    HandlerCancelledError,
 )
 from ._message import Message, TopicPartition
 from ._producer import Headers, Producer, ProducerRecord, RecordMetadata, encode
@@ -43,6 +44,7 @@ __all__ = [
     "Delivery",
     "DeserializationError",
     "FailurePolicy",
+    "HandlerCancelledError",
     "HandlerStatistics",
     "Headers",
     "Lifespan",

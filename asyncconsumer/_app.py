@@ -20,6 +20,7 @@ from ._handlers import BatchSettings, HandlerOptions, HandlerRegistry, Ordering,
 from ._producer import Producer
 from ._retry import Delivery, FailurePolicy, Retry
 from ._runtime._engine import CommitHook, Engine
+from ._runtime._lanes import DEFAULT_WINDOW
 from ._runtime._observe import Observers
 from ._runtime._pipeline import CounterMap, Middleware
 from ._runtime._rebalance import RebalanceHook
@@ -54,6 +55,13 @@ class ConsumerApp:
     :class:`aiokafka.AIOKafkaProducer`); dead-lettering and ``publish_to`` use it,
     and handlers may too.
 
+    Memory is bounded per partition: ``max_buffered_records`` (and
+    ``max_buffered_bytes``) fetched records not started yet, and, under ``key`` /
+    ``none`` ordering, ``completion_window`` records received beyond the
+    partition's committable offset (a slow or retrying record holds that offset
+    while other keys go on); a partition at a bound is not fetched until it is
+    down to half.
+
     ``kafka_options`` are passed to :class:`aiokafka.AIOKafkaConsumer`
     (``max_poll_records``, ``fetch_max_wait_ms``, ``session_timeout_ms``,
     ``isolation_level``, ``client_id``, security settings, ...).
@@ -70,6 +78,7 @@ class ConsumerApp:
         drain_timeout: float | None = None,
         max_buffered_records: int = 1000,
         max_buffered_bytes: int | None = None,
+        completion_window: int = DEFAULT_WINDOW,
         max_threads: int = DEFAULT_MAX_THREADS,
         lifespan: Lifespan | None = None,
         middleware: Sequence[Middleware] = (),
@@ -99,8 +108,13 @@ class ConsumerApp:
             raise ConfigurationError(
                 f"max_buffered_bytes must be an int >= 1 or None, not {max_buffered_bytes!r}"
             )
+        if not isinstance(completion_window, int) or completion_window < 1:
+            raise ConfigurationError(
+                f"completion_window must be an int >= 1, not {completion_window!r}"
+            )
         self.max_buffered_records = max_buffered_records
         self.max_buffered_bytes = max_buffered_bytes
+        self.completion_window = completion_window
         for layer in middleware:
             if not callable(layer):
                 raise ConfigurationError(
@@ -117,7 +131,8 @@ class ConsumerApp:
         self._on_revoke: list[RebalanceHook] = []
         self._on_commit: list[CommitHook] = []
         self._engine: Engine | None = None
-        self._stop_early = False
+        self._stop_early = False  # stop() before the first run(): that run stops at once
+        self._has_run = False
         self._stack: AsyncExitStack | None = None
         self._background_error: BaseException | None = None
         self._observers = Observers()  # commit and rebalance events, for metrics
@@ -265,6 +280,7 @@ class ConsumerApp:
             self._on_revoke,
             max_buffered_records=self.max_buffered_records,
             max_buffered_bytes=self.max_buffered_bytes,
+            completion_window=self.completion_window,
             middleware=self.middleware,
             on_commit=self._on_commit,
             producer=self._producer,
@@ -290,23 +306,28 @@ class ConsumerApp:
         finally:
             self._engine = None
             self._stop_early = False
+            self._has_run = True
         if failure is not None:
             raise failure
 
     def stop(self) -> None:
-        """Ask the app to stop gracefully; returns at once (``run()`` returns when stopped)."""
-        if self._engine is None:
-            self._stop_early = True
-        else:
+        """Ask the app to stop gracefully; returns at once (``run()`` returns when stopped).
+
+        Called before the app's first ``run()`` (a signal during start-up), that
+        run stops at once; called after a run returned, it does nothing."""
+        if self._engine is not None:
             self._engine.request_stop()
+        elif not self._has_run:
+            self._stop_early = True
 
     def abort(self) -> None:
         """Stop now: in-flight handlers are cancelled without waiting (their
-        records are not committed); completed offsets are still committed."""
-        if self._engine is None:
-            self._stop_early = True
-        else:
+        records are not committed); completed offsets are still committed.
+        Before the first ``run()`` and after a run, like :meth:`stop`."""
+        if self._engine is not None:
             self._engine.abort()
+        elif not self._has_run:
+            self._stop_early = True
 
     async def __aenter__(self) -> ConsumerApp:
         """Start the app in the background; it is subscribed when this returns."""
@@ -353,16 +374,22 @@ class ConsumerApp:
 
         Call it from ``on_assign`` to resume from an external offset store, or at
         any time while running. The offset is committed as the partition's
-        position until a later record completes.
+        position until a later record completes. Records of ``tp`` running at
+        the time of the seek finish (or are cancelled by a stop) but complete
+        nothing: they never move the committed offset, and under ``key``
+        ordering the records of their key wait for them.
         """
         self._running().seek(tp, offset)
 
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
-        """Seek the given (default: all assigned) partitions to their earliest offset."""
+        """Seek the given (default: all assigned) partitions to their earliest
+        offset, as :meth:`seek` does (the offset is looked up first)."""
         await self._running().seek_to_beginning(*partitions)
 
     async def seek_to_end(self, *partitions: TopicPartition) -> None:
-        """Seek the given (default: all assigned) partitions to their end."""
+        """Seek the given (default: all assigned) partitions to their end, as
+        :meth:`seek` does: the end offset becomes the committed position, so a
+        restart does not replay what was skipped."""
         await self._running().seek_to_end(*partitions)
 
     async def committed(self, partition: TopicPartition) -> int | None:

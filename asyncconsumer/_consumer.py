@@ -360,18 +360,22 @@ class Consumer:
         self._book.track(partition).completed = offset
 
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
-        """Read the given (default: all assigned) partitions from their first offset."""
+        """Read the given (default: all assigned) partitions from their first
+        offset, as :meth:`seek` does (the offset is looked up first)."""
         tps = list(partitions) or sorted(self.assignment())
-        await self._require_client().seek_to_beginning(*tps)
-        self._drop_buffered(tps)
-        self._forget_last(tps)
+        if tps:
+            offsets = await self._require_client().beginning_offsets(tps)
+            for tp in tps:
+                self.seek(tp, offsets[tp])
 
     async def seek_to_end(self, *partitions: TopicPartition) -> None:
-        """Read the given (default: all assigned) partitions from their end."""
+        """Read the given (default: all assigned) partitions from their end, as
+        :meth:`seek` does: the end offset becomes what is committed for them."""
         tps = list(partitions) or sorted(self.assignment())
-        await self._require_client().seek_to_end(*tps)
-        self._drop_buffered(tps)
-        self._forget_last(tps)
+        if tps:
+            offsets = await self._require_client().end_offsets(tps)
+            for tp in tps:
+                self.seek(tp, offsets[tp])
 
     def pause(self, *partitions: TopicPartition) -> None:
         """Stop yielding records of these partitions until :meth:`resume`."""

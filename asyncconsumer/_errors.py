@@ -7,6 +7,7 @@
     ├── DeserializationError    a record's key or value could not be decoded
     ├── CommitError             the broker refused or failed an offset commit
     ├── DeadLetterError         a failed record could not be published to its dead-letter topic
+    ├── HandlerCancelledError   a handler raised CancelledError that no cancellation caused
     └── ConsumerStoppedError    the consumer was used after it stopped
 
 Errors raised by user code (a handler, a rebalance hook) are never wrapped:
@@ -28,6 +29,7 @@ __all__ = [
     "ConsumerStoppedError",
     "DeadLetterError",
     "DeserializationError",
+    "HandlerCancelledError",
 ]
 
 
@@ -68,6 +70,15 @@ class DeadLetterError(AsyncConsumerError):
     """A record that failed could not be published to its dead-letter topic; the
     app stops without committing it (it is not lost). The original failure is in
     the exception's notes, the publishing error is its ``__cause__``."""
+
+
+class HandlerCancelledError(AsyncConsumerError):
+    """A handler let ``CancelledError`` escape although nothing cancelled it: it
+    awaited a task or future that someone else cancelled. It is a failure of the
+    record like any other (``retry``, then ``on_failure``); the ``CancelledError``
+    is the ``__cause__``. Real cancellations (a stop's or revoke's deadline,
+    ``abort()``) are not this: they cancel the handler and the record is not
+    committed."""
 
 
 class ConsumerStoppedError(AsyncConsumerError):

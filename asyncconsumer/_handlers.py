@@ -11,7 +11,7 @@ from ._codecs import CodecSpec, resolve_codec
 from ._errors import ConfigurationError
 from ._message import Decoder, make_decoder
 from ._retry import DELIVERIES, FAILURE_POLICIES, NO_RETRY, Delivery, FailurePolicy, Retry
-from ._runtime._pipeline import Handler
+from ._runtime._pipeline import DLQ_SUFFIX, Handler
 from ._threads import DEFAULT_MAX_THREADS, ThreadLimit
 from ._typed import typed_value_codec
 
@@ -181,6 +181,18 @@ class HandlerRegistry:
                 raise ConfigurationError(
                     f"handler {name}: invalid pattern {pattern!r}: {exc}"
                 ) from exc
+            for target in (options.dead_letter_topic, options.publish_to):
+                if target is not None and compiled.match(target):
+                    raise ConfigurationError(
+                        f"handler {name}: its pattern matches {target!r}, where it publishes "
+                        "failures or results: that would feed them back to it"
+                    )
+            if options.on_failure == "dead_letter" and options.dead_letter_topic is None:
+                # Its dead letters go to <topic>.DLQ, which the pattern may match:
+                # such topics are left out of its subscription.
+                compiled = re.compile(
+                    rf"(?!.*{re.escape(DLQ_SUFFIX)}\Z)(?:{compiled.pattern})", compiled.flags
+                )
             if any(
                 p.pattern is not None and p.pattern.pattern == compiled.pattern
                 for p in self._patterns

@@ -58,14 +58,28 @@ def encode_headers(headers: Headers | None) -> list[tuple[str, bytes]] | None:
     return [(name, v.encode() if isinstance(v, str) else bytes(v)) for name, v in pairs]
 
 
+class _SameKey:
+    """The default key of a :class:`ProducerRecord`: the consumed record's."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<the consumed key>"
+
+
+SAME_KEY: Any = _SameKey()
+
+
 @dataclass(frozen=True, slots=True)
 class ProducerRecord:
     """A record to publish, when a ``publish_to`` handler needs more than a value:
-    its own key (by default the consumed record's key is kept), headers, another
-    topic or a partition."""
+    headers, another topic or a partition, or its own key. Without ``key`` the
+    consumed record's key is kept (so per-key order carries downstream);
+    ``key=None`` publishes without a key. A batch handler's records have no
+    consumed key: without ``key`` they are published without one."""
 
     value: object
-    key: object = None
+    key: object = SAME_KEY
     headers: Headers | None = None
     topic: str | None = None
     partition: int | None = None

@@ -121,14 +121,23 @@ def report(results: dict[str, Any]) -> None:
                 f"   K={row['keys']:<5} {row['contender']:<38} {row['rate']:>8,.0f} "
                 f"{row['ideal']:>9,.0f} {row['rate'] / row['ideal']:>10.2f}{cpu}"
             )
+    mib = 2**20
     if "memory" in results:
         mem = results["memory"]
-        mib = 2**20
         print(
             f"\n3. memory: handled {mem['handled']:,} in {mem['seconds']:.0f}s; RSS at start "
             f"{mem['baseline_rss'] / mib:.0f} MiB, peak {mem['peak_rss'] / mib:.0f} MiB, growth "
             f"{mem['growth'] / mib:.1f} MiB (allowed {mem['allowed_growth'] / mib:.0f}), "
             f"range after the buffers filled {mem['drift_after_fill'] / mib:.1f} MiB"
+        )
+    if "stalled" in results:
+        mem = results["stalled"]
+        print(
+            f"\n4. stalled records (key ordering): handled {mem['handled']:,} of "
+            f"{mem['records']:,} in {mem['seconds']:.0f}s; RSS at start "
+            f"{mem['baseline_rss'] / mib:.0f} MiB, peak {mem['peak_rss'] / mib:.0f} MiB, growth "
+            f"{mem['growth'] / mib:.1f} MiB, range after the first third "
+            f"{mem['drift_after_fill'] / mib:.1f} MiB"
         )
 
 
@@ -136,7 +145,7 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--scenarios", default="1,2,3", help="which to run, e.g. 3 or 1,2")
+    parser.add_argument("--scenarios", default="1,2,3,4", help="which to run, e.g. 3 or 1,2")
     parser.add_argument(
         "--quick", action="store_true", help="smaller and shorter: a smoke run, not a measurement"
     )
@@ -177,6 +186,14 @@ async def main() -> int:
                 bootstrap,
                 records=20_000 if args.quick else memory.RECORDS,
                 seconds=10.0 if args.quick else memory.SECONDS,
+            )
+        if "4" in scenarios:
+            print("\n4. memory with a stalled record per partition (key ordering) ...", flush=True)
+            results["stalled"] = await memory.run(
+                bootstrap,
+                records=20_000 if args.quick else memory.STALLED_RECORDS,
+                seconds=10.0 if args.quick else memory.SECONDS,
+                mode="stalled",
             )
     report(results)
     out = anyio.Path(RESULTS)

@@ -17,6 +17,17 @@ A record to retry does not keep its worker: it is *parked* (it still holds its
 key, and the committed offset, back) and the pool's timer task makes it ready
 again when its backoff is over, so other keys go on at full concurrency.
 
+The *window* of a lane, the records received beyond its committable offset, is
+bounded (``BufferBound.window``): one slow or retrying record holds the offset,
+and the records of other keys that complete meanwhile must be remembered (and
+written into every commit's metadata) until it completes. A lane whose window
+is full counts as full, so its partition is left out of the poll until the
+window is down to half.
+
+A seek makes the records running at that moment *obsolete*: they run to their
+end (or until a drain cancels them), complete nothing and keep their key's slot
+until they finish, so records of one key never overlap, even with a replay.
+
 No task is created per record: a worker's cancel scope is replaced only when a
 drain cancels the record it runs.
 """
@@ -144,18 +155,29 @@ class _Worker:
             lane, record = self.lane, self.record
             self.lane = self.record = None
             if lane is not None and record is not None:
-                lane.abandon(record)  # cancelled: not completed, not committed
+                lane.abandon(self)  # cancelled: not completed, not committed
             self.scope = anyio.CancelScope(shield=True)
 
     async def _loop(self) -> None:
         pool = self.pool
         ready_lanes = pool._ready
         process = pool.processor.process
+        scope = self.scope
         while not pool._closed:
+            if scope.cancel_called:
+                # A drain cancelled the record this worker ran, but it finished
+                # first: take the next record under a fresh scope, or the
+                # cancellation would hit that one.
+                return
             if not ready_lanes:
                 event = anyio.Event()
-                pool._idle.append(event)
-                await event.wait()
+                idle = pool._idle
+                idle.append(event)
+                try:
+                    await event.wait()
+                finally:
+                    if not event.is_set():  # cancelled while idle: not idle any more
+                        idle.remove(event)
                 continue
             lane = ready_lanes.popleft()
             ready = lane.ready
@@ -168,25 +190,25 @@ class _Worker:
             else:
                 lane.queued = False
             lane.taken(record)
-            offset = record.offset
+            # Keyed by worker, not offset: after a seek back, a replayed record
+            # can run while its obsolete twin (same offset) still runs.
             running = lane.running_workers
-            running[offset] = self
+            running[self] = record
             self.lane, self.record = lane, record
             gen = lane.gen
             attempts = lane.attempts
-            attempt = attempts.pop(offset, 1) if attempts else 1
+            attempt = attempts.pop(record.offset, 1) if attempts else 1
             try:
                 delay = await process(record, attempt)
             except Exception as exc:
                 self.lane = self.record = None
-                del running[offset]
+                del running[self]
                 lane.failed(record, exc)
                 continue
             self.lane = self.record = None
-            del running[offset]
+            del running[self]
             if gen != lane.gen:
-                if lane.closed and not running:
-                    lane.done.set()
+                lane.obsolete(record)
             elif delay is None:
                 lane.complete(record)
             else:
@@ -198,6 +220,7 @@ class KeyedLane(Lane):
 
     __slots__ = (
         "_buffered",
+        "_held",
         "_keys",
         "_skip",
         "_skip_max",
@@ -222,6 +245,7 @@ class KeyedLane(Lane):
         bound: BufferBound,
         handler_name: str = "",
         commit_ahead: bool = False,
+        wait_for_skip: bool = False,
     ) -> None:
         super().__init__(
             tp,
@@ -239,26 +263,59 @@ class KeyedLane(Lane):
         # key -> records waiting behind the running/ready one (None: nothing waits)
         self._keys: dict[Any, deque[ConsumerRecord] | None] = {}
         self._buffered = 0
-        self.running_workers: dict[int, _Worker] = {}
+        self.running_workers: dict[_Worker, ConsumerRecord] = {}
         self.queued = False
         self.gen = 0
         self._skip: set[int] | None = None
         self._skip_max = -1
+        # wait_for_skip: records pushed before skip_completed() wait here, so that
+        # none runs before the lane knows which ones a previous owner completed.
+        self._held: list[ConsumerRecord] | None = [] if wait_for_skip else None
         self.attempts: dict[int, int] = {}  # offset -> next attempt, of parked records
 
     @property
     def buffered(self) -> int:
         return self._buffered
 
+    @property
+    def window(self) -> int:
+        """Records received beyond the committable offset (not completed, or
+        completed above a record that is not)."""
+        return self.tracker.window
+
     def running(self) -> Sequence[int]:
-        return list(self.running_workers)
+        return [record.offset for record in self.running_workers.values()]
+
+    def full(self) -> bool:
+        return super().full() or self.tracker.window >= self.bound.window
+
+    def _drained(self) -> None:
+        if self.tracker.window <= self.bound.low_window:
+            super()._drained()
 
     def skip_completed(self, offsets: set[int]) -> None:
+        """Records at these offsets already completed (under a previous owner);
+        records held until now go in."""
         if offsets:
             self._skip = set(offsets)
             self._skip_max = max(offsets)
+        held, self._held = self._held, None
+        if held:
+            self._buffered -= len(held)
+            if self.count_bytes:
+                self.buffered_bytes -= sum(map(size_of, held))
+            full = self.push(held)
+            if self.paused and not full:
+                self._drained()
 
     def push(self, records: list[ConsumerRecord]) -> bool:
+        held = self._held
+        if held is not None:
+            held.extend(records)
+            self._buffered += len(records)
+            if self.count_bytes:
+                self.buffered_bytes += sum(map(size_of, records))
+            return self.full()
         tracker = self.tracker
         keys = self._keys
         ready = self.ready
@@ -311,6 +368,17 @@ class KeyedLane(Lane):
 
     def complete(self, record: ConsumerRecord) -> None:
         self.tracker.complete(record.offset)
+        self._release(record)
+        if self.paused:
+            self._drained()  # the window may have shrunk
+
+    def obsolete(self, record: ConsumerRecord) -> None:
+        """A record that ran during a seek finished: it completes nothing, and frees
+        its key for the records of the new position."""
+        self._release(record)
+
+    def _release(self, record: ConsumerRecord) -> None:
+        """``record`` no longer runs: the next record of its key may."""
         if self.by_key and not self.closed:
             key = record.key
             waiting = self._keys.get(key)
@@ -346,8 +414,9 @@ class KeyedLane(Lane):
         if first:
             self._owner.lane_failed(self, record, exc)
 
-    def abandon(self, record: ConsumerRecord) -> None:
-        self.running_workers.pop(record.offset, None)
+    def abandon(self, worker: _Worker) -> None:
+        """``worker``'s record was cancelled (a drain): not completed, not committed."""
+        self.running_workers.pop(worker, None)
         if self.closed and not self.running_workers:
             self.done.set()
 
@@ -358,13 +427,19 @@ class KeyedLane(Lane):
         self._buffered = 0
         self.buffered_bytes = 0
         self._skip = None
+        if self._held is not None:
+            self._held = []
 
     def discard_buffered(self) -> None:
-        # The position moved (seek to beginning/end): what was received and what
-        # runs now no longer counts towards the committed offset.
+        # The position moved (a seek): what was received and what runs now no
+        # longer counts towards the committed offset. Records running now keep
+        # their keys until they finish (see obsolete()).
         self._clear()
         self.gen += 1
         self.tracker.reset()
+        if self.by_key:
+            for record in self.running_workers.values():
+                self._keys[record.key] = None
 
     def seek(self, offset: int) -> None:
         self.discard_buffered()
@@ -378,5 +453,5 @@ class KeyedLane(Lane):
             self.done.set()
 
     def cancel(self) -> None:
-        for worker in list(self.running_workers.values()):
+        for worker in list(self.running_workers):
             worker.scope.cancel()

@@ -48,7 +48,7 @@ from .._config import ConsumerSettings
 from .._errors import CommitError, ConsumerStoppedError
 from .._statistics import HandlerStatistics, Statistics, TopicStatistics
 from ._concurrent import KeyedLane, WorkerPool
-from ._lanes import BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
+from ._lanes import DEFAULT_WINDOW, BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
 from ._observe import Observers
 from ._offsets import OffsetBook, decode_completed
@@ -81,6 +81,7 @@ class Engine(LaneOwner):
         *,
         max_buffered_records: int,
         max_buffered_bytes: int | None = None,
+        completion_window: int = DEFAULT_WINDOW,
         poll_timeout: float = 0.5,
         middleware: Sequence[Middleware] = (),
         on_commit: Sequence[CommitHook] = (),
@@ -98,7 +99,7 @@ class Engine(LaneOwner):
         # Per-topic totals, kept across rebalances (the app keeps them across runs).
         self.counters = counters if counters is not None else CounterMap()
         self._processors: dict[str, Processor] = {}  # handler name -> its processor
-        self._bound = BufferBound(max_buffered_records, max_buffered_bytes)
+        self._bound = BufferBound(max_buffered_records, max_buffered_bytes, completion_window)
         self._poll_ms = int(poll_timeout * 1000)
         # One poll hands a partition at most this many records, so a lane holds
         # at most twice its bound; what aiokafka prefetched beyond that is
@@ -109,6 +110,7 @@ class Engine(LaneOwner):
         self.client: AIOKafkaConsumer | None = None
         self.failure: BaseException | None = None
         self._lanes: dict[TopicPartition, Lane] = {}
+        self._draining: set[Lane] = set()  # lanes a revoke or the stop is draining
         self._pools: dict[str, WorkerPool] = {}  # handler name -> workers (key/none ordering)
         self._book = OffsetBook(settings.commit_timeout)
         self._lock = anyio.Lock()
@@ -137,7 +139,8 @@ class Engine(LaneOwner):
         """Stop now: cancel in-flight handlers without waiting (they are not committed)."""
         self._aborted = True
         self._stop_requested.set()
-        for lane in list(self._lanes.values()):
+        # Also the lanes a revoke in progress took out of the assignment.
+        for lane in [*self._lanes.values(), *self._draining]:
             lane.close()
             lane.cancel()
 
@@ -516,13 +519,16 @@ class Engine(LaneOwner):
             bound=bound,
             handler_name=name,
             commit_ahead=ahead,
+            wait_for_skip=True,  # records fetched meanwhile wait for _skip_completed
         )
 
     async def _skip_completed(self, lanes: list[KeyedLane]) -> None:
         """Read which records above the committed offsets already completed
-        (the previous owner wrote them into the commit metadata)."""
+        (the previous owner wrote them into the commit metadata). Until this
+        returns, the lanes hold what the fetch loop gives them."""
         if not lanes:
             return
+        committed = {}
         try:
             # aiokafka's public committed() drops the metadata.
             committed = await self._client()._coordinator.fetch_committed_offsets(
@@ -530,11 +536,13 @@ class Engine(LaneOwner):
             )
         except KafkaError as exc:
             log.warning("cannot read commit metadata, completed records may run again: %r", exc)
-            return
-        for lane in lanes:
-            meta = committed.get(lane.tp)
-            if meta is not None and meta.offset >= 0:
-                lane.skip_completed(decode_completed(meta.offset, meta.metadata))
+        finally:
+            for lane in lanes:
+                meta = committed.get(lane.tp)
+                known = set()
+                if meta is not None and meta.offset >= 0:
+                    known = decode_completed(meta.offset, meta.metadata)
+                lane.skip_completed(known)
 
     # -- lanes ---------------------------------------------------------------
 
@@ -564,6 +572,13 @@ class Engine(LaneOwner):
 
     async def _drain(self, lanes: Iterable[Lane], grace: float) -> None:
         lanes = list(lanes)
+        self._draining.update(lanes)
+        try:
+            await self._drain_lanes(lanes, 0.0 if self._aborted else grace)
+        finally:
+            self._draining.difference_update(lanes)
+
+    async def _drain_lanes(self, lanes: list[Lane], grace: float) -> None:
         for lane in lanes:
             lane.close()
         with anyio.move_on_after(grace):
@@ -614,13 +629,17 @@ class Engine(LaneOwner):
         return lane
 
     async def _seek_to_edge(self, tps: tuple[TopicPartition, ...], *, end: bool) -> None:
+        """Look the offsets up, then seek like :meth:`seek`: one mechanism for all
+        seeks (the committable offset moves, a running record cannot undo it)."""
         lanes = [self._assigned_lane(tp) for tp in tps] if tps else list(self._lanes.values())
-        targets = [lane.tp for lane in lanes]
+        if not lanes:
+            return
         client = self._client()
+        targets = [lane.tp for lane in lanes]
         if end:
-            await client.seek_to_end(*targets)
+            offsets = await client.end_offsets(targets)
         else:
-            await client.seek_to_beginning(*targets)
+            offsets = await client.beginning_offsets(targets)
         for lane in lanes:
-            lane.discard_buffered()
-            self._unpause(lane)
+            if self._lanes.get(lane.tp) is lane:  # still assigned after the look-up
+                self.seek(lane.tp, offsets[lane.tp])

@@ -31,23 +31,40 @@ if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord, TopicPartition
     from anyio.abc import TaskGroup
 
-__all__ = ["BatchLane", "BufferBound", "Lane", "LaneOwner", "PartitionLane", "size_of"]
+__all__ = [
+    "DEFAULT_WINDOW",
+    "BatchLane",
+    "BufferBound",
+    "Lane",
+    "LaneOwner",
+    "PartitionLane",
+    "size_of",
+]
+
+
+DEFAULT_WINDOW = 10_000
 
 
 class BufferBound:
-    """How much a lane may buffer: records, and optionally bytes (keys plus values).
+    """How much a lane may hold: records fetched and not started, optionally their
+    bytes (keys plus values), and, for lanes that complete out of order, the
+    *window*: records received beyond the partition's committable offset.
 
-    Fetching of a partition stops when either is reached and starts again when
-    both are down to half.
+    Fetching of a partition stops when any is reached and starts again when all
+    are down to half.
     """
 
-    __slots__ = ("bytes", "low_bytes", "low_records", "records")
+    __slots__ = ("bytes", "low_bytes", "low_records", "low_window", "records", "window")
 
-    def __init__(self, records: int, bytes: int | None = None) -> None:
+    def __init__(
+        self, records: int, bytes: int | None = None, window: int = DEFAULT_WINDOW
+    ) -> None:
         self.records = records
         self.bytes = bytes
+        self.window = window
         self.low_records = records // 2
         self.low_bytes = bytes // 2 if bytes is not None else 0
+        self.low_window = window // 2
 
 
 def size_of(record: ConsumerRecord) -> int:
@@ -172,7 +189,7 @@ class Lane:
 class PartitionLane(Lane):
     """One worker task runs the partition's records one at a time, in offset order."""
 
-    __slots__ = ("_gen", "_records", "_waiting", "_wakeup", "current", "scope")
+    __slots__ = ("_gen", "_interrupt", "_records", "_waiting", "_wakeup", "current", "scope")
 
     def __init__(
         self,
@@ -198,6 +215,7 @@ class PartitionLane(Lane):
         self._wakeup = anyio.Event()
         self._waiting = False
         self._gen = 0
+        self._interrupt = anyio.Event()  # ends a retry backoff: set by close() and seek()
         # Shielded: only the engine cancels a lane (after its grace period), so
         # an outer cancellation still gets a graceful drain.
         self.scope = anyio.CancelScope(shield=True)
@@ -231,10 +249,12 @@ class PartitionLane(Lane):
         self.discard_buffered()
         self._gen += 1  # a record in flight now must not move ``completed``
         self.offsets.completed = offset
+        self._interrupt.set()  # a record in backoff is abandoned now, not retried
 
     def close(self) -> None:
         self.closed = True
         self.closing.set()
+        self._interrupt.set()
         self.discard_buffered()
         if not self.started:
             self.done.set()
@@ -254,8 +274,11 @@ class PartitionLane(Lane):
     async def _backoff(self, delay: float, gen: int) -> bool:
         """Wait ``delay`` seconds before a retry; ``False`` if the lane closed or
         moved (a seek) meanwhile: the record is then abandoned, not completed."""
+        if self.closed or gen != self._gen:
+            return False
+        self._interrupt = interrupt = anyio.Event()
         with anyio.move_on_after(delay):
-            await self.closing.wait()
+            await interrupt.wait()
         return not self.closed and gen == self._gen
 
     async def run(self) -> None:

@@ -77,6 +77,11 @@ class CompletionTracker:
         self._done: set[int] = set()  # completed, above the watermark
         offsets.above = self._done
 
+    @property
+    def window(self) -> int:
+        """Offsets received and not yet passed by the committable offset."""
+        return len(self._pending)
+
     def receive(self, offset: int) -> None:
         self._pending.append(offset)
 

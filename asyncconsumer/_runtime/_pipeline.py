@@ -21,15 +21,16 @@ record and frees its worker), so that lanes stay the only schedulers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from .._errors import DeadLetterError, DeserializationError
+from .._errors import DeadLetterError, DeserializationError, HandlerCancelledError
 from .._message import Decoder, Message
-from .._producer import Producer, ProducerRecord, encode, encode_headers
+from .._producer import SAME_KEY, Producer, ProducerRecord, encode, encode_headers
 from .._retry import NO_RETRY, FailurePolicy, Retry
 
 if TYPE_CHECKING:
@@ -60,6 +61,9 @@ Middleware: TypeAlias = Callable[[Any, CallNext], Awaitable[Any]]
 """``async def middleware(msg, call_next)`` (or an object with such a ``__call__``):
 wraps every handler attempt. ``msg`` is a :class:`Message` (a list of them for batch
 handlers); return what ``call_next`` returned, or something else to publish."""
+
+DLQ_SUFFIX = ".DLQ"
+"""A record's default dead-letter topic is its topic's name plus this."""
 
 # Provenance headers on a dead-lettered record (values are UTF-8 text).
 DLQ_HEADERS = (
@@ -168,6 +172,8 @@ class Processor:
                 await self._publish(record.key, (result,))
         except Exception as exc:
             return await self._failed((record,), exc, attempt)
+        except asyncio.CancelledError as exc:
+            return await self._failed((record,), _stray(exc, record), attempt)
         self.counters[record.topic].handled += 1
         return None
 
@@ -202,7 +208,9 @@ class Processor:
                         f"a publish_to batch handler must return a list of values, not {result!r}"
                     )
                 await self._publish(None, result)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                exc = _stray(exc, records[0])
             live = {m.offset for m in msgs}
             return await self._failed([r for r in records if r.offset in live], exc, attempt)
         self.counters[records[0].topic].handled += len(msgs)
@@ -279,7 +287,7 @@ class Processor:
         try:
             futures = []
             for record in records:
-                topic = self.dead_letter_topic or f"{record.topic}.DLQ"
+                topic = self.dead_letter_topic or record.topic + DLQ_SUFFIX
                 headers = [(k, v) for k, v in record.headers if not k.startswith("dlq.")]
                 headers += [
                     ("dlq.original.topic", record.topic.encode()),
@@ -312,7 +320,7 @@ class Processor:
                     await client.send(
                         result.topic or self.publish_to,
                         encode(result.value),
-                        encode(result.key),
+                        key if result.key is SAME_KEY else encode(result.key),
                         partition=result.partition,
                         headers=encode_headers(result.headers),
                     )
@@ -321,6 +329,27 @@ class Processor:
                 futures.append(await client.send(self.publish_to, encode(result), key))
         for future in futures:
             await future
+
+
+def _stray(cancelled: asyncio.CancelledError, record: ConsumerRecord) -> Exception:
+    """What a ``CancelledError`` out of the handler chain is: a real cancellation of
+    this task (a stop's or revoke's deadline, ``abort()``: raised again, the record
+    is not completed) or a stray one, which the handler caught from something it
+    awaited (a task or future someone else cancelled): a failure of the record.
+
+    anyio and asyncio both cancel a task through ``Task.cancel()``, which counts in
+    ``Task.cancelling()`` until the cancellation is absorbed; a stray
+    ``CancelledError`` leaves it at zero."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        raise cancelled
+    error = HandlerCancelledError(
+        f"the handler raised CancelledError at {record.topic}[{record.partition}]"
+        f"@{record.offset}, but nothing cancelled it: it awaited a task or future that "
+        "was cancelled elsewhere; treated as a failure of the record"
+    )
+    error.__cause__ = cancelled
+    return error
 
 
 class CounterMap(dict[str, TopicCounters]):

@@ -272,3 +272,205 @@ async def test_engine_reads_completed_offsets_from_commit_metadata_on_assign() -
         await wait_for(lambda: lane.offsets.completed == 46)
         pool.close()
     assert sorted(handled) == [40, 42, 43, 45]
+
+
+# -- seeks while records run -------------------------------------------------------
+
+
+async def test_a_seek_back_while_a_record_runs_replays_it_safely_in_key_order() -> None:
+    gate = anyio.Event()
+    running: set[bytes] = set()
+    runs: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        assert msg.key not in running, f"two records of key {msg.key!r} ran at once"
+        running.add(msg.key)
+        try:
+            if msg.offset == 2 and not gate.is_set():
+                await gate.wait()
+            else:
+                await anyio.sleep(0.001)
+        finally:
+            running.discard(msg.key)
+        runs.append(msg.offset)
+
+    owner = Owner()
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 4, "h")
+    lane = lane_for(pool, owner)
+    keys = [b"a", b"b", b"a", b"c"]
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        lane.push(records(keys))
+        await wait_for(lambda: sorted(runs) == [0, 1, 3] and lane.running() == [2])
+        lane.seek(0)
+        lane.push(records(keys))  # the replay, fetched from offset 0
+        await wait_for(lambda: len(runs) == 5)  # b@1 and c@3 again; a@0 waits for a@2
+        assert lane.running() == [2]  # the obsolete run is still seen (by a drain)
+        assert lane.offsets.completed == 0
+        gate.set()
+        await wait_for(lambda: lane.offsets.completed == 4)
+        pool.close()
+    assert owner.failures == []
+    assert sorted(runs) == [0, 0, 1, 1, 2, 2, 3, 3]
+    # Key a: 0, then 2 (gated: made obsolete by the seek), then the replay 0 and 2,
+    # which waited for the obsolete run to finish.
+    assert [o for o in runs if o in (0, 2)] == [0, 2, 0, 2]
+
+
+async def test_a_record_made_obsolete_by_a_seek_never_moves_the_offset_and_is_drained() -> None:
+    gate = anyio.Event()
+
+    async def handler(msg: Message[Any]) -> None:
+        if msg.offset == 2:
+            await gate.wait()
+
+    owner = Owner()
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 4, "h")
+    lane = lane_for(pool, owner, by_key=False)
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        lane.push(records([None] * 4))
+        await wait_for(lambda: lane.running() == [2] and not lane.buffered)
+        lane.seek(10)
+        assert lane.offsets.completed == 10
+        lane.close()
+        await anyio.sleep(0.02)
+        assert not lane.done.is_set()  # the drain waits for the obsolete run
+        gate.set()
+        await wait_for(lane.done.is_set)
+        pool.close()
+    assert lane.offsets.completed == 10  # not 3: the obsolete record completed nothing
+    assert owner.failures == []
+
+
+# -- the completion window -----------------------------------------------------------
+
+
+async def test_the_completion_window_holds_a_partition_back_until_it_shrinks() -> None:
+    gate = anyio.Event()
+
+    async def handler(msg: Message[Any]) -> None:
+        if msg.offset == 0:
+            await gate.wait()
+
+    owner = Owner()
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 8, "h")
+    lane = KeyedLane(
+        TP, pool, PartitionOffsets(), owner, by_key=False, bound=BufferBound(1000, window=50)
+    )
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        assert not lane.push(records([None] * 40))
+        await wait_for(lambda: len(lane.offsets.above or ()) == 39)
+        assert lane.push(records([None] * 20, start=40))  # 60 beyond the watermark: full
+        lane.paused = True  # what the engine does with a full lane
+        await wait_for(lambda: len(lane.offsets.above or ()) == 59)
+        await anyio.sleep(0.02)
+        assert lane.buffered == 0
+        assert owner.drained == 0  # nothing buffered, but the window is still full
+        gate.set()
+        await wait_for(lambda: lane.offsets.completed == 60)
+        await wait_for(lambda: owner.drained == 1)
+        pool.close()
+
+
+# -- a lane takes no record before its skip set is known -----------------------------
+
+
+async def test_a_lane_holds_records_until_its_skip_set_is_known() -> None:
+    handled: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        handled.append(msg.offset)
+
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 4, "h")
+    lane = KeyedLane(
+        TP,
+        pool,
+        PartitionOffsets(),
+        Owner(),
+        by_key=False,
+        bound=BufferBound(100),
+        wait_for_skip=True,
+    )
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        lane.push(records([None] * 8, start=10))
+        assert lane.buffered == 8
+        await anyio.sleep(0.02)
+        assert handled == []
+        lane.skip_completed({12, 13, 15})
+        await wait_for(lambda: lane.offsets.completed == 18)
+        pool.close()
+    assert sorted(handled) == [10, 11, 14, 16, 17]
+
+
+async def test_the_engine_runs_no_record_before_the_commit_metadata_is_read() -> None:
+    from aiokafka.structs import OffsetAndMetadata
+
+    from asyncconsumer._config import ConsumerSettings
+    from asyncconsumer._handlers import HandlerRegistry
+    from asyncconsumer._runtime._engine import Engine
+    from asyncconsumer._runtime._offsets import encode_completed
+
+    release = anyio.Event()
+
+    class Coordinator:
+        async def fetch_committed_offsets(self, tps: list[TopicPartition]) -> Any:
+            await release.wait()  # the fetch loop goes on meanwhile
+            return {tp: OffsetAndMetadata(40, encode_completed(40, {41, 44})) for tp in tps}
+
+    handled: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        handled.append(msg.offset)
+
+    registry = HandlerRegistry()
+    registry.add(handler, ("t",), None, None, None, ordering="none")
+    engine = Engine(ConsumerSettings("127.0.0.1:9"), registry, [], [], max_buffered_records=10)
+    engine.client = SimpleNamespace(_coordinator=Coordinator())
+    async with anyio.create_task_group() as tg:
+        engine._tg = tg
+        tg.start_soon(engine._on_assigned, [TP])
+        await wait_for(lambda: TP in engine._lanes)
+        engine._push(engine._lanes[TP], records([None] * 6, start=40))  # as the fetch loop does
+        await anyio.sleep(0.02)
+        assert handled == []
+        release.set()
+        await wait_for(lambda: engine._lanes[TP].offsets.completed == 46)
+        for pool in engine._pools.values():
+            pool.close()
+    assert sorted(handled) == [40, 42, 43, 45]
+
+
+# -- the pool's idle workers ---------------------------------------------------------
+
+
+async def test_a_worker_cancelled_while_idle_leaves_no_stale_idle_marker() -> None:
+    gate = anyio.Event()
+    started: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        started.append(msg.offset)
+        if msg.offset == 0:
+            await gate.wait()
+
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 2, "h")
+    lane = lane_for(pool, Owner(), by_key=False)
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        await wait_for(lambda: len(pool._idle) == 2)
+        pool._workers[1].scope.cancel()  # e.g. a drain's cancel that found it idle
+        await anyio.sleep(0.01)
+        lane.push(records([None]))  # one worker takes it and blocks
+        await wait_for(lambda: started == [0])
+        lane.push(records([None], start=1))  # the other worker is idle: it must run this
+        await wait_for(lambda: started == [0, 1])
+        gate.set()
+        await wait_for(lambda: lane.offsets.completed == 2)
+        pool.close()

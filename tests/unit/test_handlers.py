@@ -120,3 +120,33 @@ def test_batch_handler_validation() -> None:
         app().batch_handler("t", max_records=0)(batch)
     with pytest.raises(ConfigurationError, match="max_wait must be >= 0"):
         app().batch_handler("t", max_wait=-1)(batch)
+
+
+async def _dlq_noop(msg: Message[Any]) -> None: ...
+
+
+def test_a_pattern_handler_does_not_consume_its_own_dead_letters() -> None:
+    a = app()
+    a.handler(pattern=r"orders.*", on_failure="dead_letter")(_dlq_noop)
+    a.handler("payments")(noop)
+    _, pattern = a._registry.subscription()
+    assert pattern is not None
+    assert re.match(pattern, "orders.eu")
+    assert re.match(pattern, "payments")
+    assert not re.match(pattern, "orders.eu.DLQ")  # its default dead-letter topic
+    with pytest.raises(ConfigurationError, match="no handler"):
+        a._registry.resolve("orders.eu.DLQ")
+    # A pattern that does not dead-letter still matches .DLQ topics (e.g. a DLQ reader).
+    b = app()
+    b.handler(pattern=r"orders.*")(noop)
+    assert b._registry.resolve("orders.eu.DLQ").name.endswith("noop")
+
+
+def test_a_pattern_that_matches_its_own_output_topic_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="feed them back"):
+        app().handler(
+            pattern=r"orders.*", on_failure="dead_letter", dead_letter_topic="orders-failed"
+        )(noop)
+    with pytest.raises(ConfigurationError, match="feed them back"):
+        app().handler(pattern=r"orders.*", publish_to="orders.enriched")(noop)
+    app().handler(pattern=r"orders.*", publish_to="enriched.orders")(noop)  # fine

@@ -128,3 +128,26 @@ async def test_a_parked_record_is_dropped_when_its_lane_closes() -> None:
         finally:
             pool.close()
     assert offsets.completed == -1
+
+
+async def test_a_seek_cuts_a_partition_lanes_retry_backoff_short() -> None:
+    calls: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        calls.append(msg.offset)
+        if msg.offset == 0:
+            raise ValueError("always")
+
+    owner = Owner()
+    offsets = PartitionOffsets()
+    lane = PartitionLane(TP, processor(handler, 30.0), offsets, owner, bound=BufferBound(10))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lane.run)
+        lane.push(records(0))
+        await wait_for(lambda: calls == [0])
+        lane.seek(5)
+        lane.push(records(5, 6))
+        await wait_for(lambda: offsets.completed == 7, within=1.0)  # not after 30 s
+        lane.close()
+    assert calls == [0, 5, 6]  # the record sought away from was abandoned, not retried
+    assert owner.failures == []

@@ -295,3 +295,94 @@ async def test_a_batch_leaves_out_its_poison_pills_and_fails_as_a_whole() -> Non
     assert [dict(s["headers"])["dlq.original.offset"] for s in client.sent] == [b"1", b"0", b"2"]
     c = p.counters["t"]
     assert (c.failed, c.dead_lettered, c.handled) == (3, 3, 0)
+
+
+# -- a CancelledError that no cancellation of ours raised ------------------------------
+
+
+async def _await_a_cancelled_future() -> None:
+    """What a handler does when it awaits a task someone else cancelled."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future
+
+
+async def test_a_stray_cancelled_error_is_a_failure_of_the_record() -> None:
+    from asyncconsumer import HandlerCancelledError
+
+    calls: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        calls.append(msg.offset)
+        await _await_a_cancelled_future()
+
+    retrying = Processor(
+        handler, make_decoder(None, None), retry=Retry(attempts=2, backoff=Backoff.constant(0.25))
+    )
+    assert await retrying.process(record(), 1) == 0.25  # retried like any failure
+    assert retrying.counters["t"].retried == 1
+    with pytest.raises(HandlerCancelledError) as info:  # then on_failure="stop"
+        await retrying.process(record(), 2)
+    assert isinstance(info.value.__cause__, asyncio.CancelledError)
+    assert "nothing cancelled it" in str(info.value)
+
+    client = FakeClient()
+    dead_letters = Processor(
+        handler, make_decoder(None, None), on_failure="dead_letter", producer=producer(client)
+    )
+    assert await dead_letters.process(record(), 1) is None
+    assert dict(client.sent[0]["headers"])["dlq.exception.type"] == (
+        b"asyncconsumer._errors.HandlerCancelledError"
+    )
+
+
+async def test_a_stray_cancelled_error_in_a_batch_is_a_failure_of_the_batch() -> None:
+    from asyncconsumer import HandlerCancelledError
+
+    async def handler(msgs: list[Message[Any]]) -> None:
+        await _await_a_cancelled_future()
+
+    p = Processor(handler, make_decoder(None, None))
+    batch = [record(0), record(1)]
+    with pytest.raises(HandlerCancelledError):
+        await p.process_batch(batch, await p.decode_batch(batch), 1)
+
+
+async def test_a_real_cancellation_still_cancels() -> None:
+    import anyio
+
+    async def handler(msg: Message[Any]) -> None:
+        scope.cancel()
+        await anyio.sleep(5)
+
+    p = Processor(
+        handler, make_decoder(None, None), retry=Retry(attempts=3, backoff=Backoff.constant(0))
+    )
+    with anyio.CancelScope() as scope:
+        await p.process(record(), 1)
+    assert scope.cancelled_caught
+    assert p.counters["t"].retried == 0
+
+
+async def test_a_producer_record_without_a_key_keeps_the_consumed_key() -> None:
+    results: list[Any] = [
+        ProducerRecord("a"),
+        ProducerRecord("b", headers={"h": "1"}),
+        ProducerRecord("c", key=None),
+        ProducerRecord("d", key=b"own"),
+    ]
+
+    async def handler(msg: Message[Any]) -> Any:
+        return results.pop(0)
+
+    client = FakeClient()
+    p = Processor(handler, make_decoder(None, None), publish_to="out", producer=producer(client))
+    for i in range(4):
+        assert await p.process(record(i, key=b"consumed"), 1) is None
+    assert [(s["value"], s["key"]) for s in client.sent] == [
+        (b"a", b"consumed"),
+        (b"b", b"consumed"),
+        (b"c", None),
+        (b"d", b"own"),
+    ]
+    assert "the consumed key" in repr(ProducerRecord("a"))
