@@ -224,6 +224,7 @@ class KeyedLane(Lane):
         "_keys",
         "_skip",
         "_skip_max",
+        "_window_full",
         "attempts",
         "by_key",
         "gen",
@@ -271,6 +272,7 @@ class KeyedLane(Lane):
         # wait_for_skip: records pushed before skip_completed() wait here, so that
         # none runs before the lane knows which ones a previous owner completed.
         self._held: list[ConsumerRecord] | None = [] if wait_for_skip else None
+        self._window_full = False  # the window filled the lane: resume at its half
         self.attempts: dict[int, int] = {}  # offset -> next attempt, of parked records
 
     @property
@@ -287,11 +289,23 @@ class KeyedLane(Lane):
         return [record.offset for record in self.running_workers.values()]
 
     def full(self) -> bool:
-        return super().full() or self.tracker.window >= self.bound.window
+        if self.tracker.window >= self.bound.window:
+            self._window_full = True
+            return True
+        return super().full()
 
     def _drained(self) -> None:
-        if self.tracker.window <= self.bound.low_window:
-            super()._drained()
+        # Resume at half of whatever filled the lane: a lane paused for its
+        # buffer resumes with its window anywhere below the bound (it may never
+        # shrink while a record is stuck), one paused for its window at half.
+        window = self.tracker.window
+        if window >= self.bound.window:
+            self._window_full = True
+        if self._window_full:
+            if window > self.bound.low_window:
+                return
+            self._window_full = False
+        super()._drained()
 
     def skip_completed(self, offsets: set[int]) -> None:
         """Records at these offsets already completed (under a previous owner);

@@ -377,6 +377,35 @@ async def test_the_completion_window_holds_a_partition_back_until_it_shrinks() -
         pool.close()
 
 
+async def test_a_lane_paused_for_its_buffer_resumes_though_its_window_stays_open() -> None:
+    gate = anyio.Event()
+
+    async def handler(msg: Message[Any]) -> None:
+        if msg.offset == 0:
+            await gate.wait()
+
+    owner = Owner()
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 8, "h")
+    lane = KeyedLane(
+        TP, pool, PartitionOffsets(), owner, by_key=False, bound=BufferBound(10, window=100)
+    )
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        try:
+            assert lane.push(records([None] * 60))  # full: 60 buffered >= 10; window 60 < 100
+            lane.paused = True
+            await wait_for(lambda: len(lane.offsets.above or ()) == 59)
+            # The buffer drained; the window (60, above its half) cannot shrink while
+            # offset 0 is stuck, and must not keep the partition paused.
+            await wait_for(lambda: owner.drained == 1)
+            gate.set()
+            await wait_for(lambda: lane.offsets.completed == 60)
+        finally:
+            gate.set()
+            pool.close()
+
+
 # -- a lane takes no record before its skip set is known -----------------------------
 
 
