@@ -23,6 +23,7 @@ from ._producer import Headers, Producer, ProducerRecord, RecordMetadata, encode
 from ._retry import Backoff, Delivery, FailurePolicy, Retry
 from ._run import run
 from ._runtime._pipeline import DLQ_HEADERS, CallNext, Middleware
+from ._seeking import Timestamp
 from ._statistics import HandlerStatistics, Statistics, TopicStatistics
 
 __version__ = "0.1.0"
@@ -55,6 +56,7 @@ __all__ = [
     "RecordMetadata",
     "Retry",
     "Statistics",
+    "Timestamp",
     "TopicPartition",
     "TopicStatistics",
     "__version__",

@@ -24,6 +24,7 @@ from ._runtime._lanes import DEFAULT_WINDOW
 from ._runtime._observe import Observers
 from ._runtime._pipeline import CounterMap, Middleware
 from ._runtime._rebalance import RebalanceHook
+from ._seeking import Timestamp, timestamp_ms
 from ._statistics import Statistics
 from ._threads import DEFAULT_MAX_THREADS
 
@@ -62,6 +63,12 @@ class ConsumerApp:
     while other keys go on); a partition at a bound is not fetched until it is
     down to half.
 
+    ``start_at`` (a timezone-aware ``datetime`` or epoch milliseconds) replays
+    from a point in time: on the first assignment of each run, before the
+    ``on_assign`` hooks, the assigned partitions are sought to their first record
+    at or after it (see :meth:`seek_to_time`); later rebalances resume from the
+    committed offsets as usual.
+
     ``kafka_options`` are passed to :class:`aiokafka.AIOKafkaConsumer`
     (``max_poll_records``, ``fetch_max_wait_ms``, ``session_timeout_ms``,
     ``isolation_level``, ``client_id``, security settings, ...).
@@ -79,6 +86,7 @@ class ConsumerApp:
         max_buffered_records: int = 1000,
         max_buffered_bytes: int | None = None,
         completion_window: int = DEFAULT_WINDOW,
+        start_at: Timestamp | None = None,
         max_threads: int = DEFAULT_MAX_THREADS,
         lifespan: Lifespan | None = None,
         middleware: Sequence[Middleware] = (),
@@ -115,6 +123,12 @@ class ConsumerApp:
         self.max_buffered_records = max_buffered_records
         self.max_buffered_bytes = max_buffered_bytes
         self.completion_window = completion_window
+        self.start_at = start_at
+        if start_at is not None:
+            try:
+                timestamp_ms(start_at)
+            except ValueError as exc:
+                raise ConfigurationError(f"start_at: {exc}") from None
         for layer in middleware:
             if not callable(layer):
                 raise ConfigurationError(
@@ -281,6 +295,7 @@ class ConsumerApp:
             max_buffered_records=self.max_buffered_records,
             max_buffered_bytes=self.max_buffered_bytes,
             completion_window=self.completion_window,
+            start_at=None if self.start_at is None else timestamp_ms(self.start_at),
             middleware=self.middleware,
             on_commit=self._on_commit,
             producer=self._producer,
@@ -384,13 +399,21 @@ class ConsumerApp:
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         """Seek the given (default: all assigned) partitions to their earliest
         offset, as :meth:`seek` does (the offset is looked up first)."""
-        await self._running().seek_to_beginning(*partitions)
+        await self._running().seek_to("beginning", partitions)
 
     async def seek_to_end(self, *partitions: TopicPartition) -> None:
         """Seek the given (default: all assigned) partitions to their end, as
         :meth:`seek` does: the end offset becomes the committed position, so a
         restart does not replay what was skipped."""
-        await self._running().seek_to_end(*partitions)
+        await self._running().seek_to("end", partitions)
+
+    async def seek_to_time(self, when: Timestamp, *partitions: TopicPartition) -> None:
+        """Seek the given (default: all assigned) partitions to their first record
+        whose timestamp is at or after ``when`` (a timezone-aware ``datetime`` or
+        epoch milliseconds), as :meth:`seek` does; a partition with no such record
+        goes to its end. Replays from a point in time: call it from ``on_assign``
+        or while running."""
+        await self._running().seek_to(timestamp_ms(when), partitions)
 
     async def committed(self, partition: TopicPartition) -> int | None:
         """The group's committed offset of ``partition`` as the broker has it."""

@@ -23,6 +23,7 @@ from ._errors import CommitError, ConfigurationError, ConsumerStoppedError, Dese
 from ._message import Message, make_decoder
 from ._runtime._offsets import OffsetBook, PartitionOffsets
 from ._runtime._rebalance import RebalanceAdapter, RebalanceHook
+from ._seeking import SeekTarget, Timestamp, lookup_offsets, timestamp_ms
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -362,20 +363,25 @@ class Consumer:
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         """Read the given (default: all assigned) partitions from their first
         offset, as :meth:`seek` does (the offset is looked up first)."""
-        tps = list(partitions) or sorted(self.assignment())
-        if tps:
-            offsets = await self._require_client().beginning_offsets(tps)
-            for tp in tps:
-                self.seek(tp, offsets[tp])
+        await self._seek_to("beginning", partitions)
 
     async def seek_to_end(self, *partitions: TopicPartition) -> None:
         """Read the given (default: all assigned) partitions from their end, as
         :meth:`seek` does: the end offset becomes what is committed for them."""
+        await self._seek_to("end", partitions)
+
+    async def seek_to_time(self, when: Timestamp, *partitions: TopicPartition) -> None:
+        """Read the given (default: all assigned) partitions from their first record
+        whose timestamp is at or after ``when`` (a timezone-aware ``datetime`` or
+        epoch milliseconds), as :meth:`seek` does; a partition with no such record
+        is read from its end."""
+        await self._seek_to(timestamp_ms(when), partitions)
+
+    async def _seek_to(self, target: SeekTarget, partitions: tuple[TopicPartition, ...]) -> None:
         tps = list(partitions) or sorted(self.assignment())
-        if tps:
-            offsets = await self._require_client().end_offsets(tps)
-            for tp in tps:
-                self.seek(tp, offsets[tp])
+        offsets = await lookup_offsets(self._require_client(), tps, target)
+        for tp in tps:
+            self.seek(tp, offsets[tp])
 
     def pause(self, *partitions: TopicPartition) -> None:
         """Stop yielding records of these partitions until :meth:`resume`."""

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from ._app import ConsumerApp
@@ -67,6 +68,16 @@ def _offset_reset(text: str) -> str:
     return text
 
 
+def _timestamp(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"not an ISO 8601 time: {text!r}") from exc
+    if when.tzinfo is None:
+        raise ValueError(f"give a time zone (e.g. {text}Z or {text}+01:00): {text!r}")
+    return when
+
+
 RUN_OPTIONS = (
     Option("bootstrap_servers", str, "broker addresses, host:port[,host:port...]"),
     Option("group_id", str, "the consumer group"),
@@ -76,6 +87,12 @@ RUN_OPTIONS = (
     Option("drain_timeout", _positive_float, "seconds in-flight handlers get at a revoke"),
     Option("max_buffered_records", _positive_int, "records buffered per partition"),
     Option("client_id", str, "the Kafka client id"),
+    Option(
+        "start_at",
+        _timestamp,
+        "replay from this time on the first assignment (ISO 8601 with a zone, "
+        "e.g. 2026-11-20T00:00:00Z)",
+    ),
     Option("metrics_port", _port, "serve /metrics, /health/live, /health/ready on this port"),
     Option("metrics_host", str, "address the metrics port listens on (default 0.0.0.0)"),
 )
@@ -120,6 +137,8 @@ def configure(app: ConsumerApp, values: Mapping[str, Any]) -> None:
         app.producer.bootstrap_servers = app.settings.bootstrap_servers  # same cluster
     if "max_buffered_records" in values:
         app.max_buffered_records = values["max_buffered_records"]
+    if "start_at" in values:
+        app.start_at = values["start_at"]
 
 
 def load_app(target: str) -> ConsumerApp:

@@ -46,6 +46,7 @@ from aiokafka.structs import TopicPartition
 
 from .._config import ConsumerSettings
 from .._errors import CommitError, ConsumerStoppedError
+from .._seeking import SeekTarget, lookup_offsets
 from .._statistics import HandlerStatistics, Statistics, TopicStatistics
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import DEFAULT_WINDOW, BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
@@ -82,6 +83,7 @@ class Engine(LaneOwner):
         max_buffered_records: int,
         max_buffered_bytes: int | None = None,
         completion_window: int = DEFAULT_WINDOW,
+        start_at: int | None = None,
         poll_timeout: float = 0.5,
         middleware: Sequence[Middleware] = (),
         on_commit: Sequence[CommitHook] = (),
@@ -94,6 +96,7 @@ class Engine(LaneOwner):
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._on_commit = on_commit
+        self._start_at = start_at  # epoch ms: seek there on the first assignment
         self._middleware = middleware
         self._producer = producer
         # Per-topic totals, kept across rebalances (the app keeps them across runs).
@@ -155,11 +158,15 @@ class Engine(LaneOwner):
         lane.seek(offset)
         self._unpause(lane)
 
-    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
-        await self._seek_to_edge(tps, end=False)
-
-    async def seek_to_end(self, *tps: TopicPartition) -> None:
-        await self._seek_to_edge(tps, end=True)
+    async def seek_to(self, target: SeekTarget, tps: Sequence[TopicPartition]) -> None:
+        """Look the offsets up (beginning, end or a time), then seek like :meth:`seek`:
+        one mechanism for all seeks (the committable offset moves, a record running
+        meanwhile cannot undo it). ``tps`` empty: every assigned partition."""
+        lanes = [self._assigned_lane(tp) for tp in tps] if tps else list(self._lanes.values())
+        offsets = await lookup_offsets(self._client(), [lane.tp for lane in lanes], target)
+        for lane in lanes:
+            if self._lanes.get(lane.tp) is lane:  # still assigned after the look-up
+                self.seek(lane.tp, offsets[lane.tp])
 
     async def committed(self, tp: TopicPartition) -> int | None:
         offset: int | None = await self._client().committed(tp)
@@ -455,6 +462,9 @@ class Engine(LaneOwner):
                     self._lanes[tp] = lane = self._make_lane(tp, self._registry.resolve(tp.topic))
                     new.append(lane)
             await self._skip_completed([lane for lane in new if isinstance(lane, KeyedLane)])
+            if self._start_at is not None and tps:
+                when, self._start_at = self._start_at, None
+                await self.seek_to(when, tps)
             if tps:
                 await self._run_hooks(self._on_assign, tps)
             assert self._tg is not None
@@ -627,19 +637,3 @@ class Engine(LaneOwner):
         if lane is None:
             raise ValueError(f"{tp} is not assigned to this app")
         return lane
-
-    async def _seek_to_edge(self, tps: tuple[TopicPartition, ...], *, end: bool) -> None:
-        """Look the offsets up, then seek like :meth:`seek`: one mechanism for all
-        seeks (the committable offset moves, a running record cannot undo it)."""
-        lanes = [self._assigned_lane(tp) for tp in tps] if tps else list(self._lanes.values())
-        if not lanes:
-            return
-        client = self._client()
-        targets = [lane.tp for lane in lanes]
-        if end:
-            offsets = await client.end_offsets(targets)
-        else:
-            offsets = await client.beginning_offsets(targets)
-        for lane in lanes:
-            if self._lanes.get(lane.tp) is lane:  # still assigned after the look-up
-                self.seek(lane.tp, offsets[lane.tp])

@@ -89,3 +89,18 @@ def test_configure_overrides_the_apps_settings() -> None:
 def test_configure_validates_like_the_constructor() -> None:
     with pytest.raises(ConfigurationError, match="group_id"):
         configure(app(), {"group_id": ""})
+
+
+def test_start_at_takes_an_iso_time_with_a_zone() -> None:
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from asyncconsumer.cli import _timestamp
+
+    assert _timestamp("2026-11-20T00:00:00Z") == datetime(2026, 11, 20, tzinfo=UTC)
+    assert _timestamp("2026-11-20T01:00:00+01:00") == datetime(2026, 11, 20, tzinfo=UTC)
+    with pytest.raises(ValueError, match="time zone"):
+        _timestamp("2026-11-20T00:00:00")
+    with pytest.raises(ValueError, match="ISO 8601"):
+        _timestamp("yesterday")
