@@ -19,6 +19,7 @@ from ._errors import (
     HandlerCancelledError,
 )
 from ._message import Message, TopicPartition
+from ._offset_store import OffsetStore
 from ._producer import Headers, Producer, ProducerRecord, RecordMetadata, encode
 from ._retry import Backoff, Delivery, FailurePolicy, Retry
 from ._run import run
@@ -51,6 +52,7 @@ __all__ = [
     "Lifespan",
     "Message",
     "Middleware",
+    "OffsetStore",
     "Producer",
     "ProducerRecord",
     "RecordMetadata",

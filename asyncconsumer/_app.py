@@ -17,6 +17,7 @@ from ._codecs import CodecSpec
 from ._config import ConsumerSettings, OffsetReset
 from ._errors import ConfigurationError, ConsumerStoppedError
 from ._handlers import BatchSettings, HandlerOptions, HandlerRegistry, Ordering, handler_name
+from ._offset_store import OffsetStore
 from ._producer import Producer
 from ._retry import Delivery, FailurePolicy, Retry
 from ._runtime._engine import CommitHook, Engine
@@ -69,6 +70,13 @@ class ConsumerApp:
     at or after it (see :meth:`seek_to_time`); later rebalances resume from the
     committed offsets as usual.
 
+    ``offset_store`` (an :class:`~asyncconsumer.OffsetStore`, e.g.
+    :class:`~asyncconsumer.integrations.sqlalchemy.SqlOffsetStore`) keeps offsets with
+    the handlers' results in their database: on every assignment the partitions it
+    has offsets for are sought there (after ``start_at``, before ``on_assign``).
+    Handlers store them in their own transactions; they must complete in order
+    (``ordering="partition"`` or batch handlers).
+
     ``kafka_options`` are passed to :class:`aiokafka.AIOKafkaConsumer`
     (``max_poll_records``, ``fetch_max_wait_ms``, ``session_timeout_ms``,
     ``isolation_level``, ``client_id``, security settings, ...).
@@ -87,6 +95,7 @@ class ConsumerApp:
         max_buffered_bytes: int | None = None,
         completion_window: int = DEFAULT_WINDOW,
         start_at: Timestamp | None = None,
+        offset_store: OffsetStore[Any] | None = None,
         max_threads: int = DEFAULT_MAX_THREADS,
         lifespan: Lifespan | None = None,
         middleware: Sequence[Middleware] = (),
@@ -124,6 +133,11 @@ class ConsumerApp:
         self.max_buffered_bytes = max_buffered_bytes
         self.completion_window = completion_window
         self.start_at = start_at
+        if offset_store is not None and not isinstance(offset_store, OffsetStore):
+            raise ConfigurationError(
+                f"offset_store must implement OffsetStore (load, store), not {offset_store!r}"
+            )
+        self.offset_store = offset_store
         if start_at is not None:
             try:
                 timestamp_ms(start_at)
@@ -287,6 +301,8 @@ class ConsumerApp:
             raise ConfigurationError("no handlers registered: use @app.handler(...)")
         if self._engine is not None:
             raise RuntimeError("this app is already running")
+        if self.offset_store is not None:
+            self._registry.check_in_order("an offset_store")
         engine = self._engine = Engine(
             self.settings,
             self._registry,
@@ -296,6 +312,7 @@ class ConsumerApp:
             max_buffered_bytes=self.max_buffered_bytes,
             completion_window=self.completion_window,
             start_at=None if self.start_at is None else timestamp_ms(self.start_at),
+            offset_store=self.offset_store,
             middleware=self.middleware,
             on_commit=self._on_commit,
             producer=self._producer,

@@ -246,6 +246,15 @@ class HandlerRegistry:
         self._resolved[topic] = matches[0]
         return matches[0]
 
+    def check_in_order(self, what: str) -> None:
+        """Refuse handlers that complete records out of order (``key`` / ``none``)."""
+        for spec in [*self._by_topic.values(), *self._patterns]:
+            if spec.batch is None and spec.ordering != "partition":
+                raise ConfigurationError(
+                    f"handler {spec.name}: {what} needs records completed in offset order "
+                    f"(ordering='partition' or a batch handler), not ordering={spec.ordering!r}"
+                )
+
     def subscription(self) -> tuple[list[str], str | None]:
         """``(topics, None)`` when every handler names its topics, else ``([], pattern)``
         with one regex that matches the union (aiokafka subscribes to one or the other)."""

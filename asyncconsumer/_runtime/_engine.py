@@ -37,7 +37,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 from aiokafka import AIOKafkaConsumer
@@ -46,6 +46,7 @@ from aiokafka.structs import TopicPartition
 
 from .._config import ConsumerSettings
 from .._errors import CommitError, ConsumerStoppedError
+from .._offset_store import OffsetStore
 from .._seeking import SeekTarget, lookup_offsets
 from .._statistics import HandlerStatistics, Statistics, TopicStatistics
 from ._concurrent import KeyedLane, WorkerPool
@@ -84,6 +85,7 @@ class Engine(LaneOwner):
         max_buffered_bytes: int | None = None,
         completion_window: int = DEFAULT_WINDOW,
         start_at: int | None = None,
+        offset_store: OffsetStore[Any] | None = None,
         poll_timeout: float = 0.5,
         middleware: Sequence[Middleware] = (),
         on_commit: Sequence[CommitHook] = (),
@@ -97,6 +99,7 @@ class Engine(LaneOwner):
         self._on_revoke = on_revoke
         self._on_commit = on_commit
         self._start_at = start_at  # epoch ms: seek there on the first assignment
+        self._offset_store = offset_store  # wins over the group's committed offsets
         self._middleware = middleware
         self._producer = producer
         # Per-topic totals, kept across rebalances (the app keeps them across runs).
@@ -465,6 +468,11 @@ class Engine(LaneOwner):
             if self._start_at is not None and tps:
                 when, self._start_at = self._start_at, None
                 await self.seek_to(when, tps)
+            if self._offset_store is not None and tps:
+                stored = await self._offset_store.load(tps)
+                for tp, offset in stored.items():
+                    if tp in self._lanes:
+                        self.seek(tp, offset)
             if tps:
                 await self._run_hooks(self._on_assign, tps)
             assert self._tg is not None

