@@ -14,13 +14,12 @@ from asyncconsumer import (
     ConsumerApp,
     HandlerCancelledError,
     Message,
-    ProducerRecord,
     Retry,
     TopicPartition,
 )
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
-from .conftest import Topics, aproduce, committed_offsets, read_topic, unique, wait_until
+from .conftest import Topics, aproduce, committed_offsets, unique, wait_until
 
 
 def make_app(bootstrap: str, group: str) -> ConsumerApp:
@@ -87,26 +86,3 @@ async def test_stop_after_a_run_returned_does_not_stop_the_next_run(
     async with app:
         await wait_until(lambda: len(handled) == 5, timeout=30, what="the second run")
     assert handled == [0, 1, 2, 3, 4]
-
-
-async def test_publish_to_keeps_the_consumed_key_for_a_producer_record_without_one(
-    kafka_broker: KafkaTestBroker, topics: Topics
-) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    topic = await topics.create("pub-key-in")
-    out = await topics.create("pub-key-out")
-    await aproduce(bootstrap, topic, [(b"c%d" % i, b"%d" % i) for i in range(6)], 0)
-    app = make_app(bootstrap, unique("g-pub-key"))
-
-    @app.handler(topic, publish_to=out)
-    async def enrich(msg: Message[bytes]) -> ProducerRecord:
-        if msg.offset == 5:
-            return ProducerRecord(msg.value, key=None)  # no key, on purpose
-        return ProducerRecord(msg.value, headers={"enriched": "yes"})
-
-    async with app:
-        results = await read_topic(bootstrap, out, 6)
-    assert [(r.key, r.value) for r in results] == [(b"c%d" % i, b"%d" % i) for i in range(5)] + [
-        (None, b"5")
-    ]
-    assert all(dict(r.headers) == {"enriched": b"yes"} for r in results[:5])

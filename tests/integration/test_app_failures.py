@@ -18,6 +18,7 @@ from asyncconsumer import (
     ConsumerApp,
     DeadLetterError,
     Message,
+    ProducerRecord,
     Retry,
     TopicPartition,
 )
@@ -360,3 +361,26 @@ async def test_a_failed_commit_does_not_wedge_the_app_and_reassignment_resumes_f
     assert handled[handled_before] == committed_then
     assert set(handled) == set(range(20))  # nothing lost
     assert (await committed_offsets(bootstrap, group, [tp]))[tp] == 20
+
+
+async def test_publish_to_keeps_the_consumed_key_for_a_producer_record_without_one(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("pub-key-in")
+    out = await topics.create("pub-key-out")
+    await aproduce(bootstrap, topic, [(b"c%d" % i, b"%d" % i) for i in range(6)], 0)
+    app = make_app(bootstrap, unique("g-pub-key"))
+
+    @app.handler(topic, publish_to=out)
+    async def enrich(msg: Message[bytes]) -> ProducerRecord:
+        if msg.offset == 5:
+            return ProducerRecord(msg.value, key=None)  # no key, on purpose
+        return ProducerRecord(msg.value, headers={"enriched": "yes"})
+
+    async with app:
+        results = await read_topic(bootstrap, out, 6)
+    assert [(r.key, r.value) for r in results] == [(b"c%d" % i, b"%d" % i) for i in range(5)] + [
+        (None, b"5")
+    ]
+    assert all(dict(r.headers) == {"enriched": b"yes"} for r in results[:5])

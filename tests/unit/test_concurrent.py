@@ -503,3 +503,42 @@ async def test_a_worker_cancelled_while_idle_leaves_no_stale_idle_marker() -> No
         gate.set()
         await wait_for(lambda: lane.offsets.completed == 2)
         pool.close()
+
+
+async def test_a_drains_cancel_that_misses_its_record_does_not_hit_the_next_one() -> None:
+    import asyncio
+
+    finish_a: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    handled: list[tuple[int, int]] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        if msg.partition == 0:
+            await finish_a
+        else:
+            await anyio.sleep(0.05)
+        handled.append((msg.partition, msg.offset))
+
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 1, "h")
+    a = lane_for(pool, Owner(), by_key=False)
+    b = KeyedLane(
+        TopicPartition("t", 1), pool, PartitionOffsets(), Owner(), by_key=False,
+        bound=BufferBound(10),
+    )  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        a.start(tg)
+        b.start(tg)
+        a.push(records([None]))
+        await wait_for(lambda: a.running() == [0])
+        b.push([SimpleNamespace(topic="t", partition=1, offset=0, key=None, value=b"",
+                                headers=(), timestamp=0)])  # fmt: skip
+        # A's record finishes in the same step as a drain cancels A: the cancel
+        # cannot reach it any more, and must not reach B's record instead.
+        finish_a.set_result(None)
+        a.close()
+        a.cancel()
+        try:
+            await wait_for(lambda: b.offsets.completed == 1)
+        finally:
+            pool.close()
+    assert handled == [(0, 0), (1, 0)]
