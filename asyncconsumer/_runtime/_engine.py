@@ -47,6 +47,7 @@ from aiokafka.structs import TopicPartition
 from .._config import ConsumerSettings
 from .._errors import CommitError, ConsumerStoppedError
 from .._statistics import HandlerStatistics, Statistics, TopicStatistics
+from ._client import stop_client
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import DEFAULT_WINDOW, BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
@@ -258,8 +259,7 @@ class Engine(LaneOwner):
                         await self._shutdown()
                     tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await client.stop()  # leaves the group
+            await stop_client(client)  # leaves the group
         if self.failure is not None:
             raise self.failure
 

@@ -1,0 +1,100 @@
+"""``asyncconsumer run`` when its broker dies: a clean stop, and the probes notice.
+
+Each test starts a broker of its own (the embedded one) and kills it under the app.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import httpx
+
+from asyncconsumer.testing import EmbeddedBroker
+
+from .conftest import unique
+from .services import free_port, wait_status
+
+ROOT = Path(__file__).resolve().parents[2]
+
+APP = """
+import os
+from asyncconsumer import ConsumerApp, Message
+
+app = ConsumerApp(bootstrap_servers=os.environ["BROKER"], group_id=os.environ["GROUP"],
+                  auto_offset_reset="earliest")
+
+@app.handler(os.environ["TOPIC"])
+async def handle(msg: Message[bytes]) -> None:
+    pass
+"""
+
+
+@asynccontextmanager
+async def running_app(
+    broker: EmbeddedBroker, tmp_path: Path, port: int
+) -> AsyncIterator[tuple[anyio.abc.Process, httpx.AsyncClient]]:
+    """``asyncconsumer run`` of :data:`APP` with probes on ``port``, ready."""
+    topic = unique("dead-broker")
+    await broker.create_topic(topic, 1)
+    (tmp_path / "dead_broker_app.py").write_text(APP)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "BROKER": broker.bootstrap_servers,
+        "GROUP": unique("g-dead"),
+        "TOPIC": topic,
+    }
+    command = [sys.executable, "-m", "asyncconsumer", "run", "dead_broker_app:app"]
+    command += ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"]
+    async with (
+        await anyio.open_process(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as proc,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        await wait_status(
+            client, "/health/ready", 200, timeout=60, alive=lambda: proc.returncode is None
+        )
+        yield proc, client
+
+
+async def stop_and_read(proc: anyio.abc.Process) -> tuple[int, str]:
+    """SIGINT; the exit code and everything the process wrote to stderr."""
+    assert proc.stderr is not None
+    stderr = proc.stderr
+    chunks: list[bytes] = []
+
+    async def drain() -> None:
+        async for chunk in stderr:
+            chunks.append(chunk)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain)
+        proc.send_signal(signal.SIGINT)
+        with anyio.fail_after(40):
+            code = await proc.wait()
+    return code, b"".join(chunks).decode()
+
+
+async def test_ctrl_c_while_the_broker_is_down_stops_cleanly(tmp_path: Path) -> None:
+    broker = EmbeddedBroker()
+    await anyio.to_thread.run_sync(broker.start)
+    try:
+        async with running_app(broker, tmp_path, free_port()) as (proc, _):
+            await anyio.to_thread.run_sync(broker.stop)
+            await anyio.sleep(2)  # aiokafka's fetcher is now retrying, with backoff
+            code, stderr = await stop_and_read(proc)
+    finally:
+        await anyio.to_thread.run_sync(broker.stop)
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "CancelledError" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if "stopped on an error" in line]
+    assert code == 0 or (code == 1 and len(errors) == 1), (code, stderr[-3000:])
