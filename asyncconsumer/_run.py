@@ -9,6 +9,7 @@ import signal
 import anyio
 
 from ._app import ConsumerApp
+from ._logging import configure_logging
 from ._service import service_for
 
 __all__ = ["run"]
@@ -30,9 +31,15 @@ def run(
     cancels in-flight handlers at once (their records are not committed).
     Raises what the app stopped on.
 
+    Logging is set up as the CLI does (INFO, or ``$ASYNCCONSUMER_LOG_LEVEL``, to
+    stderr) unless the process configured it already; aiokafka's repeated
+    messages are throttled either way.
+
     ``metrics_port``: also serve ``GET /metrics`` (Prometheus, needs the
     ``prometheus`` extra), ``/health/live`` and ``/health/ready`` on that port.
     """
+
+    configure_logging()
 
     async def main() -> None:
         error: BaseException | None = None

@@ -15,6 +15,7 @@ from typing import Any
 
 from ._app import ConsumerApp
 from ._errors import ConfigurationError
+from ._logging import configure_logging
 from ._run import run
 
 __all__ = ["ENV_PREFIX", "RUN_OPTIONS", "configure", "load_app", "main"]
@@ -214,9 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     broker_p.set_defaults(func=_cmd_broker)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     code: int = args.func(args)
     return code
 

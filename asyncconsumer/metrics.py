@@ -283,6 +283,13 @@ def _from_statistics(ns: str, group: str, s: Statistics) -> Iterator[Metric]:
     )
     poll_age.add_metric([group], s.poll_age)
     yield poll_age
+    unreachable = GaugeMetricFamily(
+        f"{ns}_unreachable_seconds",
+        "Seconds since a broker last answered, while requests fail (0: a request waits).",
+        labels=["group"],
+    )
+    unreachable.add_metric([group], s.unreachable_for)
+    yield unreachable
     loop_lag = GaugeMetricFamily(
         f"{ns}_event_loop_lag_seconds",
         "Event-loop lag at the last check (every 0.25 s).",

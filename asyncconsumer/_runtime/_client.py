@@ -98,8 +98,8 @@ class Reachability:
         inner.send = timed_send  # type: ignore[union-attr]
 
     def unreachable_for(self) -> float:
-        """Seconds since the last response while requests fail or none is sent;
-        ``0.0`` while answers come or a request waits for its answer."""
+        """Seconds since the last response, unless requests are waiting for their
+        answers and none failed since that response (then ``0.0``)."""
         if self.in_flight and not self.failing:
             return 0.0
         return time.monotonic() - self.last_response

@@ -47,7 +47,7 @@ from aiokafka.structs import TopicPartition
 from .._config import ConsumerSettings
 from .._errors import CommitError, ConsumerStoppedError
 from .._statistics import HandlerStatistics, Statistics, TopicStatistics
-from ._client import stop_client
+from ._client import Reachability, stop_client
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import DEFAULT_WINDOW, BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
@@ -123,7 +123,11 @@ class Engine(LaneOwner):
         self._poll_scope: anyio.CancelScope | None = None
         self._full: set[TopicPartition] = set()  # lanes at their bound: not polled
         self._client_paused: set[TopicPartition] = set()
-        self.liveness = LivenessMonitor(self._describe_running)
+        # Whether the member's requests get answers (health: the cluster check).
+        self.reachability = Reachability()
+        self.liveness = LivenessMonitor(
+            self._describe_running, unreachable_for=self.reachability.unreachable_for
+        )
         # Rebalances: completed ones, and when the one in progress began (the
         # first one is the initial join).
         self.rebalances = 0
@@ -207,6 +211,7 @@ class Engine(LaneOwner):
                 )
                 for topic, c in self.counters.items()
             },
+            unreachable_for=self.reachability.unreachable_for(),
         )
 
     def _highwater(self) -> dict[TopicPartition, int]:
@@ -237,6 +242,7 @@ class Engine(LaneOwner):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         client = self.client = self.settings.build_client()
+        self.reachability.watch(client)
         try:
             await client.start()
             async with anyio.create_task_group() as tg:

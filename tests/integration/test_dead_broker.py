@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ import anyio
 import anyio.abc
 import httpx
 
+from asyncconsumer.integrations import HealthBounds
 from asyncconsumer.testing import EmbeddedBroker
 
 from .conftest import unique
@@ -39,10 +41,9 @@ async def handle(msg: Message[bytes]) -> None:
 
 @asynccontextmanager
 async def running_app(
-    broker: EmbeddedBroker, tmp_path: Path, port: int
+    broker: EmbeddedBroker, tmp_path: Path, port: int, topic: str
 ) -> AsyncIterator[tuple[anyio.abc.Process, httpx.AsyncClient]]:
-    """``asyncconsumer run`` of :data:`APP` with probes on ``port``, ready."""
-    topic = unique("dead-broker")
+    """``asyncconsumer run`` of :data:`APP` on ``topic``, with probes on ``port``, ready."""
     await broker.create_topic(topic, 1)
     (tmp_path / "dead_broker_app.py").write_text(APP)
     env = {
@@ -60,10 +61,14 @@ async def running_app(
         ) as proc,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
     ):
-        await wait_status(
-            client, "/health/ready", 200, timeout=60, alive=lambda: proc.returncode is None
-        )
-        yield proc, client
+        try:
+            await wait_status(
+                client, "/health/ready", 200, timeout=60, alive=lambda: proc.returncode is None
+            )
+            yield proc, client
+        finally:
+            if proc.returncode is None:  # the test failed: do not wait for it
+                proc.kill()
 
 
 async def stop_and_read(proc: anyio.abc.Process) -> tuple[int, str]:
@@ -88,7 +93,8 @@ async def test_ctrl_c_while_the_broker_is_down_stops_cleanly(tmp_path: Path) -> 
     broker = EmbeddedBroker()
     await anyio.to_thread.run_sync(broker.start)
     try:
-        async with running_app(broker, tmp_path, free_port()) as (proc, _):
+        app = running_app(broker, tmp_path, free_port(), unique("dead-broker"))
+        async with app as (proc, _):
             await anyio.to_thread.run_sync(broker.stop)
             await anyio.sleep(2)  # aiokafka's fetcher is now retrying, with backoff
             code, stderr = await stop_and_read(proc)
@@ -98,3 +104,53 @@ async def test_ctrl_c_while_the_broker_is_down_stops_cleanly(tmp_path: Path) -> 
     assert "CancelledError" not in stderr, stderr[-3000:]
     errors = [line for line in stderr.splitlines() if "stopped on an error" in line]
     assert code == 0 or (code == 1 and len(errors) == 1), (code, stderr[-3000:])
+
+
+async def test_ready_turns_503_when_the_broker_dies_and_200_when_one_answers_again(
+    tmp_path: Path,
+) -> None:
+    """Readiness: 503 within the bound (``max_unreachable``, 15 s) once no broker
+    answers, although the fetch loop keeps polling; 200 again when a broker answers
+    on the same address (the embedded broker keeps nothing: a new one, the topic
+    created again). The log is not flooded meanwhile."""
+    bound = HealthBounds().max_unreachable
+    broker = EmbeddedBroker()
+    await anyio.to_thread.run_sync(broker.start)
+    port = broker.port
+    try:
+        topic = unique("dead-broker")
+        async with running_app(broker, tmp_path, free_port(), topic) as (proc, client):
+            await anyio.to_thread.run_sync(broker.stop)
+            killed = time.monotonic()
+            unready = await wait_status(
+                client,
+                "/health/ready",
+                503,
+                timeout=bound + 10,
+                alive=lambda: proc.returncode is None,
+            )
+            took = time.monotonic() - killed
+            checks = unready.json()["checks"]
+            assert not checks["cluster"]["ok"], checks
+            assert checks["fetch_loop"]["ok"], checks  # polls go on: not what says it
+            assert bound - 1 <= took <= bound + 5, took
+            assert (await client.get("/health/live")).status_code == 200
+            await anyio.sleep(1)  # the liveness task logs it (every 0.25 s)
+
+            broker = EmbeddedBroker(port=port)
+            await anyio.to_thread.run_sync(broker.start)
+            await broker.create_topic(topic, 1)
+            ready = await wait_status(
+                client, "/health/ready", 200, timeout=60, alive=lambda: proc.returncode is None
+            )
+            assert ready.json()["checks"]["cluster"]["detail"] == "reachable"
+            await anyio.sleep(1)
+            code, stderr = await stop_and_read(proc)
+    finally:
+        await anyio.to_thread.run_sync(broker.stop)
+    assert code == 0, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if " ERROR aiokafka" in line]
+    # Before the throttle: about 70 a second.
+    assert len(errors) < 40, "\n".join(errors)
+    assert "the cluster is unreachable" in stderr
+    assert "the cluster answers again" in stderr
