@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,8 @@ class Option:
     name: str
     parse: Callable[[str], Any]
     help: str
+    fallback_env: str | None = None
+    """Read when ``ASYNCCONSUMER_NAME`` is not set (a name other tools use)."""
 
     @property
     def flag(self) -> str:
@@ -39,6 +42,11 @@ class Option:
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def envs(self) -> tuple[str, ...]:
+        """The environment variables read, first one first."""
+        return (self.env,) if self.fallback_env is None else (self.env, self.fallback_env)
 
 
 def _positive_float(text: str) -> float:
@@ -69,7 +77,12 @@ def _offset_reset(text: str) -> str:
 
 
 RUN_OPTIONS = (
-    Option("bootstrap_servers", str, "broker addresses, host:port[,host:port...]"),
+    Option(
+        "bootstrap_servers",
+        str,
+        "broker addresses, host:port[,host:port...]",
+        fallback_env="KAFKA_BOOTSTRAP_SERVERS",
+    ),
     Option("group_id", str, "the consumer group"),
     Option("auto_offset_reset", _offset_reset, "earliest, latest or none"),
     Option("commit_interval", _positive_float, "seconds between commits"),
@@ -97,11 +110,12 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]
     values: dict[str, Any] = {}
     for option in RUN_OPTIONS:
         value = getattr(args, option.name, None)
-        if value is None and env.get(option.env):
+        name = next((name for name in option.envs if env.get(name)), None)
+        if value is None and name is not None:
             try:
-                value = option.parse(env[option.env])
+                value = option.parse(env[name])
             except ValueError as exc:
-                raise SystemExit(f"error: {option.env}: {exc}") from exc
+                raise SystemExit(f"error: {name}: {exc}") from exc
         if value is not None:
             values[option.name] = value
     return values
@@ -171,12 +185,30 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with EmbeddedBroker(host=args.host, port=args.port) as broker:
-        print(f"embedded Kafka broker (Tansu, in memory) at {broker.bootstrap_servers}", flush=True)
-        print(f"  export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+    port, note = args.port, ""
+    if port is None:
+        port = DEFAULT_BROKER_PORT if _port_free(args.host, DEFAULT_BROKER_PORT) else None
+        note = "" if port else f" (port {DEFAULT_BROKER_PORT} is in use: took a free one)"
+    with EmbeddedBroker(host=args.host, port=port) as broker:
+        address = broker.bootstrap_servers
+        print(f"embedded Kafka broker (Tansu, in memory) at {address}{note}", flush=True)
+        print(f"  export {ENV_PREFIX}BOOTSTRAP_SERVERS={address}", flush=True)
         print("  stop with Ctrl-C; its data is gone when it stops", flush=True)
         stop.wait()
     return 0
+
+
+DEFAULT_BROKER_PORT = 9092
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,13 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             dest=option.name,
             type=_argparse_type(option),
             default=None,
-            help=f"{option.help} [{option.env}]",
+            help=f"{option.help} [{', '.join(option.envs)}]",
         )
     run_p.set_defaults(func=_cmd_run)
 
     broker_p = sub.add_parser("broker", help="run the embedded broker in the foreground")
     broker_p.add_argument("--host", default="127.0.0.1")
-    broker_p.add_argument("--port", type=int, default=None, help="default: a free port")
+    broker_p.add_argument(
+        "--port", type=int, default=None, help="default: 9092, or a free port if it is in use"
+    )
     broker_p.set_defaults(func=_cmd_broker)
 
     args = parser.parse_args(argv)

@@ -89,3 +89,11 @@ def test_configure_overrides_the_apps_settings() -> None:
 def test_configure_validates_like_the_constructor() -> None:
     with pytest.raises(ConfigurationError, match="group_id"):
         configure(app(), {"group_id": ""})
+
+
+def test_kafka_bootstrap_servers_is_read_when_asyncconsumers_own_is_not_set() -> None:
+    # `asyncconsumer broker` prints the first; other Kafka tools (and `make demo`) use the second.
+    assert parse([], {"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}) == {"bootstrap_servers": "k:9092"}
+    both = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "ASYNCCONSUMER_BOOTSTRAP_SERVERS": "a:9092"}
+    assert parse([], both) == {"bootstrap_servers": "a:9092"}
+    assert parse(["--bootstrap-servers", "c:9092"], both) == {"bootstrap_servers": "c:9092"}
