@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -138,19 +139,71 @@ def configure(app: ConsumerApp, values: Mapping[str, Any]) -> None:
 
 
 def load_app(target: str) -> ConsumerApp:
-    """Import ``module:attribute`` (like uvicorn) and return the ConsumerApp there."""
+    """Import ``module:attribute`` (like uvicorn) and return the ConsumerApp there.
+
+    Raises ``SystemExit`` with a short message: the module cannot be found, the
+    attribute is missing (naming the ConsumerApps the module has) or is something
+    else, or importing the module raised (its traceback without our frames)."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise SystemExit(f"error: expected module:attribute, got {target!r}")
-    sys.path.insert(0, os.getcwd())
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from exc
-    app = getattr(module, attr, None)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and _is_part_of(module_name, exc.name):
+            raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from None
+        raise SystemExit(_import_failed(module_name, exc)) from None
+    except Exception as exc:
+        raise SystemExit(_import_failed(module_name, exc)) from None
+    if not hasattr(module, attr):
+        apps = sorted(
+            name for name, value in vars(module).items() if isinstance(value, ConsumerApp)
+        )
+        found = (
+            f"; ConsumerApp attributes it has: {', '.join(apps)}"
+            if apps
+            else "; it has no ConsumerApp attribute"
+        )
+        raise SystemExit(f"error: module {module_name!r} has no attribute {attr!r}{found}")
+    app = getattr(module, attr)
     if not isinstance(app, ConsumerApp):
         raise SystemExit(f"error: {target!r} is not a ConsumerApp (got {type(app).__name__})")
     return app
+
+
+def _is_part_of(module_name: str, missing: str) -> bool:
+    """Whether ``missing`` is ``module_name`` or one of its parent packages."""
+    return module_name == missing or module_name.startswith(missing + ".")
+
+
+def _import_failed(module_name: str, exc: BaseException) -> str:
+    """What importing the user's module raised, with the user's frames only."""
+    summary = traceback.TracebackException.from_exception(exc)
+    _drop_our_frames(summary)
+    lines = "".join(summary.format()).rstrip()
+    return f"error: importing {module_name!r} raised an exception:\n{lines}"
+
+
+def _drop_our_frames(summary: traceback.TracebackException | None) -> None:
+    seen: set[int] = set()
+    while summary is not None and id(summary) not in seen:
+        seen.add(id(summary))
+        summary.stack = traceback.StackSummary.from_list(
+            [frame for frame in summary.stack if not _ours(frame.filename)]
+        )
+        summary = summary.__cause__ or summary.__context__
+
+
+def _ours(filename: str) -> bool:
+    """Frames of this package and of the import machinery."""
+    return filename.startswith(("<frozen importlib", *_OUR_DIRS))
+
+
+_OUR_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep for path in (__file__, importlib.__file__)
+)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -212,7 +265,11 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="asyncconsumer", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="asyncconsumer",
+        description="Run a ConsumerApp (asyncconsumer run module:app), or the embedded "
+        "Kafka broker for development (asyncconsumer broker).",
+    )
     parser.add_argument(
         "--log-level",
         default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"),
@@ -242,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p.set_defaults(func=_cmd_run)
 
     broker_p = sub.add_parser("broker", help="run the embedded broker in the foreground")
-    broker_p.add_argument("--host", default="127.0.0.1")
+    broker_p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     broker_p.add_argument(
         "--port", type=int, default=None, help="default: 9092, or a free port if it is in use"
     )

@@ -123,7 +123,9 @@ async def test_run_rejects_a_target_that_is_not_an_app() -> None:
         check=False,
     )
     assert result.returncode == 1
-    assert b"'examples:missing' is not a ConsumerApp" in result.stderr
+    assert result.stderr.decode().strip() == (
+        "error: module 'examples' has no attribute 'missing'; it has no ConsumerApp attribute"
+    )
 
 
 async def start_broker_command() -> tuple[anyio.abc.Process, str]:
