@@ -55,6 +55,7 @@ from ._observe import Observers
 from ._offsets import OffsetBook, decode_completed
 from ._pipeline import CounterMap, Middleware, Processor, compose
 from ._rebalance import RebalanceAdapter, RebalanceHook
+from ._report import describe_start, describe_stop, totals
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -118,6 +119,9 @@ class Engine(LaneOwner):
         self._stop_requested = anyio.Event()
         self._closing = False
         self._aborted = False
+        # For the stop line: the drain's duration and the offsets committed last.
+        self._drain_time = 0.0
+        self._final_offsets: dict[TopicPartition, int] = {}
         self._tg: TaskGroup | None = None
         self._fetch_scope = anyio.CancelScope()
         self._poll_scope: anyio.CancelScope | None = None
@@ -243,6 +247,7 @@ class Engine(LaneOwner):
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         client = self.client = self.settings.build_client()
         self.reachability.watch(client)
+        started, before, subscribed = time.monotonic(), totals(self.counters), False
         try:
             await client.start()
             async with anyio.create_task_group() as tg:
@@ -254,6 +259,8 @@ class Engine(LaneOwner):
                     pattern=pattern,
                     listener=RebalanceAdapter(self._on_revoked, self._on_assigned, self.fail),
                 )
+                subscribed = True
+                log.info("%s", describe_start(self.settings, self._registry.specs()))
                 tg.start_soon(self._fetch_loop, name="asyncconsumer fetch")
                 tg.start_soon(self._commit_loop, name="asyncconsumer commit")
                 tg.start_soon(self.liveness.run, name="asyncconsumer liveness")
@@ -266,6 +273,16 @@ class Engine(LaneOwner):
                     tg.cancel_scope.cancel()
         finally:
             await stop_client(client)  # leaves the group
+            if subscribed:
+                report = describe_stop(
+                    self.settings.group_id,
+                    before,
+                    totals(self.counters),
+                    self._final_offsets,
+                    self._drain_time,
+                    time.monotonic() - started,
+                )
+                log.info("%s", report)
         if self.failure is not None:
             raise self.failure
 
@@ -283,7 +300,9 @@ class Engine(LaneOwner):
         async with self._lock:
             lanes = list(self._lanes.values())
             timeout = 0.0 if self._aborted else self.settings.shutdown_timeout
+            began = time.monotonic()
             await self._drain(lanes, timeout)
+            self._drain_time = time.monotonic() - began
             try:
                 await self._commit()
             except CommitError as exc:
@@ -291,6 +310,9 @@ class Engine(LaneOwner):
             except Exception as exc:  # an on_commit hook
                 self.fail(exc)
             tps = sorted(self._lanes)
+            self._final_offsets = {
+                lane.tp: lane.offsets.committed for lane in lanes if lane.offsets.committed >= 0
+            }
             self._lanes.clear()
             for pool in self._pools.values():
                 pool.close()

@@ -58,16 +58,23 @@ def test_every_aiokafka_logger_gets_the_throttle() -> None:
     ("setup", "expected"),
     [
         # Nothing configured: INFO to stderr, like the CLI.
-        ("", "1 20"),
+        ("", "1 20 True"),
         # The user configured logging first: left as it is.
-        ("logging.basicConfig(level=logging.WARNING, handlers=[logging.NullHandler()]);", "1 30"),
+        (
+            "logging.basicConfig(level=logging.WARNING, handlers=[logging.NullHandler()])",
+            "1 30 True",
+        ),
     ],
 )
 def test_run_configures_logging_unless_the_process_did(setup: str, expected: str) -> None:
     code = (
-        "import logging; from asyncconsumer._logging import configure_logging;"
-        f"{setup} configure_logging();"
-        "print(len(logging.root.handlers), logging.root.level)"
+        "import logging, asyncconsumer;"
+        "app = asyncconsumer.ConsumerApp(bootstrap_servers='127.0.0.1:1', group_id='g');"
+        f"{setup}\n"
+        "try: asyncconsumer.run(app)\n"
+        "except asyncconsumer.ConfigurationError: pass  # no handlers: it stops at once\n"
+        "print(len(logging.root.handlers), logging.root.level,"
+        " bool(logging.getLogger('aiokafka.consumer.fetcher').filters))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == expected, result.stderr
