@@ -31,7 +31,7 @@ def describe_start(settings: ConsumerSettings, handlers: Iterable[HandlerSpec]) 
 
 def _source(spec: HandlerSpec) -> str:
     if spec.pattern is not None:
-        return f"topics matching {spec.pattern.pattern!r}"
+        return f"topics matching {spec.pattern.pattern}"
     return ", ".join(spec.topics)
 
 
