@@ -10,7 +10,6 @@ import anyio
 
 from ._app import ConsumerApp
 from ._logging import configure_logging
-from ._service import service_for
 
 __all__ = ["run"]
 
@@ -43,7 +42,6 @@ def run(
 
     async def main() -> None:
         error: BaseException | None = None
-        service = service_for(app)
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(_watch_signals, app)
@@ -54,14 +52,14 @@ def run(
                 metrics = instrument(app)  # before the app starts: its handler timer
                 serve = functools.partial(
                     serve_probes,
-                    service,
+                    app,
                     metrics_host,
                     metrics_port,
                     render_metrics=lambda: (metrics.render(), CONTENT_TYPE),
                 )
                 await tg.start(serve)
             try:
-                await service.run()
+                await app.run()
             except Exception as exc:
                 error = exc
             finally:
