@@ -47,3 +47,9 @@ broker: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+
+.PHONY: wheel-check
+
+## wheel-check: build wheel + sdist, twine check, install the wheel in a fresh venv, try CLI and plugin
+wheel-check: $(STAMP)
+	$(BIN)/python -m tests.wheel_check
