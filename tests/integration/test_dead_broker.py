@@ -18,10 +18,11 @@ import anyio
 import anyio.abc
 import httpx
 
+from asyncconsumer import Consumer, TopicPartition
 from asyncconsumer.integrations import HealthBounds
 from asyncconsumer.testing import EmbeddedBroker
 
-from .conftest import unique
+from .conftest import aproduce, unique
 from .services import free_port, wait_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,3 +155,25 @@ async def test_ready_turns_503_when_the_broker_dies_and_200_when_one_answers_aga
     assert len(errors) < 40, "\n".join(errors)
     assert "the cluster is unreachable" in stderr
     assert "the cluster answers again" in stderr
+
+
+async def test_a_consumer_closes_cleanly_while_the_broker_is_down() -> None:
+    broker = EmbeddedBroker()
+    await anyio.to_thread.run_sync(broker.start)
+    try:
+        topic = unique("dead-broker-consumer")
+        await broker.create_topic(topic, 1)
+        await aproduce(broker.bootstrap_servers, topic, [(None, b"x")])
+        with anyio.fail_after(60):
+            async with Consumer(
+                partitions=[TopicPartition(topic, 0)],
+                bootstrap_servers=broker.bootstrap_servers,
+                auto_offset_reset="earliest",
+            ) as consumer:
+                assert (await anext(consumer)).offset == 0
+                await anyio.to_thread.run_sync(broker.stop)
+                # The loop goes on waiting; aiokafka's fetcher retries, with backoff.
+                assert await consumer.getmany(max_wait=2) == []
+            # Left without a CancelledError from aiokafka's fetcher.
+    finally:
+        await anyio.to_thread.run_sync(broker.stop)
