@@ -46,7 +46,7 @@ from aiokafka.structs import TopicPartition
 
 from .._config import ConsumerSettings
 from .._errors import CommitError, ConsumerStoppedError
-from .._statistics import HandlerStatistics, Statistics, TopicStatistics
+from .._statistics import Statistics
 from ._client import Reachability, stop_client
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import DEFAULT_WINDOW, BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
@@ -56,6 +56,7 @@ from ._offsets import OffsetBook, decode_completed
 from ._pipeline import CounterMap, Middleware, Processor, compose
 from ._rebalance import RebalanceAdapter, RebalanceHook
 from ._report import describe_start, describe_stop, totals
+from ._snapshot import snapshot
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -67,8 +68,6 @@ if TYPE_CHECKING:
 __all__ = ["CommitHook", "Engine"]
 
 CommitHook: TypeAlias = Callable[[dict[TopicPartition, int], CommitError | None], Awaitable[None]]
-
-_NO_STATS = HandlerStatistics(partitions=0, in_flight=0, buffered=0)
 
 log = logging.getLogger("asyncconsumer")
 
@@ -175,61 +174,16 @@ class Engine(LaneOwner):
         return offset
 
     def statistics(self) -> Statistics:
-        lanes = self._lanes.values()
-        handlers: dict[str, HandlerStatistics] = {}
-        for lane in lanes:
-            stats = handlers.get(lane.handler_name, _NO_STATS)
-            handlers[lane.handler_name] = HandlerStatistics(
-                partitions=stats.partitions + 1,
-                in_flight=stats.in_flight + len(lane.running()),
-                buffered=stats.buffered + lane.buffered,
-            )
-        return Statistics(
-            assigned=frozenset(self._lanes),
-            in_flight=sum(h.in_flight for h in handlers.values()),
-            buffered=sum(h.buffered for h in handlers.values()),
-            paused=frozenset(lane.tp for lane in lanes if lane.paused),
-            completed={
-                lane.tp: lane.offsets.completed for lane in lanes if lane.offsets.completed >= 0
-            },
-            committed={
-                lane.tp: lane.offsets.committed for lane in lanes if lane.offsets.committed >= 0
-            },
-            highwater=self._highwater(),
+        since = self._rebalance_since
+        return snapshot(
+            self._lanes,
+            self.client,
+            self.counters,
+            self.liveness,
+            self.reachability,
             rebalances=self.rebalances,
-            rebalance_age=(
-                0.0 if self._rebalance_since is None else time.monotonic() - self._rebalance_since
-            ),
-            poll_age=self.liveness.poll_age(),
-            loop_lag=self.liveness.loop_lag,
-            max_loop_lag=self.liveness.max_loop_lag,
-            handlers=handlers,
-            topics={
-                topic: TopicStatistics(
-                    fetched=c.fetched,
-                    handled=c.handled,
-                    failed=c.failed,
-                    retried=c.retried,
-                    dead_lettered=c.dead_lettered,
-                    skipped=c.skipped,
-                )
-                for topic, c in self.counters.items()
-            },
-            unreachable_for=self.reachability.unreachable_for(),
+            rebalance_age=0.0 if since is None else time.monotonic() - since,
         )
-
-    def _highwater(self) -> dict[TopicPartition, int]:
-        # The fetch responses' high watermark: the broker's ListOffsets may be
-        # wrong (see the embedded broker's gaps), this one is not.
-        client = self.client
-        if client is None:
-            return {}
-        marks = {}
-        for tp in self._lanes:
-            mark = client.highwater(tp)
-            if mark is not None:
-                marks[tp] = mark
-        return marks
 
     def _rebalance_began(self) -> None:
         if self._rebalance_since is None:
