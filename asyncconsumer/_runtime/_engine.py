@@ -55,7 +55,7 @@ from ._observe import Observers
 from ._offsets import OffsetBook, decode_completed
 from ._pipeline import CounterMap, Middleware, Processor, compose
 from ._rebalance import RebalanceAdapter, RebalanceHook
-from ._report import describe_start, describe_stop, totals
+from ._report import describe_start, describe_stop, totals, warn_missing_topics
 from ._snapshot import snapshot
 
 if TYPE_CHECKING:
@@ -218,6 +218,7 @@ class Engine(LaneOwner):
                 tg.start_soon(self._fetch_loop, name="asyncconsumer fetch")
                 tg.start_soon(self._commit_loop, name="asyncconsumer commit")
                 tg.start_soon(self.liveness.run, name="asyncconsumer liveness")
+                tg.start_soon(warn_missing_topics, client, topics, name="asyncconsumer topics")
                 task_status.started()
                 try:
                     await self._stop_requested.wait()

@@ -1,16 +1,22 @@
-"""The two INFO lines a run logs: what it consumes at start, what it did at stop."""
+"""What a run logs of its own: what it consumes at start, what it did at stop, and a
+warning for a subscribed topic that the cluster does not have."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 
+import anyio
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from .._config import ConsumerSettings
 from .._handlers import HandlerSpec
 from ._pipeline import CounterMap
 
-__all__ = ["Totals", "describe_start", "describe_stop", "totals"]
+__all__ = ["Totals", "describe_start", "describe_stop", "totals", "warn_missing_topics"]
+
+log = logging.getLogger("asyncconsumer")
 
 Totals = tuple[int, int, int]
 """Records handled, failed, dead-lettered."""
@@ -75,3 +81,21 @@ def describe_stop(
         f"{failed} failed, {dead} dead-lettered; "
         f"committed offsets: {', '.join(positions) or 'none'}; drain took {drain:.2f}s"
     )
+
+
+async def warn_missing_topics(
+    client: AIOKafkaConsumer, topics: Sequence[str], after: float = 30.0
+) -> None:
+    """Once, ``after`` seconds into the run: warn about each subscribed topic that
+    has no partitions in the cluster's metadata (a typo, on a broker that does not
+    create topics on first use; the member then consumes nothing from it and may
+    still be ready, as a member legitimately given no partition is)."""
+    await anyio.sleep(after)
+    for topic in topics:
+        if not client.partitions_for_topic(topic):
+            log.warning(
+                "subscribed topic %r has no partitions after %gs: does it exist? "
+                "(check its name; nothing is consumed from it)",
+                topic,
+                after,
+            )
