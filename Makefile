@@ -47,3 +47,21 @@ broker: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+
+.PHONY: wheel-check
+
+## wheel-check: build wheel + sdist, twine check, install the wheel in a fresh venv, try CLI and plugin
+wheel-check: $(STAMP)
+	$(BIN)/python -m tests.wheel_check
+
+DOCS := $(VENV)/.installed-docs
+
+$(DOCS): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,docs]'
+	touch $(DOCS)
+
+.PHONY: docs
+
+## docs: build the documentation site into site/ (warnings are errors)
+docs: $(DOCS)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

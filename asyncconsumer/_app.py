@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from aiokafka.structs import TopicPartition
@@ -17,6 +17,7 @@ from ._codecs import CodecSpec
 from ._config import ConsumerSettings, OffsetReset
 from ._errors import ConfigurationError, ConsumerStoppedError
 from ._handlers import BatchSettings, HandlerOptions, HandlerRegistry, Ordering, handler_name
+from ._health import DEFAULT_BOUNDS, Health, HealthBounds, State, evaluate
 from ._offset_store import OffsetStore
 from ._producer import Producer
 from ._retry import Delivery, FailurePolicy, Retry
@@ -28,6 +29,9 @@ from ._runtime._rebalance import RebalanceHook
 from ._seeking import Timestamp, timestamp_ms
 from ._statistics import Statistics
 from ._threads import DEFAULT_MAX_THREADS
+
+if TYPE_CHECKING:
+    from .metrics import ConsumerMetrics
 
 __all__ = ["CommitHook", "ConsumerApp", "Lifespan"]
 
@@ -164,6 +168,9 @@ class ConsumerApp:
         self._stack: AsyncExitStack | None = None
         self._background_error: BaseException | None = None
         self._observers = Observers()  # commit and rebalance events, for metrics
+        self._metrics: ConsumerMetrics | None = None  # asyncconsumer.metrics.instrument()
+        self._state: State = "idle"
+        self._error: BaseException | None = None
 
     # -- registration ----------------------------------------------------------
 
@@ -295,12 +302,26 @@ class ConsumerApp:
         """Run until :meth:`stop`, an error, or cancellation; then stop gracefully.
 
         Raises the first exception of a handler or hook (the original exception,
-        with a note naming the record), after the graceful stop.
+        with a note naming the record), after the graceful stop. :attr:`state`
+        follows the run: ``starting``, ``running`` once subscribed, then
+        ``stopped``, or ``failed`` with :attr:`error`.
         """
-        if not self._registry:
-            raise ConfigurationError("no handlers registered: use @app.handler(...)")
         if self._engine is not None:
             raise RuntimeError("this app is already running")
+        self._state, self._error = "starting", None
+        try:
+            await self._run(_Lifecycle(task_status, self))
+        except Exception as exc:
+            self._state, self._error = "failed", exc
+            raise
+        except BaseException:
+            self._state = "stopped"
+            raise
+        self._state = "stopped"
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
+        if not self._registry:
+            raise ConfigurationError("no handlers registered: use @app.handler(...)")
         if self.offset_store is not None:
             self._registry.check_in_order("an offset_store")
         engine = self._engine = Engine(
@@ -454,6 +475,25 @@ class ConsumerApp:
     def running(self) -> bool:
         return self._engine is not None
 
+    @property
+    def state(self) -> State:
+        """``idle`` (never run), ``starting`` (connecting, subscribing), ``running``,
+        ``stopped`` (cleanly, or cancelled) or ``failed`` (see :attr:`error`)."""
+        return self._state
+
+    @property
+    def error(self) -> BaseException | None:
+        """What the last run stopped on (state ``failed``), else ``None``."""
+        return self._error
+
+    def health(self, bounds: HealthBounds = DEFAULT_BOUNDS) -> Health:
+        """Liveness and readiness now: what ``/health/live`` and ``/health/ready`` answer."""
+        statistics = None
+        if self._state == "running":
+            with suppress(ConsumerStoppedError):
+                statistics = self.statistics()
+        return evaluate(self._state, statistics, error=self._error, bounds=bounds)
+
     def _running(self) -> Engine:
         if self._engine is None or self._engine.client is None:
             raise ConsumerStoppedError("the app is not running")
@@ -477,6 +517,18 @@ class TrackedStatus(TaskStatus[None]):
 
     def started(self, value: None = None) -> None:
         self.called = True
+        self._inner.started(value)
+
+
+class _Lifecycle(TaskStatus[None]):
+    """Marks the app running when its engine reports that it subscribed."""
+
+    def __init__(self, inner: TaskStatus[None], app: ConsumerApp) -> None:
+        self._inner = inner
+        self._app = app
+
+    def started(self, value: None = None) -> None:
+        self._app._state = "running"
         self._inner.started(value)
 
 

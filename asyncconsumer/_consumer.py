@@ -21,6 +21,7 @@ from ._codecs import CodecSpec, resolve_codec
 from ._config import ConsumerSettings, OffsetReset
 from ._errors import CommitError, ConfigurationError, ConsumerStoppedError, DeserializationError
 from ._message import Message, make_decoder
+from ._runtime._client import stop_client
 from ._runtime._offsets import OffsetBook, PartitionOffsets
 from ._runtime._rebalance import RebalanceAdapter, RebalanceHook
 from ._seeking import SeekTarget, Timestamp, lookup_offsets, timestamp_ms
@@ -188,7 +189,7 @@ class Consumer:
                     await self._on_revoke(assigned)
             finally:
                 self._client_stopped = True
-                await client.stop()
+                await stop_client(client)
 
     async def __aenter__(self) -> Consumer:
         await self.start()

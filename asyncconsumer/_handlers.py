@@ -230,6 +230,11 @@ class HandlerRegistry:
         self._resolved.clear()
         return spec
 
+    def specs(self) -> list[HandlerSpec]:
+        """Every registered handler, once, in registration order."""
+        unique = {id(spec): spec for spec in [*self._by_topic.values(), *self._patterns]}
+        return list(unique.values())
+
     def resolve(self, topic: str) -> HandlerSpec:
         """The handler for ``topic``; patterns match like :func:`re.match`."""
         spec = self._resolved.get(topic) or self._by_topic.get(topic)

@@ -8,8 +8,10 @@ the same, and tests can check every rule without a broker.
   is then the remedy.
 - **ready** means the app consumes: it started; it has partitions, or it joined
   the group and was legitimately given none (more members than partitions); the
-  fetch loop polled within ``max_poll_age``; no rebalance has lasted beyond
-  ``max_rebalance``; the event-loop lag is below ``max_loop_lag``.
+  fetch loop polled within ``max_poll_age``; a broker answered the member's
+  requests within ``max_unreachable`` (see ``Statistics.unreachable_for``: a poll
+  that returns nothing because no broker answers is no sign of health); no
+  rebalance has lasted beyond ``max_rebalance``; the event-loop lag is below ``max_loop_lag``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class HealthBounds:
     """A rebalance (the initial join included) lasting longer is stuck."""
     max_loop_lag: float = 5.0
     """Event-loop lag beyond this delays heartbeats towards an eviction."""
+    max_unreachable: float = 15.0
+    """No broker has answered for this long while requests fail (or none is sent):
+    the member cannot reach the cluster. Keep it above ``heartbeat_interval_ms``
+    (3 s by default: heartbeats are answered at least that often)."""
 
 
 DEFAULT_BOUNDS = HealthBounds()
@@ -101,6 +107,14 @@ def evaluate(
             "fetch_loop",
             s.poll_age <= bounds.max_poll_age,
             f"last poll {s.poll_age:.1f}s ago (bound {bounds.max_poll_age:g}s)",
+        ),
+        Check(
+            "cluster",
+            s.unreachable_for <= bounds.max_unreachable,
+            f"no answer from the cluster for {s.unreachable_for:.1f}s "
+            f"(bound {bounds.max_unreachable:g}s)"
+            if s.unreachable_for > bounds.max_unreachable
+            else "reachable",
         ),
         Check(
             "rebalance",

@@ -17,8 +17,8 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
+from ._app import ConsumerApp
 from ._health import DEFAULT_BOUNDS, HealthBounds
-from ._service import AppService
 
 __all__ = ["serve_probes"]
 
@@ -37,7 +37,7 @@ Response = tuple[int, str, bytes]
 
 
 async def serve_probes(
-    service: AppService,
+    app: ConsumerApp,
     host: str,
     port: int,
     *,
@@ -55,7 +55,7 @@ async def serve_probes(
             body, content_type = render_metrics()
             return 200, content_type, body
         if path in ("/health/live", "/health/ready"):
-            health = service.health(bounds)
+            health = app.health(bounds)
             ok = health.live if path.endswith("live") else health.ready
             return 200 if ok else 503, "application/json", json.dumps(health.as_dict()).encode()
         return 404, "text/plain", b"not found\n"

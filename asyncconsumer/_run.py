@@ -9,7 +9,7 @@ import signal
 import anyio
 
 from ._app import ConsumerApp
-from ._service import service_for
+from ._logging import configure_logging
 
 __all__ = ["run"]
 
@@ -30,13 +30,18 @@ def run(
     cancels in-flight handlers at once (their records are not committed).
     Raises what the app stopped on.
 
+    Logging is set up as the CLI does (INFO, or ``$ASYNCCONSUMER_LOG_LEVEL``, to
+    stderr) unless the process configured it already; aiokafka's repeated
+    messages are throttled either way.
+
     ``metrics_port``: also serve ``GET /metrics`` (Prometheus, needs the
     ``prometheus`` extra), ``/health/live`` and ``/health/ready`` on that port.
     """
 
+    configure_logging()
+
     async def main() -> None:
         error: BaseException | None = None
-        service = service_for(app)
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(_watch_signals, app)
@@ -47,14 +52,14 @@ def run(
                 metrics = instrument(app)  # before the app starts: its handler timer
                 serve = functools.partial(
                     serve_probes,
-                    service,
+                    app,
                     metrics_host,
                     metrics_port,
                     render_metrics=lambda: (metrics.render(), CONTENT_TYPE),
                 )
                 await tg.start(serve)
             try:
-                await service.run()
+                await app.run()
             except Exception as exc:
                 error = exc
             finally:

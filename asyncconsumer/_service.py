@@ -1,23 +1,21 @@
-"""Running a :class:`~asyncconsumer.ConsumerApp` inside a service, with its state.
+"""Running a :class:`~asyncconsumer.ConsumerApp` inside a host (a web framework's lifespan).
 
-A web framework's lifespan (FastAPI/Starlette, aiohttp) or the CLI runs the app
-through its :class:`AppService`, which remembers whether the app is starting,
-running, stopped, or stopped on an error: what the health probes answer from.
+The lifecycle (``state``, ``error``, ``health()``) is the app's own; an
+:class:`AppService` only adds :meth:`AppService.running`, the background run a
+lifespan needs, and keeps the earlier ``service_for(app)`` API working.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 import anyio
 from anyio.abc import TaskStatus
 
 from ._app import ConsumerApp, TrackedStatus
-from ._errors import ConsumerStoppedError
-from ._health import DEFAULT_BOUNDS, Health, HealthBounds, State, evaluate
+from ._health import DEFAULT_BOUNDS, Health, HealthBounds, State
 
 __all__ = ["AppService", "service_for"]
 
@@ -25,26 +23,23 @@ log = logging.getLogger("asyncconsumer")
 
 
 class AppService:
-    """Runs one app and tracks its lifecycle; see :func:`service_for`."""
+    """Runs one app in a host; its state is the app's (:attr:`ConsumerApp.state`)."""
 
     def __init__(self, app: ConsumerApp) -> None:
         self.app = app
-        self.state: State = "idle"
-        self.error: BaseException | None = None
+
+    @property
+    def state(self) -> State:
+        return self.app.state
+
+    @property
+    def error(self) -> BaseException | None:
         """The error the app last stopped on."""
+        return self.app.error
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the app in this task (like :meth:`ConsumerApp.run`), tracking its state."""
-        self.state, self.error = "starting", None
-        started = _Started(task_status, self)
-        try:
-            await self.app.run(task_status=started)
-        except BaseException as exc:
-            self.state = "failed" if isinstance(exc, Exception) else "stopped"
-            if isinstance(exc, Exception):
-                self.error = exc
-            raise
-        self.state = "stopped"
+        """Run the app in this task: :meth:`ConsumerApp.run`."""
+        await self.app.run(task_status=task_status)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[AppService]:
@@ -67,39 +62,17 @@ class AppService:
     async def _run_in_background(self, *, task_status: TaskStatus[None]) -> None:
         status = TrackedStatus(task_status)
         try:
-            await self.run(task_status=status)
+            await self.app.run(task_status=status)
         except Exception as exc:
             if not status.called:
                 raise  # start-up failed: the host's start-up fails with it
             log.error("the consumer app stopped on an error: %r", exc, exc_info=exc)
 
     def health(self, bounds: HealthBounds = DEFAULT_BOUNDS) -> Health:
-        """Liveness and readiness now."""
-        statistics = None
-        if self.state == "running":
-            with suppress(ConsumerStoppedError):
-                statistics = self.app.statistics()
-        return evaluate(self.state, statistics, error=self.error, bounds=bounds)
-
-
-class _Started(TaskStatus[None]):
-    """Marks the service running when the app reports it started."""
-
-    def __init__(self, inner: TaskStatus[None], service: AppService) -> None:
-        self._inner = inner
-        self._service = service
-
-    def started(self, value: None = None) -> None:
-        self._service.state = "running"
-        self._inner.started(value)
-
-
-_services: weakref.WeakKeyDictionary[ConsumerApp, AppService] = weakref.WeakKeyDictionary()
+        """Liveness and readiness now: :meth:`ConsumerApp.health`."""
+        return self.app.health(bounds)
 
 
 def service_for(app: ConsumerApp) -> AppService:
-    """The one :class:`AppService` of ``app`` (created on first use)."""
-    service = _services.get(app)
-    if service is None:
-        service = _services[app] = AppService(app)
-    return service
+    """An :class:`AppService` for ``app`` (it holds no state of its own)."""
+    return AppService(app)

@@ -70,3 +70,7 @@ class Statistics(NamedTuple):
     """Per handler (by qualified name)."""
     topics: dict[str, TopicStatistics]
     """Per topic, totals since the app was created."""
+    unreachable_for: float = 0.0
+    """Seconds since a broker last answered one of the member's requests, while its
+    requests fail or none is sent (small while the member is healthy: fetch responses
+    and heartbeats keep arriving); 0.0 while a request waits for its answer."""

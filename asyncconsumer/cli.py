@@ -8,14 +8,17 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from ._app import ConsumerApp
 from ._errors import ConfigurationError
+from ._logging import configure_logging
 from ._run import run
 
 __all__ = ["ENV_PREFIX", "RUN_OPTIONS", "configure", "load_app", "main"]
@@ -31,6 +34,8 @@ class Option:
     name: str
     parse: Callable[[str], Any]
     help: str
+    fallback_env: str | None = None
+    """Read when ``ASYNCCONSUMER_NAME`` is not set (a name other tools use)."""
 
     @property
     def flag(self) -> str:
@@ -39,6 +44,11 @@ class Option:
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def envs(self) -> tuple[str, ...]:
+        """The environment variables read, first one first."""
+        return (self.env,) if self.fallback_env is None else (self.env, self.fallback_env)
 
 
 def _positive_float(text: str) -> float:
@@ -79,7 +89,12 @@ def _timestamp(text: str) -> datetime:
 
 
 RUN_OPTIONS = (
-    Option("bootstrap_servers", str, "broker addresses, host:port[,host:port...]"),
+    Option(
+        "bootstrap_servers",
+        str,
+        "broker addresses, host:port[,host:port...]",
+        fallback_env="KAFKA_BOOTSTRAP_SERVERS",
+    ),
     Option("group_id", str, "the consumer group"),
     Option("auto_offset_reset", _offset_reset, "earliest, latest or none"),
     Option("commit_interval", _positive_float, "seconds between commits"),
@@ -113,11 +128,12 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]
     values: dict[str, Any] = {}
     for option in RUN_OPTIONS:
         value = getattr(args, option.name, None)
-        if value is None and env.get(option.env):
+        name = next((name for name in option.envs if env.get(name)), None)
+        if value is None and name is not None:
             try:
-                value = option.parse(env[option.env])
+                value = option.parse(env[name])
             except ValueError as exc:
-                raise SystemExit(f"error: {option.env}: {exc}") from exc
+                raise SystemExit(f"error: {name}: {exc}") from exc
         if value is not None:
             values[option.name] = value
     return values
@@ -142,19 +158,71 @@ def configure(app: ConsumerApp, values: Mapping[str, Any]) -> None:
 
 
 def load_app(target: str) -> ConsumerApp:
-    """Import ``module:attribute`` (like uvicorn) and return the ConsumerApp there."""
+    """Import ``module:attribute`` (like uvicorn) and return the ConsumerApp there.
+
+    Raises ``SystemExit`` with a short message: the module cannot be found, the
+    attribute is missing (naming the ConsumerApps the module has) or is something
+    else, or importing the module raised (its traceback without our frames)."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise SystemExit(f"error: expected module:attribute, got {target!r}")
-    sys.path.insert(0, os.getcwd())
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from exc
-    app = getattr(module, attr, None)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and _is_part_of(module_name, exc.name):
+            raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from None
+        raise SystemExit(_import_failed(module_name, exc)) from None
+    except Exception as exc:
+        raise SystemExit(_import_failed(module_name, exc)) from None
+    if not hasattr(module, attr):
+        apps = sorted(
+            name for name, value in vars(module).items() if isinstance(value, ConsumerApp)
+        )
+        found = (
+            f"; ConsumerApp attributes it has: {', '.join(apps)}"
+            if apps
+            else "; it has no ConsumerApp attribute"
+        )
+        raise SystemExit(f"error: module {module_name!r} has no attribute {attr!r}{found}")
+    app = getattr(module, attr)
     if not isinstance(app, ConsumerApp):
         raise SystemExit(f"error: {target!r} is not a ConsumerApp (got {type(app).__name__})")
     return app
+
+
+def _is_part_of(module_name: str, missing: str) -> bool:
+    """Whether ``missing`` is ``module_name`` or one of its parent packages."""
+    return module_name == missing or module_name.startswith(missing + ".")
+
+
+def _import_failed(module_name: str, exc: BaseException) -> str:
+    """What importing the user's module raised, with the user's frames only."""
+    summary = traceback.TracebackException.from_exception(exc)
+    _drop_our_frames(summary)
+    lines = "".join(summary.format()).rstrip()
+    return f"error: importing {module_name!r} raised an exception:\n{lines}"
+
+
+def _drop_our_frames(summary: traceback.TracebackException | None) -> None:
+    seen: set[int] = set()
+    while summary is not None and id(summary) not in seen:
+        seen.add(id(summary))
+        summary.stack = traceback.StackSummary.from_list(
+            [frame for frame in summary.stack if not _ours(frame.filename)]
+        )
+        summary = summary.__cause__ or summary.__context__
+
+
+def _ours(filename: str) -> bool:
+    """Frames of this package and of the import machinery."""
+    return filename.startswith(("<frozen importlib", *_OUR_DIRS))
+
+
+_OUR_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep for path in (__file__, importlib.__file__)
+)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -189,16 +257,38 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with EmbeddedBroker(host=args.host, port=args.port) as broker:
-        print(f"embedded Kafka broker (Tansu, in memory) at {broker.bootstrap_servers}", flush=True)
-        print(f"  export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+    port, note = args.port, ""
+    if port is None:
+        port = DEFAULT_BROKER_PORT if _port_free(args.host, DEFAULT_BROKER_PORT) else None
+        note = "" if port else f" (port {DEFAULT_BROKER_PORT} is in use: took a free one)"
+    with EmbeddedBroker(host=args.host, port=port) as broker:
+        address = broker.bootstrap_servers
+        print(f"embedded Kafka broker (Tansu, in memory) at {address}{note}", flush=True)
+        print(f"  export {ENV_PREFIX}BOOTSTRAP_SERVERS={address}", flush=True)
         print("  stop with Ctrl-C; its data is gone when it stops", flush=True)
         stop.wait()
     return 0
 
 
+DEFAULT_BROKER_PORT = 9092
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="asyncconsumer", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="asyncconsumer",
+        description="Run a ConsumerApp (asyncconsumer run module:app), or the embedded "
+        "Kafka broker for development (asyncconsumer broker).",
+    )
     parser.add_argument(
         "--log-level",
         default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"),
@@ -223,19 +313,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             dest=option.name,
             type=_argparse_type(option),
             default=None,
-            help=f"{option.help} [{option.env}]",
+            help=f"{option.help} [{', '.join(option.envs)}]",
         )
     run_p.set_defaults(func=_cmd_run)
 
     broker_p = sub.add_parser("broker", help="run the embedded broker in the foreground")
-    broker_p.add_argument("--host", default="127.0.0.1")
-    broker_p.add_argument("--port", type=int, default=None, help="default: a free port")
+    broker_p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    broker_p.add_argument(
+        "--port", type=int, default=None, help="default: 9092, or a free port if it is in use"
+    )
     broker_p.set_defaults(func=_cmd_broker)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     code: int = args.func(args)
     return code
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import weakref
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -283,6 +282,13 @@ def _from_statistics(ns: str, group: str, s: Statistics) -> Iterator[Metric]:
     )
     poll_age.add_metric([group], s.poll_age)
     yield poll_age
+    unreachable = GaugeMetricFamily(
+        f"{ns}_unreachable_seconds",
+        "Seconds since a broker last answered, while requests fail (0: a request waits).",
+        labels=["group"],
+    )
+    unreachable.add_metric([group], s.unreachable_for)
+    yield unreachable
     loop_lag = GaugeMetricFamily(
         f"{ns}_event_loop_lag_seconds",
         "Event-loop lag at the last check (every 0.25 s).",
@@ -299,9 +305,6 @@ def _from_statistics(ns: str, group: str, s: Statistics) -> Iterator[Metric]:
     yield max_lag
 
 
-_instrumented: weakref.WeakKeyDictionary[ConsumerApp, ConsumerMetrics] = weakref.WeakKeyDictionary()
-
-
 def instrument(app: ConsumerApp, *, registry: CollectorRegistry | None = None) -> ConsumerMetrics:
     """The :class:`ConsumerMetrics` of ``app``, created on the first call.
 
@@ -311,9 +314,9 @@ def instrument(app: ConsumerApp, *, registry: CollectorRegistry | None = None) -
     pass ``prometheus_client.REGISTRY`` to expose the app's metrics with the
     process's default ones.
     """
-    metrics = _instrumented.get(app)
+    metrics = app._metrics
     if metrics is None:
-        metrics = _instrumented[app] = ConsumerMetrics(app, registry=registry)
+        metrics = app._metrics = ConsumerMetrics(app, registry=registry)
     elif registry is not None and registry is not metrics.registry:
         raise ValueError("this app is already instrumented with another registry")
     return metrics

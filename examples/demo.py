@@ -1,6 +1,7 @@
 """`make demo`: produce sample records, consume them with examples/orders_app.py, check, summarise.
 
-Uses the broker at $KAFKA_BOOTSTRAP_SERVERS if set, else starts the embedded one.
+Uses the broker at $ASYNCCONSUMER_BOOTSTRAP_SERVERS (or $KAFKA_BOOTSTRAP_SERVERS) if set,
+else starts the embedded one.
 Exits 0 when every record was handled exactly once and the committed offsets
 equal the end offsets.
 """
@@ -70,7 +71,10 @@ async def main() -> int:
     logging.basicConfig(level=logging.INFO, format="   %(name)s: %(message)s", stream=sys.stdout)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     async with AsyncExitStack() as stack:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        # What `asyncconsumer broker` prints, or the name other Kafka tools use.
+        bootstrap = os.environ.get("ASYNCCONSUMER_BOOTSTRAP_SERVERS") or os.environ.get(
+            "KAFKA_BOOTSTRAP_SERVERS"
+        )
         if bootstrap:
             say(f"-> using the broker at {bootstrap}")
         else:
@@ -82,6 +86,7 @@ async def main() -> int:
         orders_topic, payments_topic = f"orders-{run_id}", f"payments-{run_id}"
         group = f"orders-example-{run_id}"
         os.environ.update(
+            ASYNCCONSUMER_BOOTSTRAP_SERVERS=bootstrap,
             KAFKA_BOOTSTRAP_SERVERS=bootstrap,
             ASYNCCONSUMER_GROUP_ID=group,
             EXAMPLE_ORDERS_TOPIC=orders_topic,

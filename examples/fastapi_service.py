@@ -2,7 +2,7 @@
 
 Run it against any broker (the embedded one: ``asyncconsumer broker``):
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 uvicorn examples.fastapi_service:api
+    ASYNCCONSUMER_BOOTSTRAP_SERVERS=127.0.0.1:9092 uvicorn examples.fastapi_service:api
 
 then ``curl localhost:8000/health/ready``, ``/metrics`` and ``/totals``.
 """
@@ -38,7 +38,8 @@ class Totals(BaseModel):
 totals = Totals()
 
 consumer = ConsumerApp(
-    bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+    bootstrap_servers=os.environ.get("ASYNCCONSUMER_BOOTSTRAP_SERVERS")
+    or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
     group_id=os.environ.get("EXAMPLE_GROUP_ID", "orders-service"),
     auto_offset_reset="earliest",
     commit_interval=1.0,

@@ -2,7 +2,7 @@
 
 Run it against any broker:
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 asyncconsumer run examples.orders_app:app
+    ASYNCCONSUMER_BOOTSTRAP_SERVERS=127.0.0.1:9092 asyncconsumer run examples.orders_app:app
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ async def lifespan(app: ConsumerApp) -> AsyncIterator[None]:
 
 
 app = ConsumerApp(
-    bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+    bootstrap_servers=os.environ.get("ASYNCCONSUMER_BOOTSTRAP_SERVERS")
+    or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
     group_id=os.environ.get("ASYNCCONSUMER_GROUP_ID", "orders-example"),
     auto_offset_reset="earliest",
     commit_interval=1.0,

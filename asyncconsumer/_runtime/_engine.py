@@ -48,7 +48,8 @@ from .._config import ConsumerSettings
 from .._errors import CommitError, ConsumerStoppedError
 from .._offset_store import OffsetStore
 from .._seeking import SeekTarget, lookup_offsets
-from .._statistics import HandlerStatistics, Statistics, TopicStatistics
+from .._statistics import Statistics
+from ._client import Reachability, stop_client
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import DEFAULT_WINDOW, BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
@@ -56,6 +57,8 @@ from ._observe import Observers
 from ._offsets import OffsetBook, decode_completed
 from ._pipeline import CounterMap, Middleware, Processor, compose
 from ._rebalance import RebalanceAdapter, RebalanceHook
+from ._report import describe_start, describe_stop, totals, warn_missing_topics
+from ._snapshot import snapshot
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -67,8 +70,6 @@ if TYPE_CHECKING:
 __all__ = ["CommitHook", "Engine"]
 
 CommitHook: TypeAlias = Callable[[dict[TopicPartition, int], CommitError | None], Awaitable[None]]
-
-_NO_STATS = HandlerStatistics(partitions=0, in_flight=0, buffered=0)
 
 log = logging.getLogger("asyncconsumer")
 
@@ -123,12 +124,19 @@ class Engine(LaneOwner):
         self._stop_requested = anyio.Event()
         self._closing = False
         self._aborted = False
+        # For the stop line: the drain's duration and the offsets committed last.
+        self._drain_time = 0.0
+        self._final_offsets: dict[TopicPartition, int] = {}
         self._tg: TaskGroup | None = None
         self._fetch_scope = anyio.CancelScope()
         self._poll_scope: anyio.CancelScope | None = None
         self._full: set[TopicPartition] = set()  # lanes at their bound: not polled
         self._client_paused: set[TopicPartition] = set()
-        self.liveness = LivenessMonitor(self._describe_running)
+        # Whether the member's requests get answers (health: the cluster check).
+        self.reachability = Reachability()
+        self.liveness = LivenessMonitor(
+            self._describe_running, unreachable_for=self.reachability.unreachable_for
+        )
         # Rebalances: completed ones, and when the one in progress began (the
         # first one is the initial join).
         self.rebalances = 0
@@ -176,60 +184,16 @@ class Engine(LaneOwner):
         return offset
 
     def statistics(self) -> Statistics:
-        lanes = self._lanes.values()
-        handlers: dict[str, HandlerStatistics] = {}
-        for lane in lanes:
-            stats = handlers.get(lane.handler_name, _NO_STATS)
-            handlers[lane.handler_name] = HandlerStatistics(
-                partitions=stats.partitions + 1,
-                in_flight=stats.in_flight + len(lane.running()),
-                buffered=stats.buffered + lane.buffered,
-            )
-        return Statistics(
-            assigned=frozenset(self._lanes),
-            in_flight=sum(h.in_flight for h in handlers.values()),
-            buffered=sum(h.buffered for h in handlers.values()),
-            paused=frozenset(lane.tp for lane in lanes if lane.paused),
-            completed={
-                lane.tp: lane.offsets.completed for lane in lanes if lane.offsets.completed >= 0
-            },
-            committed={
-                lane.tp: lane.offsets.committed for lane in lanes if lane.offsets.committed >= 0
-            },
-            highwater=self._highwater(),
+        since = self._rebalance_since
+        return snapshot(
+            self._lanes,
+            self.client,
+            self.counters,
+            self.liveness,
+            self.reachability,
             rebalances=self.rebalances,
-            rebalance_age=(
-                0.0 if self._rebalance_since is None else time.monotonic() - self._rebalance_since
-            ),
-            poll_age=self.liveness.poll_age(),
-            loop_lag=self.liveness.loop_lag,
-            max_loop_lag=self.liveness.max_loop_lag,
-            handlers=handlers,
-            topics={
-                topic: TopicStatistics(
-                    fetched=c.fetched,
-                    handled=c.handled,
-                    failed=c.failed,
-                    retried=c.retried,
-                    dead_lettered=c.dead_lettered,
-                    skipped=c.skipped,
-                )
-                for topic, c in self.counters.items()
-            },
+            rebalance_age=0.0 if since is None else time.monotonic() - since,
         )
-
-    def _highwater(self) -> dict[TopicPartition, int]:
-        # The fetch responses' high watermark: the broker's ListOffsets may be
-        # wrong (see the embedded broker's gaps), this one is not.
-        client = self.client
-        if client is None:
-            return {}
-        marks = {}
-        for tp in self._lanes:
-            mark = client.highwater(tp)
-            if mark is not None:
-                marks[tp] = mark
-        return marks
 
     def _rebalance_began(self) -> None:
         if self._rebalance_since is None:
@@ -246,6 +210,8 @@ class Engine(LaneOwner):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         client = self.client = self.settings.build_client()
+        self.reachability.watch(client)
+        started, before, subscribed = time.monotonic(), totals(self.counters), False
         try:
             await client.start()
             async with anyio.create_task_group() as tg:
@@ -257,9 +223,12 @@ class Engine(LaneOwner):
                     pattern=pattern,
                     listener=RebalanceAdapter(self._on_revoked, self._on_assigned, self.fail),
                 )
+                subscribed = True
+                log.info("%s", describe_start(self.settings, self._registry.specs()))
                 tg.start_soon(self._fetch_loop, name="asyncconsumer fetch")
                 tg.start_soon(self._commit_loop, name="asyncconsumer commit")
                 tg.start_soon(self.liveness.run, name="asyncconsumer liveness")
+                tg.start_soon(warn_missing_topics, client, topics, name="asyncconsumer topics")
                 task_status.started()
                 try:
                     await self._stop_requested.wait()
@@ -268,8 +237,17 @@ class Engine(LaneOwner):
                         await self._shutdown()
                     tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await client.stop()  # leaves the group
+            await stop_client(client)  # leaves the group
+            if subscribed:
+                report = describe_stop(
+                    self.settings.group_id,
+                    before,
+                    totals(self.counters),
+                    self._final_offsets,
+                    self._drain_time,
+                    time.monotonic() - started,
+                )
+                log.info("%s", report)
         if self.failure is not None:
             raise self.failure
 
@@ -287,7 +265,9 @@ class Engine(LaneOwner):
         async with self._lock:
             lanes = list(self._lanes.values())
             timeout = 0.0 if self._aborted else self.settings.shutdown_timeout
+            began = time.monotonic()
             await self._drain(lanes, timeout)
+            self._drain_time = time.monotonic() - began
             try:
                 await self._commit()
             except CommitError as exc:
@@ -295,6 +275,9 @@ class Engine(LaneOwner):
             except Exception as exc:  # an on_commit hook
                 self.fail(exc)
             tps = sorted(self._lanes)
+            self._final_offsets = {
+                lane.tp: lane.offsets.committed for lane in lanes if lane.offsets.committed >= 0
+            }
             self._lanes.clear()
             for pool in self._pools.values():
                 pool.close()

@@ -38,6 +38,8 @@ class LivenessMonitor:
         "loop_lag",
         "max_loop_lag",
         "poll_stall_after",
+        "unreachable_after",
+        "unreachable_for",
         "warn_lag",
     )
 
@@ -48,8 +50,12 @@ class LivenessMonitor:
         interval: float = 0.25,
         warn_lag: float = 0.5,
         poll_stall_after: float = 60.0,
+        unreachable_for: Callable[[], float] = lambda: 0.0,
+        unreachable_after: float = 15.0,
     ) -> None:
         self._describe_running = describe_running
+        self.unreachable_for = unreachable_for
+        self.unreachable_after = unreachable_after
         self.interval = interval
         self.warn_lag = warn_lag
         self.poll_stall_after = poll_stall_after
@@ -89,7 +95,7 @@ class LivenessMonitor:
                     self._culprit = ", ".join(self._describe_running())
 
     async def _run(self) -> None:
-        stalled = False
+        stalled = unreachable = False
         while True:
             start = self._beat = time.monotonic()
             await anyio.sleep(self.interval)
@@ -111,3 +117,14 @@ class LivenessMonitor:
                 log.warning("the fetch loop has not polled for %.1fs", age)
             elif age < self.poll_stall_after:
                 stalled = False
+            silence = self.unreachable_for()
+            if silence >= self.unreachable_after and not unreachable:
+                unreachable = True
+                log.warning(
+                    "no broker has answered for %.1fs: the cluster is unreachable "
+                    "(not ready until it answers again)",
+                    silence,
+                )
+            elif unreachable and silence < self.unreachable_after:
+                unreachable = False
+                log.info("the cluster answers again")

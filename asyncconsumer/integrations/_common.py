@@ -6,7 +6,6 @@ from typing import Any
 
 from .._app import ConsumerApp
 from .._health import HealthBounds
-from .._service import AppService, service_for
 
 __all__ = ["Probes"]
 
@@ -15,7 +14,7 @@ class Probes:
     """Answers of ``/health/live``, ``/health/ready`` and ``/metrics`` for one app."""
 
     def __init__(self, app: ConsumerApp, bounds: HealthBounds, *, metrics: bool) -> None:
-        self.service: AppService = service_for(app)
+        self.app = app
         self.bounds = bounds
         self._metrics: Any = None
         if metrics:
@@ -24,11 +23,11 @@ class Probes:
             self._metrics = instrument(app)
 
     def live(self) -> tuple[int, dict[str, Any]]:
-        health = self.service.health(self.bounds)
+        health = self.app.health(self.bounds)
         return (200 if health.live else 503), health.as_dict()
 
     def ready(self) -> tuple[int, dict[str, Any]]:
-        health = self.service.health(self.bounds)
+        health = self.app.health(self.bounds)
         return (200 if health.ready else 503), health.as_dict()
 
     def metrics(self) -> tuple[bytes, str]:

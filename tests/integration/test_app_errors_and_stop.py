@@ -41,10 +41,14 @@ async def test_handler_error_stops_app_run_raises_it_and_offset_stays(
             raise Boom("cannot handle this one")
         handled[msg.partition].append(msg.offset)
 
+    assert app.state == "idle"
     with anyio.fail_after(60), pytest.raises(Boom) as info:
         await app.run()
 
     assert f"{topic}[0]@5" in "".join(info.value.__notes__)
+    # The lifecycle is the app's: failed, with the error; not live.
+    assert (app.state, app.error) == ("failed", info.value)
+    assert not app.health().live
     assert handled[0] == [0, 1, 2, 3, 4]
     committed = await committed_offsets(
         bootstrap, group, [TopicPartition(topic, 0), TopicPartition(topic, 1)]
@@ -160,8 +164,11 @@ async def test_cancelling_run_stops_gracefully_and_commits(
         async with anyio.create_task_group() as tg:
             tg.start_soon(app.run)
             await wait_until(lambda: len(handled) == 5, what="records handled")
+            assert app.state == "running"
+            assert app.health().ready
             tg.cancel_scope.cancel()
     assert not scope.cancelled_caught
+    assert (app.state, app.error) == ("stopped", None)
     committed = await committed_offsets(bootstrap, group, [TopicPartition(topic, 0)])
     assert committed[TopicPartition(topic, 0)] == 5
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import anyio
 import anyio.abc
 import httpx
 
-from asyncconsumer import TopicPartition
+from asyncconsumer import TopicPartition, cli
 from asyncconsumer.testing import create_topic
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
@@ -76,6 +78,7 @@ async def test_run_drains_on_sigterm_and_exits_0_with_offsets_committed(
 
 
 FAILING_APP = """
+import argparse
 import os
 from asyncconsumer import ConsumerApp, Message
 
@@ -120,24 +123,72 @@ async def test_run_rejects_a_target_that_is_not_an_app() -> None:
         check=False,
     )
     assert result.returncode == 1
-    assert b"'examples:missing' is not a ConsumerApp" in result.stderr
+    assert result.stderr.decode().strip() == (
+        "error: module 'examples' has no attribute 'missing'; it has no ConsumerApp attribute"
+    )
 
 
-async def test_broker_command_serves_until_sigterm() -> None:
-    async with await anyio.open_process(
-        [sys.executable, "-m", "asyncconsumer", "broker"],
-        env=ENV,
-        stdout=subprocess.PIPE,
-    ) as proc:
-        assert proc.stdout is not None
-        with anyio.fail_after(30):
-            line = (await proc.stdout.receive()).decode()
-            while "broker" not in line:
-                line += (await proc.stdout.receive()).decode()
-        address = line.split(" at ", 1)[1].split()[0]
+async def start_broker_command() -> tuple[anyio.abc.Process, str]:
+    """``asyncconsumer broker``: the process and what it printed up to its export line."""
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "asyncconsumer", "broker"], env=ENV, stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    output = ""
+    with anyio.fail_after(30):
+        while "export " not in output or not output.endswith("\n"):
+            output += (await proc.stdout.receive()).decode()
+    return proc, output
+
+
+def exported(output: str) -> dict[str, str]:
+    line = next(line for line in output.splitlines() if "export " in line)
+    name, _, value = line.split("export ", 1)[1].partition("=")
+    return {name: value}
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+async def test_broker_command_serves_on_9092_and_prints_a_line_the_cli_honours() -> None:
+    """The export line names the variable ``asyncconsumer run`` reads; the broker takes
+    9092 when it is free, and says so when it takes another port."""
+    procs: list[anyio.abc.Process] = []
+    try:
+        first_free = port_free(9092)
+        proc, output = await start_broker_command()
+        procs.append(proc)
+        env = exported(output)
+        assert list(env) == ["ASYNCCONSUMER_BOOTSTRAP_SERVERS"]
+        address = env["ASYNCCONSUMER_BOOTSTRAP_SERVERS"]
+        assert f"broker (Tansu, in memory) at {address}" in output
+        resolved = cli._resolve(argparse.Namespace(), env)
+        assert resolved == {"bootstrap_servers": address}
         await create_topic(address, unique("cli-broker"), 1)  # it is a working broker
-        proc.send_signal(signal.SIGTERM)
-        assert await wait_exit(proc, 15) == 0
+        if first_free:
+            assert address == "127.0.0.1:9092"
+            # 9092 is now taken: the next one says so and takes another port.
+            second, output = await start_broker_command()
+            procs.append(second)
+            assert "port 9092 is in use" in output
+            assert exported(output)["ASYNCCONSUMER_BOOTSTRAP_SERVERS"] != address
+        else:
+            assert "port 9092 is in use" in output
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            assert await wait_exit(p, 15) == 0
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+            await p.aclose()
 
 
 async def test_run_options_and_environment_and_metrics_port(

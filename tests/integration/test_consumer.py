@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from asyncconsumer import Consumer, DeserializationError, TopicPartition
+from asyncconsumer import Consumer, ConsumerStoppedError, DeserializationError, TopicPartition
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
 from .conftest import Topics, aproduce, committed_offsets, unique
@@ -296,3 +296,66 @@ async def test_getmany_batch_in_hand_is_not_committed_when_leaving_by_an_excepti
             raise RuntimeError("batch failed")
     # The first batch was processed (the second call says so); the second was not.
     assert await committed_offsets(bootstrap, group, [tp]) == {tp: 3}
+
+
+async def test_cancelling_the_iterating_task_commits_what_was_processed_and_closes(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    """Ctrl-C under ``asyncio.run`` (or a signal that cancels a scope) cancels the task
+    in the loop: waiting for records, or in the loop body. Either way the consumer
+    commits what was processed (not the record in hand) and stops its client."""
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("iter-cancel")
+    await aproduce(bootstrap, topic, [(None, b"x")] * 10)
+    tp = TopicPartition(topic, 0)
+    group = unique("g-iter-cancel")
+    got: list[int] = []
+    consumers: list[Consumer] = []
+
+    async def consume(hold_at: int | None) -> None:
+        if hold_at is None:
+            consumer = Consumer(
+                topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest"
+            )
+        else:
+            # Assigned by hand, in a group of its own: no second join (on the embedded
+            # broker a member of a group's first generation does not leave it, and the
+            # group would refuse commits from others until its session expired).
+            consumer = Consumer(
+                partitions=[tp],
+                bootstrap_servers=bootstrap,
+                group_id=f"{group}-2",
+                auto_offset_reset="earliest",
+            )
+        async with consumer:
+            consumers.append(consumer)
+            async for msg in consumer:
+                got.append(msg.offset)
+                if msg.offset == hold_at:
+                    await anyio.sleep_forever()  # cancelled with this record in hand
+
+    # 1. Waiting for more records after the last one: all ten count as processed.
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume, None)
+            while len(got) < 10:
+                await anyio.sleep(0.05)
+            await anyio.sleep(0.3)  # in getmany(), waiting
+            tg.cancel_scope.cancel()
+    assert got == list(range(10))
+    assert await committed_offsets(bootstrap, group, [tp]) == {tp: 10}
+    with pytest.raises(ConsumerStoppedError):
+        consumers[0].assignment()  # its client was stopped
+
+    # 2. In the loop body: the record in hand is not committed.
+    got.clear()
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume, 2)
+            while 2 not in got:
+                await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    assert got == [0, 1, 2]
+    assert await committed_offsets(bootstrap, f"{group}-2", [tp]) == {tp: 2}
+    with pytest.raises(ConsumerStoppedError):
+        consumers[1].assignment()

@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "max_loop_lag": 0.0,
     "handlers": {},
     "topics": {},
+    "unreachable_for": 0.0,
 }
 
 

@@ -104,3 +104,11 @@ def test_start_at_takes_an_iso_time_with_a_zone() -> None:
         _timestamp("2026-11-20T00:00:00")
     with pytest.raises(ValueError, match="ISO 8601"):
         _timestamp("yesterday")
+
+
+def test_kafka_bootstrap_servers_is_read_when_asyncconsumers_own_is_not_set() -> None:
+    # `asyncconsumer broker` prints the first; other Kafka tools (and `make demo`) use the second.
+    assert parse([], {"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}) == {"bootstrap_servers": "k:9092"}
+    both = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "ASYNCCONSUMER_BOOTSTRAP_SERVERS": "a:9092"}
+    assert parse([], both) == {"bootstrap_servers": "a:9092"}
+    assert parse(["--bootstrap-servers", "c:9092"], both) == {"bootstrap_servers": "c:9092"}

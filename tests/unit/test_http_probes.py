@@ -9,11 +9,10 @@ import httpx
 
 from asyncconsumer import ConsumerApp
 from asyncconsumer._http import serve_probes
-from asyncconsumer._service import AppService
 
 
 async def test_probes_metrics_and_errors() -> None:
-    service = AppService(ConsumerApp(bootstrap_servers="127.0.0.1:9", group_id="g"))
+    app = ConsumerApp(bootstrap_servers="127.0.0.1:9", group_id="g")
     renders: list[int] = []
 
     def render() -> tuple[bytes, str]:
@@ -23,7 +22,7 @@ async def test_probes_metrics_and_errors() -> None:
         return b"asyncconsumer_running 0\n", "text/plain; version=0.0.4"
 
     async with anyio.create_task_group() as tg:
-        serve = functools.partial(serve_probes, service, "127.0.0.1", 0, render_metrics=render)
+        serve = functools.partial(serve_probes, app, "127.0.0.1", 0, render_metrics=render)
         port = await tg.start(serve)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             ready = await client.get("/health/ready")
@@ -36,6 +35,6 @@ async def test_probes_metrics_and_errors() -> None:
             assert (await client.get("/metrics")).status_code == 500  # and it keeps serving
             assert (await client.get("/elsewhere")).status_code == 404
             assert (await client.post("/health/live")).status_code == 405
-            service.state, service.error = "failed", ValueError("x")
+            app._state, app._error = "failed", ValueError("x")  # as a failed run leaves it
             assert (await client.get("/health/live")).status_code == 503
         tg.cancel_scope.cancel()

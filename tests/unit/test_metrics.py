@@ -69,6 +69,7 @@ def test_values_are_read_from_the_statistics_at_scrape_time(
         max_loop_lag=0.7,
         handlers={"svc.handle": HandlerStatistics(partitions=3, in_flight=2, buffered=30)},
         topics={"orders": counts},
+        unreachable_for=2.5,
     )
     monkeypatch.setattr(a, "statistics", lambda: statistics)
     values = scrape(metrics)
@@ -90,6 +91,7 @@ def test_values_are_read_from_the_statistics_at_scrape_time(
     assert values[key("asyncconsumer_poll_age_seconds")] == 0.2
     assert values[key("asyncconsumer_event_loop_lag_seconds")] == 0.01
     assert values[key("asyncconsumer_event_loop_lag_max_seconds")] == 0.7
+    assert values[key("asyncconsumer_unreachable_seconds")] == 2.5
 
 
 def test_commits_and_rebalances_are_observed() -> None:

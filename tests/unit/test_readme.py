@@ -32,3 +32,17 @@ def test_documented_methods_exist() -> None:
             assert hasattr(cls, name), f"README mentions {obj}.{name}"
     for name in re.findall(r"`asyncconsumer\.([a-z_]+)\(", README):
         assert hasattr(asyncconsumer, name)
+
+
+def test_every_section_the_docs_include_is_marked_in_the_readme() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    included = {
+        name
+        for page in docs.glob("*.md")
+        for name in re.findall(r'--8<-- "README\.md:([a-z_-]+)"', page.read_text())
+    }
+    assert len(included) >= 10
+    for name in included:
+        start, end = f"<!-- --8<-- [start:{name}] -->", f"<!-- --8<-- [end:{name}] -->"
+        assert README.count(start) == 1, name
+        assert README.index(start) < README.index(end), name

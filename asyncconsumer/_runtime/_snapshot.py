@@ -1,0 +1,89 @@
+"""``ConsumerApp.statistics()``: a :class:`~asyncconsumer.Statistics` from the runtime's parts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from .._statistics import HandlerStatistics, Statistics, TopicStatistics
+from ._client import Reachability
+from ._lanes import Lane
+from ._liveness import LivenessMonitor
+from ._pipeline import CounterMap
+
+__all__ = ["snapshot"]
+
+_NO_STATS = HandlerStatistics(partitions=0, in_flight=0, buffered=0)
+
+
+def snapshot(
+    lanes: Mapping[TopicPartition, Lane],
+    client: AIOKafkaConsumer | None,
+    counters: CounterMap,
+    liveness: LivenessMonitor,
+    reachability: Reachability,
+    *,
+    rebalances: int,
+    rebalance_age: float,
+) -> Statistics:
+    """What the lanes, the client and the monitors say now."""
+    handlers: dict[str, HandlerStatistics] = {}
+    for lane in lanes.values():
+        stats = handlers.get(lane.handler_name, _NO_STATS)
+        handlers[lane.handler_name] = HandlerStatistics(
+            partitions=stats.partitions + 1,
+            in_flight=stats.in_flight + len(lane.running()),
+            buffered=stats.buffered + lane.buffered,
+        )
+    return Statistics(
+        assigned=frozenset(lanes),
+        in_flight=sum(h.in_flight for h in handlers.values()),
+        buffered=sum(h.buffered for h in handlers.values()),
+        paused=frozenset(lane.tp for lane in lanes.values() if lane.paused),
+        completed={
+            lane.tp: lane.offsets.completed
+            for lane in lanes.values()
+            if lane.offsets.completed >= 0
+        },
+        committed={
+            lane.tp: lane.offsets.committed
+            for lane in lanes.values()
+            if lane.offsets.committed >= 0
+        },
+        highwater=_highwater(lanes, client),
+        rebalances=rebalances,
+        rebalance_age=rebalance_age,
+        poll_age=liveness.poll_age(),
+        loop_lag=liveness.loop_lag,
+        max_loop_lag=liveness.max_loop_lag,
+        handlers=handlers,
+        topics={
+            topic: TopicStatistics(
+                fetched=c.fetched,
+                handled=c.handled,
+                failed=c.failed,
+                retried=c.retried,
+                dead_lettered=c.dead_lettered,
+                skipped=c.skipped,
+            )
+            for topic, c in counters.items()
+        },
+        unreachable_for=reachability.unreachable_for(),
+    )
+
+
+def _highwater(
+    lanes: Mapping[TopicPartition, Lane], client: AIOKafkaConsumer | None
+) -> dict[TopicPartition, int]:
+    # The fetch responses' high watermark: the broker's ListOffsets may be
+    # wrong (see the embedded broker's gaps), this one is not.
+    if client is None:
+        return {}
+    marks = {}
+    for tp in lanes:
+        mark = client.highwater(tp)
+        if mark is not None:
+            marks[tp] = mark
+    return marks
