@@ -1,0 +1,200 @@
+"""ApacheKafka (asyncconsumer.testing): real Apache Kafka nodes from Maven Central.
+
+These tests start their own nodes (never the session's), so they need Java and
+Maven (or the cached jars), whatever the session's broker is."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
+
+from asyncconsumer import Consumer, TopicPartition
+from asyncconsumer.testing import ApacheKafka
+from asyncconsumer.testing._apache import DIR_PREFIX, _sweep_stale_dirs
+from asyncconsumer.testing._jars import find_tools
+
+from .conftest import aproduce, unique
+
+_missing = find_tools()
+pytestmark = [
+    pytest.mark.apache_kafka,
+    pytest.mark.skipif(_missing is not None, reason=f"Apache Kafka from Maven: {_missing}"),
+]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (not yet reaped) is as good as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return [pid for pid in found if _alive(pid)]
+
+
+def _leftover_dirs(pattern: str) -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(pattern + "*"))
+
+
+async def _leader(bootstrap: str, topic: str, partition: int = 0) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions: list[dict[str, Any]] = described["partitions"]
+    (found,) = [p for p in partitions if p.get("partition", p.get("partition_index")) == partition]
+    return int(found["leader"] if "leader" in found else found["leader_id"])
+
+
+async def test_a_node_restart_keeps_data_and_stop_leaves_nothing_behind() -> None:
+    topic, group = unique("ak-restart"), unique("g-ak-restart")
+    tp = TopicPartition(topic, 0)
+    async with ApacheKafka() as kafka:
+        assert kafka.start_seconds is not None
+        bootstrap = kafka.bootstrap_servers
+        proc = kafka._nodes[0].proc
+        assert proc is not None
+        pid, base = proc.pid, kafka._base
+        assert base is not None
+        assert base.is_dir()
+        await kafka.create_topic(topic, partitions=2)
+        await aproduce(bootstrap, topic, [(None, f"r{i}".encode()) for i in range(10)], 0)
+        client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+        await client.start()
+        try:
+            client.assign([tp])
+            await client.commit({tp: OffsetAndMetadata(4, "kept")})
+        finally:
+            await client.stop()
+
+        await kafka.stop_node(0)
+        assert not kafka.running(0)
+        assert not _alive(pid)
+        await kafka.start_node(0)
+        assert kafka.running(0)
+        assert kafka.bootstrap_servers == bootstrap  # same port
+
+        client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+        await client.start()
+        try:
+            with anyio.fail_after(30):
+                committed = await client._coordinator.fetch_committed_offsets([tp])
+                client.assign([tp])
+                await client.seek_to_beginning(tp)
+                records: list[bytes] = []
+                while len(records) < 10:
+                    batch = await client.getmany(tp, timeout_ms=500)
+                    records.extend(r.value for r in batch.get(tp, []))
+        finally:
+            await client.stop()
+        assert committed[tp] == OffsetAndMetadata(4, "kept")
+        assert records == [f"r{i}".encode() for i in range(10)]
+        restarted = kafka._nodes[0].proc
+        assert restarted is not None
+        pids = [pid, restarted.pid]
+    assert not any(_alive(p) for p in pids)
+    assert not base.exists()
+
+
+async def test_a_cancelled_start_leaves_no_process_and_no_directory() -> None:
+    pattern = f"{DIR_PREFIX}{os.getpid()}-"
+    kafka = ApacheKafka()
+    with anyio.move_on_after(2.5) as scope:
+        await kafka.astart()
+        await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert _leftover_dirs(pattern) == []
+    assert _processes_mentioning(pattern) == []
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = kafka.bootstrap_servers
+
+
+SCRIPT = """
+import sys, time
+from asyncconsumer.testing import ApacheKafka
+kafka = ApacheKafka()
+kafka.start()
+print(kafka._nodes[0].proc.pid, kafka._base, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_python_process_takes_its_node_along() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        node_pid, base = int(line.split()[0]), Path(line.split()[1])
+        assert _alive(node_pid)
+        proc.send_signal(signal.SIGKILL)  # no atexit, no finally: only the death signal
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while _alive(node_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(node_pid)
+        assert base.is_dir()  # nobody could remove it ...
+        _sweep_stale_dirs()
+        assert not base.exists()  # ... until the next start's sweep
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_three_nodes_produce_and_consume_through_a_leader_crash() -> None:
+    topic, group = unique("ak-failover"), unique("g-ak-failover")
+    async with ApacheKafka(nodes=3) as kafka:
+        bootstrap = kafka.bootstrap_servers
+        assert len(bootstrap.split(",")) == 3
+        await kafka.create_topic(topic, partitions=1)  # replication factor 3, min ISR 2
+        await aproduce(bootstrap, topic, [(None, f"a{i}".encode()) for i in range(50)])
+        leader = await _leader(bootstrap, topic)
+        started = time.monotonic()
+        kafka.kill_node(leader - 1)  # node ids are index + 1
+        assert not kafka.running(leader - 1)
+        # acks=all with min ISR 2: succeeds once a surviving replica leads.
+        await aproduce(bootstrap, topic, [(None, f"b{i}".encode()) for i in range(50)])
+        failover = time.monotonic() - started
+        new_leader = await _leader(bootstrap, topic)
+        assert new_leader != leader
+        got: list[bytes] = []
+        with anyio.fail_after(60):
+            async with Consumer(
+                topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest"
+            ) as consumer:
+                async for msg in consumer:
+                    got.append(msg.value)
+                    if len(got) == 100:
+                        break
+        assert got == [f"a{i}".encode() for i in range(50)] + [f"b{i}".encode() for i in range(50)]
+        print(f"fail-over: produce resumed {failover:.1f}s after the leader's SIGKILL")
+
