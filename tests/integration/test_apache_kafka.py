@@ -25,7 +25,7 @@ from asyncconsumer.testing import ApacheKafka
 from asyncconsumer.testing._apache import DIR_PREFIX, _sweep_stale_dirs
 from asyncconsumer.testing._jars import find_tools
 
-from .conftest import aproduce, unique
+from .conftest import aproduce, committed_offsets, unique
 
 _missing = find_tools()
 pytestmark = [
@@ -198,3 +198,36 @@ async def test_three_nodes_produce_and_consume_through_a_leader_crash() -> None:
         assert got == [f"a{i}".encode() for i in range(50)] + [f"b{i}".encode() for i in range(50)]
         print(f"fail-over: produce resumed {failover:.1f}s after the leader's SIGKILL")
 
+
+async def test_a_restarted_coordinator_does_not_lose_the_committed_offset() -> None:
+    """Right after a restart the group coordinator answers OffsetFetch with a
+    request-level COORDINATOR_LOAD_IN_PROGRESS; aiokafka alone reads that as "no
+    committed offset" and resets to ``auto_offset_reset`` (asyncconsumer patches it:
+    ``_aiokafka_compat``). Several restarts, as the loading window is short."""
+    topic, group = unique("ak-load"), unique("g-ak-load")
+    tp = TopicPartition(topic, 0)
+    async with ApacheKafka() as kafka:
+        bootstrap = kafka.bootstrap_servers
+        await kafka.create_topic(topic)
+        await aproduce(bootstrap, topic, [(None, f"r{i}".encode()) for i in range(10)])
+        client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+        await client.start()
+        try:
+            client.assign([tp])
+            await client.commit({tp: OffsetAndMetadata(4, "")})
+        finally:
+            await client.stop()
+        for run in range(4):
+            await kafka.stop_node(0)
+            await kafka.start_node(0)
+            with anyio.fail_after(30):
+                async with Consumer(
+                    partitions=[tp],
+                    bootstrap_servers=bootstrap,
+                    group_id=group,
+                    auto_offset_reset="earliest",
+                ) as consumer:
+                    first = await anext(consumer)
+            # Not 0: the committed offset, then one more per run (leaving commits it).
+            assert first.offset == 4 + run
+        assert (await committed_offsets(bootstrap, group, [tp]))[tp] == 8
