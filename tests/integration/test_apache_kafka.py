@@ -12,12 +12,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from asyncconsumer import Consumer, TopicPartition
@@ -25,7 +23,7 @@ from asyncconsumer.testing import ApacheKafka
 from asyncconsumer.testing._apache import DIR_PREFIX, _sweep_stale_dirs
 from asyncconsumer.testing._jars import find_tools
 
-from .conftest import aproduce, committed_offsets, unique
+from .conftest import aproduce, committed_offsets, describe_partitions, unique
 
 _missing = find_tools()
 pytestmark = [
@@ -61,16 +59,9 @@ def _leftover_dirs(pattern: str) -> list[Path]:
     return list(Path(tempfile.gettempdir()).glob(pattern + "*"))
 
 
-async def _leader(bootstrap: str, topic: str, partition: int = 0) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions: list[dict[str, Any]] = described["partitions"]
-    (found,) = [p for p in partitions if p.get("partition", p.get("partition_index")) == partition]
-    return int(found["leader"] if "leader" in found else found["leader_id"])
+async def _leader(bootstrap: str, topic: str) -> int:
+    (partition,) = await describe_partitions(bootstrap, topic)
+    return int(partition["leader"])
 
 
 async def test_a_node_restart_keeps_data_and_stop_leaves_nothing_behind() -> None:
