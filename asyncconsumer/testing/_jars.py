@@ -104,9 +104,10 @@ def find_tools() -> str | None:
     quick look tells: ``java`` >= 17, and ``mvn`` or cached or given jars)."""
     try:
         check_java()
-        if not os.environ.get(JARS_ENV) and not _is_complete(
-            cache_root() / DEFAULT_VERSION, DEFAULT_VERSION
-        ):
+        explicit = os.environ.get(JARS_ENV)
+        if explicit and not any(Path(explicit).glob("kafka_2.13-*.jar")):
+            raise ApacheKafkaUnavailableError(f"{JARS_ENV}={explicit!r} holds no kafka_2.13-*.jar")
+        if not explicit and not _is_complete(cache_root() / DEFAULT_VERSION, DEFAULT_VERSION):
             _check_mvn()
     except ApacheKafkaUnavailableError as exc:
         return str(exc)
