@@ -96,6 +96,18 @@ async def committed_offsets(
         await client.stop()
 
 
+async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The partitions' end offsets from a ListOffsets request (no group). Wrong
+    on the embedded broker once records are batched: use it on Apache Kafka.."""
+    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await client.start()
+    try:
+        ends: dict[TopicPartition, int] = await client.end_offsets(tps)
+        return ends
+    finally:
+        await client.stop()
+
+
 async def wait_until(
     predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition"
 ) -> None:

@@ -16,7 +16,7 @@ from asyncconsumer import TopicPartition
 from asyncconsumer.testing import create_topic
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
-from .conftest import aproduce, committed_offsets, unique
+from .conftest import aproduce, committed_offsets, end_offsets, unique
 from .services import free_port, sample, samples, wait_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,6 +191,8 @@ async def test_run_options_and_environment_and_metrics_port(
             assert sample(metrics, "asyncconsumer_highwater_offset", **labels) == end
             assert sample(metrics, "asyncconsumer_consumer_lag", **labels) == 0
         assert sample(metrics, "asyncconsumer_commit_duration_seconds_count", group=group)
+        if kafka_broker.is_apache_kafka:  # ListOffsets agrees (the embedded broker's does not)
+            assert await end_offsets(bootstrap, list(ends)) == ends
         for topic, count in ((orders, 120), (payments, 30)):
             by_topic = {"group": group, "topic": topic}
             assert sample(metrics, "asyncconsumer_records_handled_total", **by_topic) == count

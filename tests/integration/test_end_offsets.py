@@ -7,27 +7,15 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from asyncconsumer import Consumer, ConsumerApp, Message, TopicPartition
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
-from .conftest import Topics, aproduce, committed_offsets, unique, wait_until
+from .conftest import Topics, aproduce, committed_offsets, end_offsets, unique, wait_until
 
 pytestmark = pytest.mark.apache_kafka
 
 RECORDS = 1000
-
-
-async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    """The partitions' end offsets from a ListOffsets request (no group)."""
-    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await client.start()
-    try:
-        ends: dict[TopicPartition, int] = await client.end_offsets(tps)
-        return ends
-    finally:
-        await client.stop()
 
 
 async def _filled(kafka_broker: KafkaTestBroker, topics: Topics, prefix: str) -> TopicPartition:
