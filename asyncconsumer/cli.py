@@ -16,6 +16,7 @@ from typing import Any
 from ._app import ConsumerApp
 from ._errors import ConfigurationError
 from ._run import run
+from .testing._jars import DEFAULT_VERSION as DEFAULT_KAFKA_VERSION
 
 __all__ = ["ENV_PREFIX", "RUN_OPTIONS", "configure", "load_app", "main"]
 
@@ -165,16 +166,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from .testing import EmbeddedBroker
+    from .testing import ApacheKafka, ApacheKafkaUnavailableError, EmbeddedBroker
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with EmbeddedBroker(host=args.host, port=args.port) as broker:
-        print(f"embedded Kafka broker (Tansu, in memory) at {broker.bootstrap_servers}", flush=True)
-        print(f"  export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
-        print("  stop with Ctrl-C; its data is gone when it stops", flush=True)
+    if not args.apache_kafka:
+        if args.nodes != 1:
+            raise SystemExit("error: --nodes needs --apache-kafka")
+        with EmbeddedBroker(host=args.host, port=args.port) as broker:
+            print(
+                f"embedded Kafka broker (Tansu, in memory) at {broker.bootstrap_servers}",
+                flush=True,
+            )
+            print(f"  export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+            print("  stop with Ctrl-C; its data is gone when it stops", flush=True)
+            stop.wait()
+        return 0
+    if args.port is not None or args.host != "127.0.0.1":
+        raise SystemExit("error: --apache-kafka listens on free 127.0.0.1 ports")
+    kafka = ApacheKafka(nodes=args.nodes, version=args.kafka_version)
+    print(
+        f"starting Apache Kafka {kafka.version} ({args.nodes} node(s)); the first run "
+        "downloads its jars with Maven ...",
+        flush=True,
+    )
+    try:
+        kafka.start()
+    except ApacheKafkaUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"Apache Kafka {kafka.version} at {kafka.bootstrap_servers}", flush=True)
+        print(f"  export KAFKA_BOOTSTRAP_SERVERS={kafka.bootstrap_servers}", flush=True)
+        print(
+            f"  logs: {kafka.node_log(0).parent.parent}; stop with Ctrl-C, its data is deleted",
+            flush=True,
+        )
         stop.wait()
+    finally:
+        kafka.stop()
     return 0
 
 
@@ -208,9 +239,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     run_p.set_defaults(func=_cmd_run)
 
-    broker_p = sub.add_parser("broker", help="run the embedded broker in the foreground")
+    broker_p = sub.add_parser(
+        "broker",
+        help="run a broker in the foreground: the embedded one, or Apache Kafka",
+        description="Run the embedded broker (Tansu, in memory), or with --apache-kafka "
+        "Apache Kafka from Maven Central (needs Java 17+ and Maven the first time), in the "
+        "foreground until Ctrl-C; prints its address.",
+    )
     broker_p.add_argument("--host", default="127.0.0.1")
     broker_p.add_argument("--port", type=int, default=None, help="default: a free port")
+    broker_p.add_argument(
+        "--apache-kafka", action="store_true", help="run Apache Kafka (KRaft) instead"
+    )
+    broker_p.add_argument(
+        "--nodes", type=_positive_int, default=1, help="Apache Kafka nodes (default 1)"
+    )
+    broker_p.add_argument(
+        "--kafka-version",
+        default=os.environ.get("ASYNCCONSUMER_KAFKA_VERSION", DEFAULT_KAFKA_VERSION),
+        help=f"Apache Kafka version (default {DEFAULT_KAFKA_VERSION})",
+    )
     broker_p.set_defaults(func=_cmd_broker)
 
     args = parser.parse_args(argv)
