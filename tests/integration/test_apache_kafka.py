@@ -77,7 +77,9 @@ async def test_a_node_restart_keeps_data_and_stop_leaves_nothing_behind() -> Non
         assert base.is_dir()
         await kafka.create_topic(topic, partitions=2)
         await aproduce(bootstrap, topic, [(None, f"r{i}".encode()) for i in range(10)], 0)
-        client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+        client = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
         await client.start()
         try:
             client.assign([tp])
@@ -92,7 +94,9 @@ async def test_a_node_restart_keeps_data_and_stop_leaves_nothing_behind() -> Non
         assert kafka.running(0)
         assert kafka.bootstrap_servers == bootstrap  # same port
 
-        client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+        client = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
         await client.start()
         try:
             with anyio.fail_after(30):
@@ -202,7 +206,9 @@ async def test_a_restarted_coordinator_does_not_lose_the_committed_offset() -> N
         bootstrap = kafka.bootstrap_servers
         await kafka.create_topic(topic)
         await aproduce(bootstrap, topic, [(None, f"r{i}".encode()) for i in range(10)])
-        client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+        client = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
         await client.start()
         try:
             client.assign([tp])
