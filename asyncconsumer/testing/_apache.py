@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -210,7 +209,7 @@ def _spawn(command: list[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
     return future.result()
 
 
-_running: weakref.WeakSet[ApacheKafka] = weakref.WeakSet()
+_running: set[ApacheKafka] = set()  # strong: a forgotten cluster is still stopped at exit
 
 
 @atexit.register

@@ -166,6 +166,23 @@ def test_a_killed_python_process_takes_its_node_along() -> None:
         assert not base.exists()  # ... until the next start's sweep
 
 
+FORGETFUL = """
+from asyncconsumer.testing import ApacheKafka
+kafka = ApacheKafka()
+kafka.start()
+print(kafka._nodes[0].proc.pid, kafka._base, flush=True)
+"""  # and exits without stop()
+
+
+def test_a_script_that_forgets_to_stop_leaves_nothing_behind() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FORGETFUL], capture_output=True, text=True, timeout=100, check=True
+    )
+    node_pid, base = int(result.stdout.split()[0]), Path(result.stdout.split()[1])
+    assert not _alive(node_pid)
+    assert not base.exists()  # removed at exit, not just killed
+
+
 async def test_three_nodes_produce_and_consume_through_a_leader_crash() -> None:
     topic, group = unique("ak-failover"), unique("g-ak-failover")
     async with ApacheKafka(nodes=3) as kafka:
