@@ -54,6 +54,7 @@ log = logging.getLogger("asyncconsumer.testing")
 HOST = "127.0.0.1"
 DIR_PREFIX = "asyncconsumer-kafka-"
 HEAP = ("-Xms256m", "-Xmx512m")
+PORT_ATTEMPTS = 3
 
 
 def cluster_id() -> str:
@@ -396,45 +397,63 @@ class ApacheKafka:
             )
         return False
 
+    def _port_taken(self, exc: ApacheKafkaUnavailableError) -> bool:
+        """Whether a start failed only because another process took a port we picked
+        (between choosing it and Java binding it): then a retry picks new ones."""
+        ours = not {"listeners", "controller.quorum.voters"} & self.properties.keys()
+        return ours and "Address already in use" in str(exc)
+
     def start(self) -> None:
         """Resolve, format and start every node; return once all listen (blocking)."""
         if self._nodes:
             raise RuntimeError("Apache Kafka is already running")
-        try:
-            formats = self._prepare()
-            started = time.monotonic()
-            self._format(formats)
-            for node in self._nodes:
-                self._launch(node)
-            _running.add(self)
-            while not self._check(self._nodes, started):
-                time.sleep(0.1)
-        except BaseException:
-            self.stop(grace=5.0)
-            raise
-        self.start_seconds = time.monotonic() - started
-        log.info(
-            "Apache Kafka %s (%d node(s)) at %s", self.version, self.nodes, self.bootstrap_servers
-        )
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                formats = self._prepare()
+                started = time.monotonic()
+                self._format(formats)
+                for node in self._nodes:
+                    self._launch(node)
+                _running.add(self)
+                while not self._check(self._nodes, started):
+                    time.sleep(0.1)
+            except ApacheKafkaUnavailableError as exc:
+                self.stop(grace=5.0)
+                if attempt + 1 == PORT_ATTEMPTS or not self._port_taken(exc):
+                    raise
+                continue
+            except BaseException:
+                self.stop(grace=5.0)
+                raise
+            self.start_seconds = time.monotonic() - started
+            log.info("Apache Kafka %s at %s", self.version, self.bootstrap_servers)
+            return
 
     async def astart(self) -> None:
         """:meth:`start` without blocking the event loop; a cancellation stops what started."""
         if self._nodes:
             raise RuntimeError("Apache Kafka is already running")
-        try:
-            formats = await anyio.to_thread.run_sync(self._prepare)
-            started = time.monotonic()
-            await anyio.to_thread.run_sync(self._format, formats)
-            for node in self._nodes:
-                self._launch(node)
-            _running.add(self)
-            while not self._check(self._nodes, started):  # noqa: ASYNC110 -- polls a port
-                await anyio.sleep(0.1)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                formats = await anyio.to_thread.run_sync(self._prepare)
+                started = time.monotonic()
+                await anyio.to_thread.run_sync(self._format, formats)
+                for node in self._nodes:
+                    self._launch(node)
+                _running.add(self)
+                while not self._check(self._nodes, started):  # noqa: ASYNC110 -- polls a port
+                    await anyio.sleep(0.1)
+            except ApacheKafkaUnavailableError as exc:
                 await self.astop(grace=5.0)
-            raise
-        self.start_seconds = time.monotonic() - started
+                if attempt + 1 == PORT_ATTEMPTS or not self._port_taken(exc):
+                    raise
+                continue
+            except BaseException:
+                await self.astop(grace=5.0)  # shielded
+                raise
+            self.start_seconds = time.monotonic() - started
+            log.info("Apache Kafka %s at %s", self.version, self.bootstrap_servers)
+            return
 
     # -- stop -------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import OffsetAndMetadata
 
 from asyncconsumer import Consumer, TopicPartition
-from asyncconsumer.testing import ApacheKafka
+from asyncconsumer.testing import ApacheKafka, ApacheKafkaUnavailableError
 from asyncconsumer.testing._apache import DIR_PREFIX, _sweep_stale_dirs
 from asyncconsumer.testing._jars import find_tools
 
@@ -137,7 +138,7 @@ async def test_a_cancelled_start_leaves_no_process_and_no_directory() -> None:
 
 SCRIPT = """
 import sys, time
-from asyncconsumer.testing import ApacheKafka
+from asyncconsumer.testing import ApacheKafka, ApacheKafkaUnavailableError
 kafka = ApacheKafka()
 kafka.start()
 print(kafka._nodes[0].proc.pid, kafka._base, flush=True)
@@ -166,8 +167,31 @@ def test_a_killed_python_process_takes_its_node_along() -> None:
         assert not base.exists()  # ... until the next start's sweep
 
 
+def test_a_node_that_cannot_start_raises_with_the_end_of_its_log() -> None:
+    pattern = f"{DIR_PREFIX}{os.getpid()}-"
+    before = _leftover_dirs(pattern)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            controller = free.getsockname()[1]
+        kafka = ApacheKafka(
+            properties={
+                "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+                "controller.quorum.voters": f"1@127.0.0.1:{controller}",
+            }
+        )
+        with pytest.raises(ApacheKafkaUnavailableError, match="exited with code") as info:
+            kafka.start()
+    assert "Address already in use" in str(info.value)  # the node's own log, quoted
+    assert _leftover_dirs(pattern) == before
+
+
 FORGETFUL = """
-from asyncconsumer.testing import ApacheKafka
+from asyncconsumer.testing import ApacheKafka, ApacheKafkaUnavailableError
 kafka = ApacheKafka()
 kafka.start()
 print(kafka._nodes[0].proc.pid, kafka._base, flush=True)
