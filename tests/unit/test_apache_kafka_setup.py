@@ -179,3 +179,12 @@ def test_parallel_processes_resolve_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert [proc.returncode for proc in procs] == [0, 0, 0]
     assert set(outputs) == {str(cache / "4.3.1")}
     assert calls.read_text().count("call") == 1
+
+
+def test_only_a_lost_port_of_our_choosing_is_retried() -> None:
+    lost = ApacheKafkaUnavailableError("... Socket server failed to bind: Address already in use")
+    other = ApacheKafkaUnavailableError("... exited with code 1: Invalid value")
+    assert ApacheKafka()._port_taken(lost)
+    assert not ApacheKafka()._port_taken(other)
+    given = ApacheKafka(properties={"listeners": "PLAINTEXT://127.0.0.1:9092"})
+    assert not given._port_taken(lost)  # the caller's port: a retry would not help
