@@ -5,7 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 BENCH  := $(VENV)/.installed-bench
 
-.PHONY: demo test lint unit integration bench broker install clean
+# The tests' broker: empty = the plugin's choice (Apache Kafka from Maven when java and
+# mvn are there, else the embedded one); or embedded, apache-kafka, docker.
+BROKER ?=
+ARGS   ?=
+
+.PHONY: demo test lint unit integration integration-embedded bench broker broker-kafka install clean
 
 install: $(STAMP)
 
@@ -18,9 +23,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-## test: lint, type-check, then the whole suite against a real broker
+## test: lint, type-check, then the whole suite against a real broker (Apache Kafka
+## from Maven Central when java >= 17 and mvn are there: the first run downloads ~45 MB)
 test: lint
-	$(BIN)/python -m pytest
+	ASYNCCONSUMER_TEST_BROKER=$(BROKER) $(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,7 +37,12 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 integration: $(STAMP)
-	$(BIN)/python -m pytest tests/integration
+	ASYNCCONSUMER_TEST_BROKER=$(BROKER) $(BIN)/python -m pytest tests/integration $(ARGS)
+
+## integration-embedded: every integration module on the embedded broker, except the
+## tests that need Apache Kafka (marked apache_kafka: `make test` ran them)
+integration-embedded: $(STAMP)
+	ASYNCCONSUMER_TEST_BROKER=embedded $(BIN)/python -m pytest tests/integration -m "not apache_kafka" $(ARGS)
 
 $(BENCH): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
@@ -39,11 +50,15 @@ $(BENCH): $(STAMP)
 
 ## bench: every benchmark against baselines in the same run; one table, JSON and a PNG chart
 bench: $(BENCH)
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(if $(BROKER),--broker $(BROKER)) $(ARGS)
 
 ## broker: the embedded broker in the foreground
 broker: $(STAMP)
 	$(BIN)/asyncconsumer broker
+
+## broker-kafka: Apache Kafka (from Maven Central) in the foreground
+broker-kafka: $(STAMP)
+	$(BIN)/asyncconsumer broker --apache-kafka $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

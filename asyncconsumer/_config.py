@@ -8,9 +8,12 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer
 
+from . import _aiokafka_compat
 from ._errors import ConfigurationError
 
 __all__ = ["ConsumerSettings", "OffsetReset"]
+
+_aiokafka_compat.install()  # before any client exists
 
 OffsetReset = Literal["earliest", "latest", "none"]
 

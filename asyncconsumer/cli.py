@@ -20,6 +20,7 @@ from ._app import ConsumerApp
 from ._errors import ConfigurationError
 from ._logging import configure_logging
 from ._run import run
+from .testing._jars import DEFAULT_VERSION as DEFAULT_KAFKA_VERSION
 
 __all__ = ["ENV_PREFIX", "RUN_OPTIONS", "configure", "load_app", "main"]
 
@@ -252,21 +253,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from .testing import EmbeddedBroker
+    from .testing import ApacheKafka, ApacheKafkaUnavailableError, EmbeddedBroker
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    port, note = args.port, ""
-    if port is None:
-        port = DEFAULT_BROKER_PORT if _port_free(args.host, DEFAULT_BROKER_PORT) else None
-        note = "" if port else f" (port {DEFAULT_BROKER_PORT} is in use: took a free one)"
-    with EmbeddedBroker(host=args.host, port=port) as broker:
-        address = broker.bootstrap_servers
-        print(f"embedded Kafka broker (Tansu, in memory) at {address}{note}", flush=True)
-        print(f"  export {ENV_PREFIX}BOOTSTRAP_SERVERS={address}", flush=True)
-        print("  stop with Ctrl-C; its data is gone when it stops", flush=True)
+    if not args.apache_kafka:
+        if args.nodes != 1:
+            raise SystemExit("error: --nodes needs --apache-kafka")
+        port, note = args.port, ""
+        if port is None:
+            port = DEFAULT_BROKER_PORT if _port_free(args.host, DEFAULT_BROKER_PORT) else None
+            note = "" if port else f" (port {DEFAULT_BROKER_PORT} is in use: took a free one)"
+        with EmbeddedBroker(host=args.host, port=port) as broker:
+            address = broker.bootstrap_servers
+            print(f"embedded Kafka broker (Tansu, in memory) at {address}{note}", flush=True)
+            print(f"  export {ENV_PREFIX}BOOTSTRAP_SERVERS={address}", flush=True)
+            print("  stop with Ctrl-C; its data is gone when it stops", flush=True)
+            stop.wait()
+        return 0
+    if args.port is not None or args.host != "127.0.0.1":
+        raise SystemExit("error: --apache-kafka listens on free 127.0.0.1 ports")
+    kafka = ApacheKafka(nodes=args.nodes, version=args.kafka_version)
+    print(
+        f"starting Apache Kafka {kafka.version} ({args.nodes} node(s)); the first run "
+        "downloads its jars with Maven ...",
+        flush=True,
+    )
+    try:
+        kafka.start()
+    except ApacheKafkaUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"Apache Kafka {kafka.version} at {kafka.bootstrap_servers}", flush=True)
+        print(f"  export {ENV_PREFIX}BOOTSTRAP_SERVERS={kafka.bootstrap_servers}", flush=True)
+        print(
+            f"  logs: {kafka.node_log(0).parent.parent}; stop with Ctrl-C, its data is deleted",
+            flush=True,
+        )
         stop.wait()
+    finally:
+        kafka.stop()
     return 0
 
 
@@ -317,10 +345,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     run_p.set_defaults(func=_cmd_run)
 
-    broker_p = sub.add_parser("broker", help="run the embedded broker in the foreground")
+    broker_p = sub.add_parser(
+        "broker",
+        help="run a broker in the foreground: the embedded one, or Apache Kafka",
+        description="Run the embedded broker (Tansu, in memory), or with --apache-kafka "
+        "Apache Kafka from Maven Central (needs Java 17+ and Maven the first time), in the "
+        "foreground until Ctrl-C; prints its address.",
+    )
     broker_p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     broker_p.add_argument(
-        "--port", type=int, default=None, help="default: 9092, or a free port if it is in use"
+        "--port",
+        type=int,
+        default=None,
+        help="embedded broker: default 9092, or a free port if it is in use",
+    )
+    broker_p.add_argument(
+        "--apache-kafka", action="store_true", help="run Apache Kafka (KRaft) instead"
+    )
+    broker_p.add_argument(
+        "--nodes", type=_positive_int, default=1, help="Apache Kafka nodes (default 1)"
+    )
+    broker_p.add_argument(
+        "--kafka-version",
+        default=os.environ.get("ASYNCCONSUMER_KAFKA_VERSION", DEFAULT_KAFKA_VERSION),
+        help=f"Apache Kafka version (default {DEFAULT_KAFKA_VERSION})",
     )
     broker_p.set_defaults(func=_cmd_broker)
 

@@ -15,7 +15,7 @@ import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from asyncconsumer import TopicPartition
-from asyncconsumer.testing import EmbeddedBroker, create_topic
+from asyncconsumer.testing import ApacheKafka, EmbeddedBroker, create_topic
 
 PARTITIONS = 4
 
@@ -30,11 +30,16 @@ def c_extension_loaded() -> bool:
 
 
 @asynccontextmanager
-async def broker() -> AsyncIterator[str]:
-    """$KAFKA_BOOTSTRAP_SERVERS if set, else a fresh embedded broker."""
+async def broker(kind: str = "embedded") -> AsyncIterator[str]:
+    """$KAFKA_BOOTSTRAP_SERVERS if set, else a fresh broker of that kind:
+    ``embedded`` (Tansu) or ``apache-kafka`` (one node, from Maven Central)."""
     address = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if address:
         yield address
+        return
+    if kind == "apache-kafka":
+        async with ApacheKafka() as kafka:
+            yield kafka.bootstrap_servers
         return
     async with EmbeddedBroker() as embedded:
         yield embedded.bootstrap_servers

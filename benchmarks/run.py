@@ -1,15 +1,18 @@
 """Run every benchmark against one broker and print one table.
 
-    python -m benchmarks.run [--records 200000] [--repeat 3] [--quick]
+    python -m benchmarks.run [--broker embedded|apache-kafka] [--records 200000]
+                             [--repeat 3] [--scenarios 1,2,3] [--quick]
 
-Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts the embedded broker. Writes
-benchmarks/results/results.json and benchmarks/results/benchmarks.png.
+Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts the broker --broker names (the
+embedded one by default). Writes benchmarks/results/results.json (and
+results-<broker>.json) and benchmarks/results/benchmarks.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 from importlib import metadata
@@ -143,6 +146,12 @@ def report(results: dict[str, Any]) -> None:
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--broker",
+        choices=("embedded", "apache-kafka"),
+        default="embedded",
+        help="the broker to start (unless $KAFKA_BOOTSTRAP_SERVERS is set)",
+    )
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scenarios", default="1,2,3,4", help="which to run, e.g. 3 or 1,2")
@@ -158,9 +167,13 @@ async def main() -> int:
         "python": platform.python_version(),
         "c_extension": c_extension_loaded(),
         "versions": versions(),
+        "broker": "external" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else args.broker,
     }
-    print(f"aiokafka C extension loaded: {results['c_extension']}; {results['versions']}")
-    async with broker() as bootstrap:
+    print(
+        f"broker: {results['broker']}; aiokafka C extension loaded: {results['c_extension']}; "
+        f"{results['versions']}"
+    )
+    async with broker(args.broker) as bootstrap:
         if "1" in scenarios:
             print(
                 f"\n1. throughput: producing {args.records:,} x 100 B to 4 partitions ...",
@@ -199,6 +212,7 @@ async def main() -> int:
     out = anyio.Path(RESULTS)
     await out.mkdir(exist_ok=True)
     await (out / "results.json").write_text(json.dumps(results, indent=2))
+    await (out / f"results-{results['broker']}.json").write_text(json.dumps(results, indent=2))
     if {"throughput", "io_bound", "memory"} <= results.keys():
         chart(results, RESULTS / "benchmarks.png")
         print(f"\nwrote {RESULTS / 'results.json'} and {RESULTS / 'benchmarks.png'}")

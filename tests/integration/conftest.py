@@ -8,10 +8,12 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from confluent_kafka import KafkaException, Producer
 
@@ -96,6 +98,18 @@ async def committed_offsets(
         await client.stop()
 
 
+async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The partitions' end offsets from a ListOffsets request (no group). Wrong
+    on the embedded broker once records are batched: use it on Apache Kafka.."""
+    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await client.start()
+    try:
+        ends: dict[TopicPartition, int] = await client.end_offsets(tps)
+        return ends
+    finally:
+        await client.stop()
+
+
 async def wait_until(
     predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition"
 ) -> None:
@@ -116,21 +130,37 @@ async def wait_for(
         await anyio.sleep(0.1)
 
 
+async def describe_partitions(
+    bootstrap: str, topic: str, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """The partitions of ``topic`` from a Metadata request for it (waiting until it
+    exists), each a dict with ``partition``, ``leader`` (a node id), ``replicas``, ``isr``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                (described,) = await admin.describe_topics([topic])
+                if described["error_code"] == 0 and described["partitions"]:
+                    found: list[dict[str, Any]] = described["partitions"]
+                    return sorted(found, key=lambda p: int(p["partition"]))
+                await anyio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
 async def read_topic(
     bootstrap: str, topic: str, count: int, timeout: float = 30.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """The first ``count`` records of every partition of ``topic`` together (read
     without a group), in partition then offset order."""
+    # Not the consumer's partitions_for_topic(): its metadata holds only the topics it
+    # asked for (the embedded broker answers every topic to an empty list; Kafka none).
+    partitions = await describe_partitions(bootstrap, topic, timeout)
     client = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await client.start()
     try:
-        partitions = client.partitions_for_topic(topic)
-        with anyio.fail_after(timeout):
-            while not partitions:
-                await anyio.sleep(0.1)
-                await client.topics()
-                partitions = client.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, int(p["partition"])) for p in partitions]
         client.assign(tps)
         await client.seek_to_beginning(*tps)
         found: list[ConsumerRecord[bytes, bytes]] = []

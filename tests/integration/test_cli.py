@@ -13,12 +13,14 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import httpx
+import pytest
 
 from asyncconsumer import TopicPartition, cli
 from asyncconsumer.testing import create_topic
+from asyncconsumer.testing._jars import find_tools
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
-from .conftest import aproduce, committed_offsets, unique
+from .conftest import aproduce, committed_offsets, end_offsets, unique
 from .services import free_port, sample, samples, wait_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,6 +193,31 @@ async def test_broker_command_serves_on_9092_and_prints_a_line_the_cli_honours()
             await p.aclose()
 
 
+@pytest.mark.apache_kafka
+@pytest.mark.skipif(find_tools() is not None, reason=f"Apache Kafka from Maven: {find_tools()}")
+async def test_broker_command_runs_apache_kafka_until_sigint() -> None:
+    async with await anyio.open_process(
+        [sys.executable, "-m", "asyncconsumer", "broker", "--apache-kafka"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        output = ""
+        with anyio.fail_after(120):
+            while "stop with Ctrl-C" not in output:
+                output += (await proc.stdout.receive()).decode()
+        (line,) = [x for x in output.splitlines() if x.startswith("Apache Kafka ")]
+        address = line.split(" at ", 1)[1]
+        logs = anyio.Path(output.split("logs: ", 1)[1].split(";")[0])
+        assert await logs.is_dir()
+        topic = unique("cli-apache-kafka")
+        await create_topic(address, topic, 1)
+        await aproduce(address, topic, [(None, b"x")])  # it is a working broker
+        proc.send_signal(signal.SIGINT)
+        assert await wait_exit(proc, 30) == 0
+    assert not await logs.exists()  # its data went with it
+
+
 async def test_run_options_and_environment_and_metrics_port(
     kafka_broker: KafkaTestBroker,
 ) -> None:
@@ -242,6 +269,8 @@ async def test_run_options_and_environment_and_metrics_port(
             assert sample(metrics, "asyncconsumer_highwater_offset", **labels) == end
             assert sample(metrics, "asyncconsumer_consumer_lag", **labels) == 0
         assert sample(metrics, "asyncconsumer_commit_duration_seconds_count", group=group)
+        if kafka_broker.is_apache_kafka:  # ListOffsets agrees (the embedded broker's does not)
+            assert await end_offsets(bootstrap, list(ends)) == ends
         for topic, count in ((orders, 120), (payments, 30)):
             by_topic = {"group": group, "topic": topic}
             assert sample(metrics, "asyncconsumer_records_handled_total", **by_topic) == count

@@ -12,7 +12,12 @@ def test_all_lists_exactly_the_public_names() -> None:
 
 
 def test_testing_exports() -> None:
-    assert set(asyncconsumer.testing.__all__) == {"EmbeddedBroker", "create_topic"}
+    assert set(asyncconsumer.testing.__all__) == {
+        "ApacheKafka",
+        "ApacheKafkaUnavailableError",
+        "EmbeddedBroker",
+        "create_topic",
+    }
 
 
 def test_importing_the_package_imports_no_optional_dependency() -> None:

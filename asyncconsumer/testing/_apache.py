@@ -1,0 +1,545 @@
+"""Apache Kafka from Maven Central: real KRaft nodes in subprocesses, no Docker.
+
+Each node is one ``java ... kafka.Kafka server.properties`` process acting as broker
+and controller, with a freshly formatted data directory under the system's
+temporary directory and two free loopback ports (client and controller). What is
+guaranteed about clean-up:
+
+- :meth:`ApacheKafka.stop` (also on leaving ``async with`` by an exception or a
+  cancellation, which is shielded) stops every node (SIGTERM, then SIGKILL after a
+  timeout) and removes the data directory;
+- at interpreter exit (``atexit``) running clusters are stopped the same way;
+- on Linux, a node gets SIGKILL when the Python process dies, however it dies
+  (``PR_SET_PDEATHSIG``; nodes are spawned from one long-lived thread, so the
+  thread that called ``start`` may end). A data directory left by a killed process
+  is removed by the next ``ApacheKafka`` start on the machine.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import concurrent.futures
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import anyio
+
+from ._broker import create_topic
+from ._jars import DEFAULT_VERSION, ApacheKafkaUnavailableError, check_java, resolve_jars
+
+__all__ = ["ApacheKafka", "ApacheKafkaUnavailableError", "cluster_id", "node_properties"]
+
+log = logging.getLogger("asyncconsumer.testing")
+
+HOST = "127.0.0.1"
+DIR_PREFIX = "asyncconsumer-kafka-"
+HEAP = ("-Xms256m", "-Xmx512m")
+PORT_ATTEMPTS = 3
+
+
+def cluster_id() -> str:
+    """A random cluster id as ``kafka-storage random-uuid`` makes one: 16 bytes in
+    unpadded URL-safe base64 (22 characters), never starting with ``-``."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
+
+
+def node_properties(
+    index: int, ports: Sequence[tuple[int, int]], log_dir: str | os.PathLike[str]
+) -> dict[str, str]:
+    """``server.properties`` of node ``index`` (node id ``index + 1``) of a cluster
+    whose nodes listen on ``ports`` (``(client, controller)`` each); every node is
+    broker and controller. Settings are Kafka's defaults except what makes tests
+    fast and a small cluster consistent: replication of the internal topics and the
+    default replication factor equal to the node count (min ISR 2 from 3 nodes), no
+    initial rebalance delay, session timeouts down to 1 s, a small cleaner buffer."""
+    nodes = len(ports)
+    port, controller_port = ports[index]
+    replicas = str(nodes)
+    min_isr = "2" if nodes >= 3 else "1"
+    voters = ",".join(f"{i + 1}@{HOST}:{c}" for i, (_, c) in enumerate(ports))
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": str(index + 1),
+        "controller.quorum.voters": voters,
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(log_dir),
+        "default.replication.factor": replicas,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replicas,
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": min_isr,
+        "share.coordinator.state.topic.num.partitions": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "group.min.session.timeout.ms": "1000",
+        "group.consumer.min.session.timeout.ms": "1000",
+        "group.consumer.min.heartbeat.interval.ms": "500",
+        "log.cleaner.dedupe.buffer.size": "2097152",
+        "auto.create.topics.enable": "true",
+    }
+    if nodes > 1:
+        # A dead node is fenced (its partitions move) after 3 s instead of 9 s.
+        props["broker.heartbeat.interval.ms"] = "500"
+        props["broker.session.timeout.ms"] = "3000"
+    return props
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind((HOST, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+        return True
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_stale_dirs() -> None:
+    """Remove data directories whose creating process is gone (it was killed)."""
+    for path in Path(tempfile.gettempdir()).glob(DIR_PREFIX + "*"):
+        match = re.match(re.escape(DIR_PREFIX) + r"(\d+)-", path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# -- spawning: one long-lived thread, so PR_SET_PDEATHSIG ties nodes to the process --
+
+_spawn_queue: queue.SimpleQueue[
+    tuple[Callable[[], subprocess.Popen[bytes]], concurrent.futures.Future[subprocess.Popen[bytes]]]
+] = queue.SimpleQueue()
+_spawner_lock = threading.Lock()
+_spawner: threading.Thread | None = None
+
+
+def _death_signal() -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # in the child, between fork and exec
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+
+    return preexec
+
+
+def _spawn_loop() -> None:
+    while True:
+        make, future = _spawn_queue.get()
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(make())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+def _spawn(command: list[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = threading.Thread(
+                target=_spawn_loop, daemon=True, name="asyncconsumer-kafka-spawner"
+            )
+            _spawner.start()
+    future: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
+    preexec = _death_signal()
+
+    def make() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C to the terminal goes to Python, not here
+            preexec_fn=preexec,
+        )
+
+    _spawn_queue.put((make, future))
+    return future.result()
+
+
+_running: set[ApacheKafka] = set()  # strong: a forgotten cluster is still stopped at exit
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for cluster in list(_running):
+        cluster.stop(grace=5.0)
+
+
+@dataclass
+class _Node:
+    index: int
+    port: int
+    controller_port: int
+    directory: Path
+    proc: subprocess.Popen[bytes] | None = None
+    out: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "kafka.log"
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no output)"
+        return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+    def reap(self, grace: float) -> None:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL (blocking)."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+
+
+class ApacheKafka:
+    """Apache Kafka (KRaft; ``nodes`` combined broker+controller processes) on free
+    loopback ports, for tests and local development.
+
+    ::
+
+        async with ApacheKafka() as kafka:            # or nodes=3 for fail-over tests
+            await kafka.create_topic("orders", partitions=4)
+            app = ConsumerApp(bootstrap_servers=kafka.bootstrap_servers, group_id="g")
+
+    The jars are resolved with Maven the first time (see ``_jars``). ``properties``
+    override or add broker settings on every node. ``start()``/``stop()`` (or
+    ``with``) block, for scripts. Raises :class:`ApacheKafkaUnavailableError` when
+    Java or Maven is missing or too old, resolution fails, or a node does not start.
+    """
+
+    def __init__(
+        self,
+        nodes: int = 1,
+        version: str = DEFAULT_VERSION,
+        *,
+        properties: Mapping[str, str] | None = None,
+        startup_timeout: float = 120.0,
+        log_level: str = "WARN",
+    ) -> None:
+        if nodes < 1:
+            raise ValueError(f"nodes must be >= 1, not {nodes}")
+        self.nodes = nodes
+        self.version = version
+        self.properties = dict(properties or {})
+        self.startup_timeout = startup_timeout
+        self.log_level = log_level
+        self.start_seconds: float | None = None  # how long the last start took, jars excluded
+        self._nodes: list[_Node] = []
+        self._base: Path | None = None
+        self._command: list[str] = []
+
+    # -- addresses ----------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Every node's ``host:port``, comma-separated."""
+        if not self._nodes:
+            raise RuntimeError("Apache Kafka is not running")
+        return ",".join(node.address for node in self._nodes)
+
+    def node_address(self, index: int) -> str:
+        """Node ``index``'s ``host:port`` (its node id is ``index + 1``)."""
+        return self._node(index).address
+
+    def node_log(self, index: int) -> Path:
+        """The file that keeps node ``index``'s output (while the cluster runs)."""
+        return self._node(index).log_path
+
+    def _node(self, index: int) -> _Node:
+        if not self._nodes:
+            raise RuntimeError("Apache Kafka is not running")
+        return self._nodes[index]
+
+    # -- start ----------------------------------------------------------------------
+
+    def _prepare(self) -> list[list[str]]:
+        """Jars, Java, directories, ports, properties; the format commands to run."""
+        jars = resolve_jars(self.version)
+        java = check_java()
+        _sweep_stale_dirs()
+        self._base = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
+        log4j = self._base / "log4j2.properties"
+        log4j.write_bytes(
+            resources.files("asyncconsumer.testing")
+            .joinpath("kafka/log4j2.properties")
+            .read_bytes()
+        )
+        jvm = [
+            java,
+            *HEAP,
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.log.level={self.log_level}",
+            "-cp",
+            f"{jars}{os.sep}*",
+        ]
+        ports = _free_ports(2 * self.nodes)
+        pairs = [(ports[2 * i], ports[2 * i + 1]) for i in range(self.nodes)]
+        cid = cluster_id()
+        formats = []
+        self._nodes = []
+        for index, (port, controller_port) in enumerate(pairs):
+            directory = self._base / f"node-{index + 1}"
+            (directory / "data").mkdir(parents=True)
+            props = {**node_properties(index, pairs, directory / "data"), **self.properties}
+            config = directory / "server.properties"
+            config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+            self._nodes.append(_Node(index, port, controller_port, directory))
+            formats.append(
+                [*jvm, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)]
+            )
+        self._command = [*jvm, "kafka.Kafka"]
+        return formats
+
+    def _format(self, commands: list[list[str]]) -> None:
+        procs = [
+            subprocess.Popen(
+                c, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            for c in commands
+        ]
+        for command, proc in zip(commands, procs, strict=True):
+            out, _ = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                text = out.decode(errors="replace").strip()
+                raise ApacheKafkaUnavailableError(
+                    f"formatting a Kafka data directory failed ({' '.join(command)}):\n{text}"
+                )
+
+    def _launch(self, node: _Node) -> None:
+        node.out = open(node.log_path, "ab")  # noqa: SIM115 -- closed by _Node.reap
+        config = str(node.directory / "server.properties")
+        node.proc = _spawn([*self._command, config], node.out)
+
+    def _check(self, nodes: Sequence[_Node], started: float) -> bool:
+        """Whether every node listens; raises if one exited or the time is up."""
+        for node in nodes:
+            assert node.proc is not None
+            code = node.proc.poll()
+            if code is not None:
+                raise ApacheKafkaUnavailableError(
+                    f"Apache Kafka node {node.index} ({node.address}) exited with code {code} "
+                    f"while starting; the end of its output ({node.log_path}):\n{node.tail()}"
+                )
+        if all(_accepts(node.port) for node in nodes):
+            return True
+        if time.monotonic() - started > self.startup_timeout:
+            tails = "\n".join(f"-- node {n.index}:\n{n.tail(15)}" for n in nodes)
+            raise ApacheKafkaUnavailableError(
+                f"Apache Kafka did not listen within {self.startup_timeout:.0f}s:\n{tails}"
+            )
+        return False
+
+    def _port_taken(self, exc: ApacheKafkaUnavailableError) -> bool:
+        """Whether a start failed only because another process took a port we picked
+        (between choosing it and Java binding it): then a retry picks new ones."""
+        ours = not {"listeners", "controller.quorum.voters"} & self.properties.keys()
+        return ours and "Address already in use" in str(exc)
+
+    def start(self) -> None:
+        """Resolve, format and start every node; return once all listen (blocking)."""
+        if self._nodes:
+            raise RuntimeError("Apache Kafka is already running")
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                formats = self._prepare()
+                started = time.monotonic()
+                self._format(formats)
+                for node in self._nodes:
+                    self._launch(node)
+                _running.add(self)
+                while not self._check(self._nodes, started):
+                    time.sleep(0.1)
+            except ApacheKafkaUnavailableError as exc:
+                self.stop(grace=5.0)
+                if attempt + 1 == PORT_ATTEMPTS or not self._port_taken(exc):
+                    raise
+                continue
+            except BaseException:
+                self.stop(grace=5.0)
+                raise
+            self.start_seconds = time.monotonic() - started
+            log.info("Apache Kafka %s at %s", self.version, self.bootstrap_servers)
+            return
+
+    async def astart(self) -> None:
+        """:meth:`start` without blocking the event loop; a cancellation stops what started."""
+        if self._nodes:
+            raise RuntimeError("Apache Kafka is already running")
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                formats = await anyio.to_thread.run_sync(self._prepare)
+                started = time.monotonic()
+                await anyio.to_thread.run_sync(self._format, formats)
+                for node in self._nodes:
+                    self._launch(node)
+                _running.add(self)
+                while not self._check(self._nodes, started):  # noqa: ASYNC110 -- polls a port
+                    await anyio.sleep(0.1)
+            except ApacheKafkaUnavailableError as exc:
+                await self.astop(grace=5.0)
+                if attempt + 1 == PORT_ATTEMPTS or not self._port_taken(exc):
+                    raise
+                continue
+            except BaseException:
+                await self.astop(grace=5.0)  # shielded
+                raise
+            self.start_seconds = time.monotonic() - started
+            log.info("Apache Kafka %s at %s", self.version, self.bootstrap_servers)
+            return
+
+    # -- stop -------------------------------------------------------------------------
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop every node (SIGTERM, SIGKILL after ``grace`` s) and delete the data."""
+        _running.discard(self)
+        for node in self._nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.terminate()  # all at once: they shut down in parallel
+        for node in self._nodes:
+            node.reap(grace)
+        self._nodes = []
+        base, self._base = self._base, None
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
+
+    async def astop(self, grace: float = 10.0) -> None:
+        """:meth:`stop` without blocking the event loop (shielded from cancellation)."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.stop, grace)
+
+    # -- faults -----------------------------------------------------------------------
+
+    async def stop_node(self, index: int, grace: float = 30.0) -> None:
+        """Stop node ``index`` gracefully (SIGTERM; SIGKILL after ``grace`` s); its data stays."""
+        await anyio.to_thread.run_sync(self._node(index).reap, grace)
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL node ``index`` (a crash); its data stays."""
+        node = self._node(index)
+        if node.proc is not None:
+            node.proc.kill()
+            node.proc.wait()
+        node.reap(0)
+
+    async def start_node(self, index: int) -> None:
+        """Start a stopped node again, with its data and its ports; return once it listens."""
+        node = self._node(index)
+        if node.proc is not None:
+            raise RuntimeError(f"node {index} is running")
+        self._launch(node)
+        started = time.monotonic()
+        while not self._check([node], started):  # noqa: ASYNC110 -- polls a port
+            await anyio.sleep(0.1)
+
+    def running(self, index: int) -> bool:
+        """Whether node ``index``'s process is alive."""
+        proc = self._node(index).proc
+        return proc is not None and proc.poll() is None
+
+    # -- topics -----------------------------------------------------------------------
+
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        *,
+        replication_factor: int | None = None,
+        exist_ok: bool = False,
+    ) -> None:
+        """Create a topic; replicated on every node unless ``replication_factor`` says less."""
+        await create_topic(
+            self.bootstrap_servers,
+            name,
+            partitions,
+            replication_factor=replication_factor or self.nodes,
+            exist_ok=exist_ok,
+        )
+
+    # -- context managers -------------------------------------------------------------
+
+    def __enter__(self) -> ApacheKafka:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> ApacheKafka:
+        await self.astart()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.astop()
