@@ -123,10 +123,24 @@ async def test_a_cancelled_start_leaves_no_process_and_no_directory() -> None:
     pattern = f"{DIR_PREFIX}{os.getpid()}-"
     before = _leftover_dirs(pattern)  # the session's broker may be one of ours
     kafka = ApacheKafka()
-    with anyio.move_on_after(2.5) as scope:
+    started: list[bool] = []
+
+    async def start() -> None:
         await kafka.astart()
+        started.append(True)  # too late: the cancellation below missed the start
         await anyio.sleep_forever()
+
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(start)
+            # Cancel once the node process runs and before it is ready: a fixed delay
+            # was either too short (still resolving) or, on a quiet machine, too long.
+            with anyio.fail_after(60):
+                while not any(node.proc is not None for node in kafka._nodes):
+                    await anyio.sleep(0.01)
+            scope.cancel()
     assert scope.cancelled_caught
+    assert started == []
     assert _leftover_dirs(pattern) == before
     leftover = set(_processes_mentioning(pattern)) - {
         pid for path in before for pid in _processes_mentioning(str(path))
