@@ -1,0 +1,220 @@
+"""Fault-injection scenarios on a three-node Apache Kafka cluster.
+
+Each scenario: 3 members (``asyncconsumer run`` subprocesses) on a 6-partition topic
+replicated 3 times, a confluent-kafka producer at a steady rate before, during and
+after the fault, then the producer stops, the test waits for lag zero, stops the
+members and runs the checker. Figures go to ``.chaos-results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncconsumer.testing import ApacheKafka
+
+from .checker import Report, check, duplicate_bound, handled_records
+from .harness import ROOT, Group, Member, coordinator, create_topic, leaders, offsets, unique
+from .harness import wait_until as wait
+from .producer import SteadyProducer
+
+PARTITIONS = 6
+RATE = 1000  # records/s
+BEFORE, AFTER = 3.0, 3.0  # seconds of load before and after the fault
+RESULTS = ROOT / ".chaos-results.jsonl"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass
+class Outcome:
+    report: Report
+    group: Group
+    drain: float  # seconds from the producer's stop to lag zero
+    max_stall: float  # longest pause in handling of any partition under load
+    wall: float
+    alive_at_end: set[str]  # member ids still running when the group caught up
+
+
+def max_stall(group: Group, until: float) -> float:
+    """The longest time, per partition, between two records first handled while the
+    producer ran: how long the fault stopped that partition's progress."""
+    times: dict[int, list[float]] = defaultdict(list)
+    for event in handled_records(group.logs()):
+        if event["mono"] <= until:
+            times[event["p"]].append(event["mono"])
+    gaps = []
+    for stamps in times.values():
+        stamps.sort()
+        gaps.extend(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+    return max(gaps, default=0.0)
+
+
+def scenario(
+    name: str,
+    cluster: ApacheKafka,
+    tmp_path: Path,
+    fault: Callable[[Group], None],
+    ordering: str = "partition",
+    **settings: Any,
+) -> Outcome:
+    """Run ``fault`` under load and check the logs; see the module docstring."""
+    started = time.monotonic()
+    topic = unique("rely")
+    create_topic(cluster, topic, PARTITIONS)
+    group = Group(cluster, topic, unique("g"), tmp_path)
+    group.add(3, ordering=ordering, **settings)
+    bootstrap = cluster.bootstrap_servers
+    try:
+        group.wait_assigned(90)
+        producer = SteadyProducer(bootstrap, topic, rate=RATE).start()
+        time.sleep(BEFORE)
+        fault(group)
+        time.sleep(AFTER)
+        producer.stop()
+        stopped = time.monotonic()
+        assert not producer.failed, producer.failed[:5]
+
+        def caught_up() -> bool:
+            committed, ends = offsets(bootstrap, group.group_id, topic, PARTITIONS)
+            return all(committed[tp] == end for tp, end in ends.items())
+
+        drain = wait(caught_up, 90, "lag zero after the producer stopped")
+        alive = {m.member_id for m in group if m.alive()}
+    except BaseException:
+        for member in group:
+            print(member.member_id, member.stderr_tail())
+        raise
+    finally:
+        group.stop_all()
+    committed, ends = offsets(bootstrap, group.group_id, topic, PARTITIONS)
+    report = check(producer.acked, group.logs(), committed, ends, ordering)
+    stall = max_stall(group, stopped)
+    outcome = Outcome(report, group, drain, stall, time.monotonic() - started, alive)
+    figures = {
+        "scenario": name,
+        "ordering": ordering,
+        "produced": report.produced,
+        "handled": report.handled,
+        "duplicates": report.duplicates,
+        "lost": len(report.lost),
+        "order_violations": len(report.order_violations),
+        "unsafe_commits": len(report.unsafe_commits),
+        "failed_commits": report.failed_commits,
+        "assignments": report.rebalances,
+        "drain_s": round(drain, 2),
+        "max_stall_s": round(outcome.max_stall, 2),
+        "wall_s": round(outcome.wall, 1),
+    }
+    with RESULTS.open("a") as out:
+        out.write(json.dumps(figures) + "\n")
+    print(report.summary(), figures)
+    return outcome
+
+
+def wait_assigned_after(members: list[Member], since: float, timeout: float = 60.0) -> float:
+    """Wait until each running member logged an assignment after ``since``."""
+    return wait(
+        lambda: all(
+            any(e["ev"] == "assign" and e["mono"] > since for e in m.events())
+            for m in members
+            if m.alive()
+        ),
+        timeout,
+        "a new assignment on every running member",
+    )
+
+
+# -- 1. rolling restart ------------------------------------------------------------------
+
+
+@pytest.mark.chaos_quick
+@pytest.mark.parametrize("ordering", ["partition"])
+def test_rolling_restart_with_sigterm(cluster: ApacheKafka, tmp_path: Path, ordering: str) -> None:
+    """Scenario 1: each of 3 members in turn gets SIGTERM (exit 0) and is started
+    again, under load. Bound: zero duplicates, zero loss, order and safe commits."""
+
+    def rolling(group: Group) -> None:
+        for member in list(group):
+            assert member.terminate(30) == 0, member.stderr_tail()
+            member.start()
+            wait(member.assigned, 60, f"{member.member_id} assigned")
+            time.sleep(2.0)
+
+    outcome = scenario("rolling-restart", cluster, tmp_path, rolling, ordering)
+    assert outcome.report.problems() == []
+    assert outcome.report.duplicates == 0
+
+
+# -- 2. SIGKILL of a member ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key"]
+)
+def test_sigkill_one_member_of_three(cluster: ApacheKafka, tmp_path: Path, ordering: str) -> None:
+    """Scenario 2: one member of 3 is SIGKILLed under load (not restarted); the
+    others take its partitions after its session times out (6 s). Bound: zero loss,
+    order, safe commits; duplicates at most the records the killed member handled
+    at or above the last commit it saw (``checker.duplicate_bound``), and every
+    duplicate is one of its records."""
+    killed: list[Member] = []
+
+    def kill(group: Group) -> None:
+        victim = group.members[1]
+        victim.kill()
+        killed.append(victim)
+        since = time.monotonic()
+        survivors = [m for m in group if m is not victim]
+        print(f"rebalance after the kill took {wait_assigned_after(survivors, since):.1f}s")
+
+    outcome = scenario("sigkill-member", cluster, tmp_path, kill, ordering)
+    report = outcome.report
+    assert report.problems() == []
+    victim_events = killed[0].events()
+    bound = duplicate_bound(victim_events)
+    print(f"duplicates {report.duplicates}, bound {bound}")
+    assert report.duplicates <= bound
+    counts = Counter((e["t"], e["p"], e["o"]) for e in handled_records(outcome.group.logs()))
+    victim_offsets = {(e["t"], e["p"], e["o"]) for e in victim_events if e["ev"] == "rec"}
+    assert {rec for rec, n in counts.items() if n > 1} <= victim_offsets
+
+
+# -- 6. a broker node killed and restarted --------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [pytest.param("leader", marks=pytest.mark.chaos_quick),
+                                    "coordinator"])  # fmt: skip
+def test_broker_node_killed_and_restarted(
+    cluster: ApacheKafka, tmp_path: Path, target: str
+) -> None:
+    """Scenario 6: SIGKILL of the node leading most of the topic's partitions (or of
+    the group coordinator's node), 5 s down, then restarted, under load. Bound: zero
+    loss, order, safe commits, lag zero after; no member exits or is restarted."""
+    victims: list[int] = []
+
+    def crash_node(group: Group) -> None:
+        bootstrap = cluster.bootstrap_servers
+        if target == "leader":
+            node_id = Counter(leaders(bootstrap, group.topic).values()).most_common(1)[0][0]
+        else:
+            node_id = coordinator(bootstrap, group.group_id)
+        victims.append(node_id)
+        cluster.kill_node(node_id - 1)
+        time.sleep(5.0)
+        anyio.run(cluster.start_node, node_id - 1)
+
+    outcome = scenario(f"broker-kill-{target}", cluster, tmp_path, crash_node)
+    print(f"killed node {victims[0]}")
+    assert outcome.report.problems() == []
+    for member in outcome.group:
+        assert member.incarnation == 1
+        assert member.member_id in outcome.alive_at_end, member.stderr_tail()
