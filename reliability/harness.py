@@ -135,11 +135,15 @@ class Group:
         return added
 
     def wait_assigned(self, timeout: float = 60.0) -> float:
-        return wait_until(
-            lambda: all(m.assigned() for m in self.members if m.alive()),
-            timeout,
-            "every running member assigned",
-        )
+        """Wait until every member runs and has been assigned; fail if one exited."""
+
+        def ready() -> bool:
+            for member in self.members:
+                if not member.alive():
+                    raise AssertionError(f"{member.member_id} exited: {member.stderr_tail()}")
+            return all(m.assigned() for m in self.members)
+
+        return wait_until(ready, timeout, "every member assigned")
 
     def logs(self) -> dict[str, list[Event]]:
         return read_logs(path for m in self.members for path in m.logs)

@@ -57,7 +57,10 @@ app = ConsumerApp(
 )
 
 
-@app.handler(TOPIC, ordering=ORDERING, concurrency=int(env.get("RELY_CONCURRENCY", "100")))
+CONCURRENCY = None if ORDERING == "partition" else int(env.get("RELY_CONCURRENCY", "100"))
+
+
+@app.handler(TOPIC, ordering=ORDERING, concurrency=CONCURRENCY)
 async def handle(msg: Message[bytes]) -> None:
     """Await a little (records overlap in flight), then log the record as handled."""
     if WORK:

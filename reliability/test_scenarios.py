@@ -8,6 +8,7 @@ members and runs the checker. Figures go to ``.chaos-results.jsonl``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import Counter, defaultdict
@@ -51,10 +52,10 @@ def max_stall(group: Group, until: float) -> float:
     for event in handled_records(group.logs()):
         if event["mono"] <= until:
             times[event["p"]].append(event["mono"])
-    gaps = []
+    gaps: list[float] = []
     for stamps in times.values():
         stamps.sort()
-        gaps.extend(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+        gaps.extend(b - a for a, b in itertools.pairwise(stamps))
     return max(gaps, default=0.0)
 
 
