@@ -9,12 +9,15 @@ and the broker's committed and end offsets.
   ``revoke`` event, or the end of its log (a crash);
 - **safe commits**: every offset a successful ``on_commit`` reported was handled,
   with every known record below it in its partition, before the commit was logged;
+- **monotonic commits**: successful commits of a partition, in time order, never
+  move its offset backwards;
 - **duplicates**: handled records minus distinct handled records (scenarios bound it);
 - **progress**: the committed offset of every partition equals its end offset.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from bisect import bisect_left
 from collections import Counter, defaultdict
@@ -62,6 +65,7 @@ class Report:
     lost: list[Produced] = field(default_factory=list)
     order_violations: list[str] = field(default_factory=list)
     unsafe_commits: list[str] = field(default_factory=list)
+    commit_regressions: list[str] = field(default_factory=list)
     lag: dict[TP, int] = field(default_factory=dict)
     commits: int = 0
     failed_commits: int = 0
@@ -79,6 +83,8 @@ class Report:
             found.append(
                 f"{len(self.unsafe_commits)} unsafe commits, e.g. {self.unsafe_commits[:5]}"
             )
+        if self.commit_regressions:
+            found.append(f"committed offsets moved backwards: {self.commit_regressions[:5]}")
         lagging = {tp: n for tp, n in self.lag.items() if n}
         if lagging:
             found.append(f"lag not zero: {lagging}")
@@ -195,27 +201,48 @@ def check(
     report.lost = [r for r in produced if (r.topic, r.partition, r.offset) not in handled]
     report.order_violations = check_order(members, ordering)
     report.unsafe_commits, report.commits, report.failed_commits = check_commits(members, produced)
+    report.commit_regressions = check_commit_regressions(members)
     report.lag = {tp: end - (committed.get(tp) or 0) for tp, end in ends.items()}
     report.rebalances = sum(1 for events in members.values() for e in events if e["ev"] == "assign")
     return report
 
 
-def duplicate_bound(events: list[Event]) -> int:
-    """What a crashed member may cause to run twice: the records it handled at or
-    above the last offset it saw committed for their partition (completed, not yet
-    committed when it died), in its last epoch of each partition."""
+def duplicate_bound(events: list[Event], at: float | None = None) -> int:
+    """What a member that crashed or froze at ``at`` (default: its end) may cause to
+    run twice: the records it handled at or above the last offset it saw committed
+    for their partition, in the epoch it was in at ``at`` (records it completed but
+    had not committed, and, after a freeze, what it still handled before it noticed
+    that its partitions had moved)."""
     last_commit: dict[TP, int] = {}
     for event in events:
         if event["ev"] == "commit" and event["error"] is None:
             for topic, partition, offset in event["offsets"]:
-                last_commit[(topic, partition)] = offset
-    final_epoch: dict[TP, int] = {}
-    tagged = epochs(events)
-    for event, epoch in tagged:
-        final_epoch[(event["t"], event["p"])] = epoch
+                tp = (topic, partition)
+                last_commit[tp] = max(offset, last_commit.get(tp, 0))
+    changes = [e for e in events if e["ev"] in ("assign", "revoke")]
+    epoch = len(changes) if at is None else sum(1 for e in changes if e["mono"] < at)
     return sum(
         1
-        for event, epoch in tagged
-        if epoch == final_epoch[(event["t"], event["p"])]
-        and event["o"] >= last_commit.get((event["t"], event["p"]), 0)
+        for event, tagged in epochs(events)
+        if tagged == epoch and event["o"] >= last_commit.get((event["t"], event["p"]), 0)
     )
+
+
+def check_commit_regressions(members: Mapping[str, list[Event]]) -> list[str]:
+    """Successful commits of a partition, by any member, in time order, must never
+    move its committed offset backwards (a late commit of a member that lost it)."""
+    commits: dict[TP, list[tuple[float, int, str]]] = defaultdict(list)
+    for member, events in members.items():
+        for event in events:
+            if event["ev"] == "commit" and event["error"] is None:
+                for topic, partition, offset in event["offsets"]:
+                    commits[(topic, partition)].append((event["mono"], offset, member))
+    regressions = []
+    for (topic, partition), seen in commits.items():
+        seen.sort()
+        for (_, before, who), (_, after, member) in itertools.pairwise(seen):
+            if after < before:
+                regressions.append(
+                    f"{member} committed {topic}[{partition}]@{after} after {who}'s @{before}"
+                )
+    return regressions

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from .checker import Event, check, duplicate_bound, epochs
 from .producer import Produced
+
+pytestmark = pytest.mark.chaos_quick
 
 T = "t"
 
@@ -136,3 +140,27 @@ def test_duplicate_bound_counts_records_above_the_last_commit_in_the_last_epoch(
     ]
     assert duplicate_bound(events) == 2
     assert [epoch for _, epoch in epochs(events)] == [1, 1, 1]
+
+
+def test_a_late_commit_that_moves_the_offset_backwards_is_found() -> None:
+    members = clean()
+    members["m1"].append(commit("m1", 3.0, {0: 2}))  # after m2 committed 4
+    report = run(members)
+    assert report.commit_regressions == ["m1 committed t[0]@2 after m2's @4"]
+    assert any("backwards" in p for p in report.problems())
+
+
+def test_duplicate_bound_at_a_freeze_uses_the_epoch_of_that_time() -> None:
+    events = [
+        assign("m1", 0.0, 0),
+        rec("m1", 0, 0, "a", 0, 1.0),
+        commit("m1", 1.5, {0: 1}),
+        rec("m1", 0, 1, "b", 0, 1.6),
+        # frozen at 2.0; thawed, it handles one more buffered record, then rejoins
+        rec("m1", 0, 2, "a", 1, 9.0),
+        {"ev": "revoke", "m": "m1", "parts": [[T, 0]], "mono": 9.1},
+        assign("m1", 9.5, 0),
+        rec("m1", 0, 3, "b", 1, 9.6),
+    ]
+    assert duplicate_bound(events, at=2.0) == 2
+    assert duplicate_bound(events) == 1
