@@ -213,14 +213,17 @@ def duplicate_bound(events: list[Event], at: float | None = None) -> int:
     for their partition, in the epoch it was in at ``at`` (records it completed but
     had not committed, and, after a freeze, what it still handled before it noticed
     that its partitions had moved)."""
-    last_commit: dict[TP, int] = {}
+    changes = [e for e in events if e["ev"] in ("assign", "revoke")]
+    epoch = len(changes) if at is None else sum(1 for e in changes if e["mono"] < at)
+    last_commit: dict[TP, int] = {}  # the last commits it saw up to the end of that epoch
+    current = 0
     for event in events:
-        if event["ev"] == "commit" and event["error"] is None:
+        if event["ev"] in ("assign", "revoke"):
+            current += 1
+        elif event["ev"] == "commit" and event["error"] is None and current <= epoch:
             for topic, partition, offset in event["offsets"]:
                 tp = (topic, partition)
                 last_commit[tp] = max(offset, last_commit.get(tp, 0))
-    changes = [e for e in events if e["ev"] in ("assign", "revoke")]
-    epoch = len(changes) if at is None else sum(1 for e in changes if e["mono"] < at)
     return sum(
         1
         for event, tagged in epochs(events)

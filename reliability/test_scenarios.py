@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -121,6 +122,17 @@ def scenario(
     return outcome
 
 
+def assert_duplicates_bounded(outcome: Outcome, victim: Member, at: float | None) -> None:
+    """Duplicates at most ``duplicate_bound`` of the victim (as of ``at``), and every
+    record handled twice is one the victim handled."""
+    bound = duplicate_bound(victim.events(), at)
+    print(f"duplicates {outcome.report.duplicates}, bound {bound}")
+    assert outcome.report.duplicates <= bound
+    counts = Counter((e["t"], e["p"], e["o"]) for e in handled_records(outcome.group.logs()))
+    mine = {(e["t"], e["p"], e["o"]) for e in victim.events() if e["ev"] == "rec"}
+    assert {record for record, n in counts.items() if n > 1} <= mine
+
+
 def wait_assigned_after(members: list[Member], since: float, timeout: float = 60.0) -> float:
     """Wait until each running member logged an assignment after ``since``."""
     return wait(
@@ -178,15 +190,50 @@ def test_sigkill_one_member_of_three(cluster: ApacheKafka, tmp_path: Path, order
         print(f"rebalance after the kill took {wait_assigned_after(survivors, since):.1f}s")
 
     outcome = scenario("sigkill-member", cluster, tmp_path, kill, ordering)
-    report = outcome.report
-    assert report.problems() == []
-    victim_events = killed[0].events()
-    bound = duplicate_bound(victim_events)
-    print(f"duplicates {report.duplicates}, bound {bound}")
-    assert report.duplicates <= bound
-    counts = Counter((e["t"], e["p"], e["o"]) for e in handled_records(outcome.group.logs()))
-    victim_offsets = {(e["t"], e["p"], e["o"]) for e in victim_events if e["ev"] == "rec"}
-    assert {rec for rec, n in counts.items() if n > 1} <= victim_offsets
+    assert outcome.report.problems() == []
+    assert_duplicates_bounded(outcome, killed[0], None)
+
+
+# -- 4. a member frozen past its session timeout --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key"]
+)
+def test_member_frozen_past_its_session_timeout(
+    cluster: ApacheKafka, tmp_path: Path, ordering: str
+) -> None:
+    """Scenario 4: one member of 3 gets SIGSTOP under load; once the others have
+    taken its partitions (session timeout 6 s) it gets SIGCONT. Bound: zero loss,
+    order, safe commits, no committed offset moves backwards (its late commits fail);
+    it rejoins and carries on in the same process; duplicates at most the records it
+    handled at or above its last commit in the epoch it froze in (in flight or
+    buffered at the freeze), and every duplicate is one of its records."""
+    frozen: list[tuple[Member, float]] = []
+
+    def freeze(group: Group) -> None:
+        victim = group.members[1]
+        victim.signal(signal.SIGSTOP)
+        at = time.monotonic()
+        frozen.append((victim, at))
+        survivors = [m for m in group if m is not victim]
+        taken = wait_assigned_after(survivors, at, 60)
+        time.sleep(1.0)
+        victim.signal(signal.SIGCONT)
+        thawed = time.monotonic()
+        rejoined = wait(
+            lambda: any(e["ev"] == "assign" and e["mono"] > thawed for e in victim.events()),
+            60,
+            "the thawed member rejoined",
+        )
+        print(f"partitions taken over after {taken:.1f}s; rejoined {rejoined:.1f}s after SIGCONT")
+
+    outcome = scenario("sigstop-member", cluster, tmp_path, freeze, ordering)
+    assert outcome.report.problems() == []
+    victim, at = frozen[0]
+    assert victim.incarnation == 1
+    assert victim.member_id in outcome.alive_at_end
+    assert_duplicates_bounded(outcome, victim, at)
 
 
 # -- 6. a broker node killed and restarted --------------------------------------------------
