@@ -149,8 +149,9 @@ def wait_assigned_after(members: list[Member], since: float, timeout: float = 60
 # -- 1. rolling restart ------------------------------------------------------------------
 
 
-@pytest.mark.chaos_quick
-@pytest.mark.parametrize("ordering", ["partition"])
+@pytest.mark.parametrize(
+    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key"]
+)
 def test_rolling_restart_with_sigterm(cluster: ApacheKafka, tmp_path: Path, ordering: str) -> None:
     """Scenario 1: each of 3 members in turn gets SIGTERM (exit 0) and is started
     again, under load. Bound: zero duplicates, zero loss, order and safe commits."""
