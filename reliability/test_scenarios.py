@@ -44,6 +44,7 @@ class Outcome:
     max_stall: float  # longest pause in handling of any partition under load
     wall: float
     alive_at_end: set[str]  # member ids still running when the group caught up
+    figures: dict[str, Any]
 
 
 def max_stall(group: Group, until: float) -> float:
@@ -100,7 +101,7 @@ def scenario(
     committed, ends = offsets(bootstrap, group.group_id, topic, PARTITIONS)
     report = check(producer.acked, group.logs(), committed, ends, ordering)
     stall = max_stall(group, stopped)
-    outcome = Outcome(report, group, drain, stall, time.monotonic() - started, alive)
+    wall = time.monotonic() - started
     figures = {
         "scenario": name,
         "ordering": ordering,
@@ -113,20 +114,24 @@ def scenario(
         "failed_commits": report.failed_commits,
         "assignments": report.rebalances,
         "drain_s": round(drain, 2),
-        "max_stall_s": round(outcome.max_stall, 2),
-        "wall_s": round(outcome.wall, 1),
+        "max_stall_s": round(stall, 2),
+        "wall_s": round(wall, 1),
     }
+    record(figures)
+    print(report.summary(), figures)
+    return Outcome(report, group, drain, stall, wall, alive, figures)
+
+
+def record(figures: dict[str, Any]) -> None:
     with RESULTS.open("a") as out:
         out.write(json.dumps(figures) + "\n")
-    print(report.summary(), figures)
-    return outcome
 
 
 def assert_duplicates_bounded(outcome: Outcome, victim: Member, at: float | None) -> None:
     """Duplicates at most ``duplicate_bound`` of the victim (as of ``at``), and every
     record handled twice is one the victim handled."""
     bound = duplicate_bound(victim.events(), at)
-    print(f"duplicates {outcome.report.duplicates}, bound {bound}")
+    record({**outcome.figures, "duplicate_bound": bound})
     assert outcome.report.duplicates <= bound
     counts = Counter((e["t"], e["p"], e["o"]) for e in handled_records(outcome.group.logs()))
     mine = {(e["t"], e["p"], e["o"]) for e in victim.events() if e["ev"] == "rec"}
