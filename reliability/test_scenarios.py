@@ -67,6 +67,7 @@ def scenario(
     tmp_path: Path,
     fault: Callable[[Group], None],
     ordering: str = "partition",
+    members: int = 3,
     **settings: Any,
 ) -> Outcome:
     """Run ``fault`` under load and check the logs; see the module docstring."""
@@ -74,7 +75,7 @@ def scenario(
     topic = unique("rely")
     create_topic(cluster, topic, PARTITIONS)
     group = Group(cluster, topic, unique("g"), tmp_path)
-    group.add(3, ordering=ordering, **settings)
+    group.add(members, ordering=ordering, **settings)
     bootstrap = cluster.bootstrap_servers
     try:
         group.wait_assigned(90)
@@ -203,6 +204,35 @@ def test_sigkill_one_member_of_three(cluster: ApacheKafka, tmp_path: Path, order
     outcome = scenario("sigkill-member", cluster, tmp_path, kill, ordering)
     assert outcome.report.problems() == []
     assert_duplicates_bounded(outcome, killed[0], None)
+
+
+# -- 3. scaling out and in ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_scale_one_to_three_to_one(cluster: ApacheKafka, tmp_path: Path, ordering: str) -> None:
+    """Scenario 3: one member under load, two more join, then those two get SIGTERM
+    (exit 0). Bound: zero duplicates, zero loss, order, safe commits; the first
+    member runs throughout and ends with every partition."""
+
+    def scale(group: Group) -> None:
+        first = group.members[0]
+        since = time.monotonic()
+        added = group.add(2, ordering=ordering)
+        wait_assigned_after([first, *added], since, 60)
+        time.sleep(3.0)
+        since = time.monotonic()
+        for member in added:
+            assert member.terminate(30) == 0, member.stderr_tail()
+        wait_assigned_after([first], since, 60)
+
+    outcome = scenario("scale-1-3-1", cluster, tmp_path, scale, ordering, members=1)
+    assert outcome.report.problems() == []
+    assert outcome.report.duplicates == 0
+    first = outcome.group.members[0]
+    assert first.member_id in outcome.alive_at_end
+    last = [e for e in first.events() if e["ev"] == "assign"][-1]
+    assert len(last["parts"]) == PARTITIONS
 
 
 # -- 4. a member frozen past its session timeout --------------------------------------------
