@@ -86,6 +86,13 @@ class Member:
         """Whether the current incarnation has been through an assignment."""
         return any(e["ev"] == "assign" for e in self.events())
 
+    def owns(self) -> list[tuple[str, int]] | None:
+        """The partitions of its last assignment; None while revoked or never assigned."""
+        changes = [e for e in self.events() if e["ev"] in ("assign", "revoke")]
+        if not changes or changes[-1]["ev"] == "revoke":
+            return None
+        return [(t, p) for t, p in changes[-1]["parts"]]
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -134,16 +141,23 @@ class Group:
             member.start()
         return added
 
-    def wait_assigned(self, timeout: float = 60.0) -> float:
-        """Wait until every member runs and has been assigned; fail if one exited."""
+    def wait_assigned(self, partitions: int, timeout: float = 60.0) -> float:
+        """Wait until the group is settled: every member runs, and their last
+        assignments split the topic's partitions between them; fail if one exited."""
+        everything = sorted((self.topic, p) for p in range(partitions))
 
         def ready() -> bool:
+            owned: list[tuple[str, int]] = []
             for member in self.members:
                 if not member.alive():
                     raise AssertionError(f"{member.member_id} exited: {member.stderr_tail()}")
-            return all(m.assigned() for m in self.members)
+                parts = member.owns()
+                if parts is None:
+                    return False
+                owned.extend(parts)
+            return sorted(owned) == everything
 
-        return wait_until(ready, timeout, "every member assigned")
+        return wait_until(ready, timeout, "the group settled")
 
     def logs(self) -> dict[str, list[Event]]:
         return read_logs(path for m in self.members for path in m.logs)

@@ -7,7 +7,9 @@ so the log survives SIGKILL. Settings come from the environment:
 ``RELY_BOOTSTRAP``, ``RELY_GROUP``, ``RELY_TOPIC``, ``RELY_MEMBER`` (member id,
 unique per process), ``RELY_LOG``; optional ``RELY_ORDERING`` (``partition``),
 ``RELY_CONCURRENCY`` (100), ``RELY_SESSION_MS`` (6000), ``RELY_WORK_MS`` (the
-handler's mean await, 1 ms), ``RELY_COMMIT_INTERVAL`` (0.5 s).
+handler's mean await, 1 ms), ``RELY_COMMIT_INTERVAL`` (0.5 s), ``RELY_MAX_POLL_MS``
+(aiokafka's ``max_poll_interval_ms``), ``RELY_SLOW_EVERY`` / ``RELY_SLOW_S`` (records
+whose offset is a positive multiple of it take that many seconds).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ TOPIC = env["RELY_TOPIC"]
 ORDERING = cast(Ordering, env.get("RELY_ORDERING", "partition"))
 WORK = float(env.get("RELY_WORK_MS", "1")) / 1000.0
 SESSION_MS = int(env.get("RELY_SESSION_MS", "6000"))
+SLOW_EVERY = int(env.get("RELY_SLOW_EVERY", "0"))
+SLOW = float(env.get("RELY_SLOW_S", "0"))
+POLL: dict[str, Any] = {}
+if "RELY_MAX_POLL_MS" in env:
+    POLL["max_poll_interval_ms"] = int(env["RELY_MAX_POLL_MS"])
 
 _fd = os.open(env["RELY_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
@@ -54,6 +61,7 @@ app = ConsumerApp(
     shutdown_timeout=10.0,
     session_timeout_ms=SESSION_MS,
     heartbeat_interval_ms=max(SESSION_MS // 6, 100),
+    **POLL,
 )
 
 
@@ -63,7 +71,9 @@ CONCURRENCY = None if ORDERING == "partition" else int(env.get("RELY_CONCURRENCY
 @app.handler(TOPIC, ordering=ORDERING, concurrency=CONCURRENCY)
 async def handle(msg: Message[bytes]) -> None:
     """Await a little (records overlap in flight), then log the record as handled."""
-    if WORK:
+    if SLOW_EVERY and msg.offset and msg.offset % SLOW_EVERY == 0:
+        await anyio.sleep(SLOW)
+    elif WORK:
         await anyio.sleep(random.uniform(0, 2 * WORK))
     emit(
         {

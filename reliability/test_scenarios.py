@@ -45,6 +45,7 @@ class Outcome:
     wall: float
     alive_at_end: set[str]  # member ids still running when the group caught up
     figures: dict[str, Any]
+    load_started: float
 
 
 def max_stall(group: Group, until: float) -> float:
@@ -78,7 +79,8 @@ def scenario(
     group.add(members, ordering=ordering, **settings)
     bootstrap = cluster.bootstrap_servers
     try:
-        group.wait_assigned(90)
+        group.wait_assigned(PARTITIONS, 90)
+        load_started = time.monotonic()
         producer = SteadyProducer(bootstrap, topic, rate=RATE).start()
         time.sleep(BEFORE)
         fault(group)
@@ -123,7 +125,7 @@ def scenario(
     }
     record(figures)
     print(report.summary(), figures)
-    return Outcome(report, group, drain, stall, wall, alive, figures)
+    return Outcome(report, group, drain, stall, wall, alive, figures, load_started)
 
 
 def record(figures: dict[str, Any]) -> None:
@@ -275,6 +277,39 @@ def test_member_frozen_past_its_session_timeout(
     assert victim.incarnation == 1
     assert victim.member_id in outcome.alive_at_end
     assert_duplicates_bounded(outcome, victim, at)
+
+
+# -- 7. a handler slower than max_poll_interval_ms -------------------------------------------
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_handler_slower_than_max_poll_interval(
+    cluster: ApacheKafka, tmp_path: Path, ordering: str
+) -> None:
+    """Scenario 7: ``max_poll_interval_ms`` is 2 s and every record at an offset that
+    is a multiple of 500 takes 4 s, for 10 s of load. Bound: no rebalance once the
+    group has settled, zero duplicates, zero loss, order, safe commits."""
+    slow = 4.0
+    outcome = scenario(
+        "slow-handler",
+        cluster,
+        tmp_path,
+        lambda group: time.sleep(10.0),
+        ordering,
+        max_poll_ms=2000,
+        slow_every=500,
+        slow_s=slow,
+    )
+    report, started = outcome.report, outcome.load_started
+    assert report.problems() == []
+    assert report.duplicates == 0
+    logs = outcome.group.logs().values()
+    late = [e for events in logs for e in events if e["ev"] == "assign" and e["mono"] > started]
+    assert late == [], "a rebalance under load"
+    slow_ones = [e for e in handled_records(outcome.group.logs()) if e["o"] and e["o"] % 500 == 0]
+    assert len(slow_ones) >= PARTITIONS, "the slow records ran"
+    if ordering == "partition":  # the slow records really held their partitions
+        assert outcome.max_stall >= slow * 0.9
 
 
 # -- 6. a broker node killed and restarted --------------------------------------------------
