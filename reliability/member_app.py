@@ -9,7 +9,9 @@ unique per process), ``RELY_LOG``; optional ``RELY_ORDERING`` (``partition``),
 ``RELY_CONCURRENCY`` (100), ``RELY_SESSION_MS`` (6000), ``RELY_WORK_MS`` (the
 handler's mean await, 1 ms), ``RELY_COMMIT_INTERVAL`` (0.5 s), ``RELY_MAX_POLL_MS``
 (aiokafka's ``max_poll_interval_ms``), ``RELY_SLOW_EVERY`` / ``RELY_SLOW_S`` (records
-whose offset is a positive multiple of it take that many seconds).
+whose offset is a positive multiple of it take that many seconds), ``RELY_LOSE_EVERY``
+(records whose offset is a positive multiple of it are not logged: a simulated loss,
+for the suite's self-test).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ WORK = float(env.get("RELY_WORK_MS", "1")) / 1000.0
 SESSION_MS = int(env.get("RELY_SESSION_MS", "6000"))
 SLOW_EVERY = int(env.get("RELY_SLOW_EVERY", "0"))
 SLOW = float(env.get("RELY_SLOW_S", "0"))
+LOSE_EVERY = int(env.get("RELY_LOSE_EVERY", "0"))
 POLL: dict[str, Any] = {}
 if "RELY_MAX_POLL_MS" in env:
     POLL["max_poll_interval_ms"] = int(env["RELY_MAX_POLL_MS"])
@@ -75,6 +78,8 @@ async def handle(msg: Message[bytes]) -> None:
         await anyio.sleep(SLOW)
     elif WORK:
         await anyio.sleep(random.uniform(0, 2 * WORK))
+    if LOSE_EVERY and msg.offset and msg.offset % LOSE_EVERY == 0:
+        return
     emit(
         {
             "ev": "rec",

@@ -157,6 +157,24 @@ def wait_assigned_after(members: list[Member], since: float, timeout: float = 60
     )
 
 
+# -- 0. the suite's self-test ----------------------------------------------------------------
+
+
+@pytest.mark.chaos_quick
+def test_the_suite_catches_members_that_lose_records(cluster: ApacheKafka, tmp_path: Path) -> None:
+    """Self-test: members that complete (and commit) every 1,000th record without
+    handling it. Bound: the checker reports those records, and only them, lost, and
+    the commits past them unsafe."""
+    outcome = scenario(
+        "self-test-loss", cluster, tmp_path, lambda group: time.sleep(2.0), lose_every=1000
+    )
+    lost = outcome.report.lost
+    assert lost
+    assert all(record.offset % 1000 == 0 for record in lost)
+    assert any("lost" in problem for problem in outcome.report.problems())
+    assert outcome.report.unsafe_commits
+
+
 # -- 1. rolling restart ------------------------------------------------------------------
 
 
