@@ -10,7 +10,7 @@ BENCH  := $(VENV)/.installed-bench
 BROKER ?=
 ARGS   ?=
 
-.PHONY: demo test lint unit integration integration-embedded bench broker broker-kafka install clean
+.PHONY: demo test lint unit integration integration-embedded bench broker broker-kafka install clean chaos chaos-quick
 
 install: $(STAMP)
 
@@ -43,6 +43,16 @@ integration: $(STAMP)
 ## tests that need Apache Kafka (marked apache_kafka: `make test` ran them)
 integration-embedded: $(STAMP)
 	ASYNCCONSUMER_TEST_BROKER=embedded $(BIN)/python -m pytest tests/integration -m "not apache_kafka" $(ARGS)
+
+## chaos: the reliability suite (reliability/, not part of `make test`): members killed,
+## stopped and restarted, broker nodes killed, on a 3-node Apache Kafka; a checker proves
+## no loss, order, safe commits and bounded duplicates from the logs (several minutes)
+chaos: $(STAMP)
+	$(BIN)/python -m pytest reliability -p no:cacheprovider $(ARGS)
+
+## chaos-quick: the checker's own tests and one case of each scenario (about 3 minutes)
+chaos-quick: $(STAMP)
+	$(BIN)/python -m pytest reliability -p no:cacheprovider -m chaos_quick $(ARGS)
 
 $(BENCH): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'

@@ -1,0 +1,225 @@
+"""Members as subprocesses, a three-node Apache Kafka cluster, topics and offsets.
+
+Members run the way users deploy: ``python -m asyncconsumer run
+reliability.member_app:app``. A :class:`Member` is one logical member; each
+:meth:`Member.start` is a new process with a new member id (``m1.2``: member 1,
+second incarnation), so the checker tells incarnations apart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from asyncconsumer.testing import ApacheKafka
+
+from .checker import TP, Event, read_log, read_logs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll until ``predicate()``; return the seconds it took, or fail the test."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+@dataclass
+class Member:
+    """One member of the group, (re)started as a subprocess."""
+
+    index: int
+    env: dict[str, str]
+    directory: Path
+    incarnation: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def member_id(self) -> str:
+        return f"m{self.index}.{self.incarnation}"
+
+    @property
+    def log(self) -> Path:
+        return self.logs[-1]
+
+    def start(self) -> None:
+        self.incarnation += 1
+        log = self.directory / f"{self.member_id}.jsonl"
+        self.logs.append(log)
+        stderr = open(self.directory / f"{self.member_id}.stderr", "wb")  # noqa: SIM115
+        command = [sys.executable, "-m", "asyncconsumer", "--log-level", "WARNING", "run"]
+        self.proc = subprocess.Popen(
+            [*command, "reliability.member_app:app"],
+            cwd=ROOT,
+            env={**self.env, "RELY_MEMBER": self.member_id, "RELY_LOG": str(log)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        stderr.close()
+
+    def events(self) -> list[Event]:
+        return read_log(self.log) if self.log.exists() else []
+
+    def assigned(self) -> bool:
+        """Whether the current incarnation has been through an assignment."""
+        return any(e["ev"] == "assign" for e in self.events())
+
+    def owns(self) -> list[tuple[str, int]] | None:
+        """The partitions of its last assignment; None while revoked or never assigned."""
+        changes = [e for e in self.events() if e["ev"] in ("assign", "revoke")]
+        if not changes or changes[-1]["ev"] == "revoke":
+            return None
+        return [(t, p) for t, p in changes[-1]["parts"]]
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM (a graceful stop) and wait; the exit code."""
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stderr_tail(self) -> str:
+        path = self.directory / f"{self.member_id}.stderr"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+@dataclass
+class Group:
+    """The members of one scenario's consumer group."""
+
+    cluster: ApacheKafka
+    topic: str
+    group_id: str
+    directory: Path
+    members: list[Member] = field(default_factory=list)
+
+    def add(self, count: int, **settings: Any) -> list[Member]:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "RELY_BOOTSTRAP": self.cluster.bootstrap_servers,
+            "RELY_GROUP": self.group_id,
+            "RELY_TOPIC": self.topic,
+            **{f"RELY_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        added = [Member(len(self.members) + i, env, self.directory) for i in range(count)]
+        self.members.extend(added)
+        for member in added:
+            member.start()
+        return added
+
+    def wait_assigned(self, partitions: int, timeout: float = 60.0) -> float:
+        """Wait until the group is settled: every member runs, and their last
+        assignments split the topic's partitions between them; fail if one exited."""
+        everything = sorted((self.topic, p) for p in range(partitions))
+
+        def ready() -> bool:
+            owned: list[tuple[str, int]] = []
+            for member in self.members:
+                if not member.alive():
+                    raise AssertionError(f"{member.member_id} exited: {member.stderr_tail()}")
+                parts = member.owns()
+                if parts is None:
+                    return False
+                owned.extend(parts)
+            return sorted(owned) == everything
+
+        return wait_until(ready, timeout, "the group settled")
+
+    def logs(self) -> dict[str, list[Event]]:
+        return read_logs(path for m in self.members for path in m.logs)
+
+    def stop_all(self) -> None:
+        for member in self.members:
+            if member.alive():
+                member.proc.terminate()  # type: ignore[union-attr]
+        for member in self.members:
+            if member.proc is not None:
+                try:
+                    member.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    member.kill()
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(self.members)
+
+
+# -- the cluster and its offsets -------------------------------------------------------
+
+
+def create_topic(cluster: ApacheKafka, name: str, partitions: int) -> None:
+    """A topic replicated on all three nodes (min ISR 2)."""
+    anyio.run(lambda: cluster.create_topic(name, partitions, replication_factor=3))
+
+
+def _client(bootstrap: str, group_id: str) -> Any:
+    return Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False}
+    )
+
+
+Offsets = tuple[dict[TP, int | None], dict[TP, int]]
+
+
+def offsets(bootstrap: str, group_id: str, topic: str, partitions: int) -> Offsets:
+    """The group's committed offsets (``committed()``, no join) and the end offsets."""
+    client = _client(bootstrap, group_id)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committed = {
+            (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None)
+            for tp in client.committed(tps, timeout=10)
+        }
+        ends = {
+            (topic, p): client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+        return committed, ends
+    finally:
+        client.close()
+
+
+def leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> node id of its leader."""
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    return {p: info.leader for p, info in meta.topics[topic].partitions.items()}
+
+
+def coordinator(bootstrap: str, group_id: str) -> int:
+    """The node id of the group's coordinator."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    future = admin.describe_consumer_groups([group_id])[group_id]
+    return int(future.result(timeout=10).coordinator.id)

@@ -1,0 +1,116 @@
+"""The member app of the reliability scenarios: ``asyncconsumer run reliability.member_app:app``.
+
+Every handled record, every commit seen by ``on_commit``, every assignment and every
+revocation is appended to ``$RELY_LOG`` as one JSON line with one ``os.write`` each,
+so the log survives SIGKILL. Settings come from the environment:
+
+``RELY_BOOTSTRAP``, ``RELY_GROUP``, ``RELY_TOPIC``, ``RELY_MEMBER`` (member id,
+unique per process), ``RELY_LOG``; optional ``RELY_ORDERING`` (``partition``),
+``RELY_CONCURRENCY`` (100), ``RELY_SESSION_MS`` (6000), ``RELY_WORK_MS`` (the
+handler's mean await, 1 ms), ``RELY_COMMIT_INTERVAL`` (0.5 s), ``RELY_MAX_POLL_MS``
+(aiokafka's ``max_poll_interval_ms``), ``RELY_SLOW_EVERY`` / ``RELY_SLOW_S`` (records
+whose offset is a positive multiple of it take that many seconds), ``RELY_LOSE_EVERY``
+(records whose offset is a positive multiple of it are not logged: a simulated loss,
+for the suite's self-test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from typing import Any, Literal, cast
+
+import anyio
+
+from asyncconsumer import CommitError, ConsumerApp, Message, TopicPartition
+
+Ordering = Literal["partition", "key", "none"]
+
+env = os.environ
+MEMBER = env["RELY_MEMBER"]
+TOPIC = env["RELY_TOPIC"]
+ORDERING = cast(Ordering, env.get("RELY_ORDERING", "partition"))
+WORK = float(env.get("RELY_WORK_MS", "1")) / 1000.0
+SESSION_MS = int(env.get("RELY_SESSION_MS", "6000"))
+SLOW_EVERY = int(env.get("RELY_SLOW_EVERY", "0"))
+SLOW = float(env.get("RELY_SLOW_S", "0"))
+LOSE_EVERY = int(env.get("RELY_LOSE_EVERY", "0"))
+POLL: dict[str, Any] = {}
+if "RELY_MAX_POLL_MS" in env:
+    POLL["max_poll_interval_ms"] = int(env["RELY_MAX_POLL_MS"])
+
+_fd = os.open(env["RELY_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+
+def emit(event: dict[str, Any]) -> None:
+    """Append one JSON line with one write(2), stamped with the member and both clocks."""
+    event["m"] = MEMBER
+    event["mono"] = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
+    event["wall"] = time.time()
+    os.write(_fd, (json.dumps(event, separators=(",", ":")) + "\n").encode())
+
+
+def _parts(tps: list[TopicPartition] | dict[TopicPartition, int]) -> list[list[Any]]:
+    return [[tp.topic, tp.partition] for tp in tps]
+
+
+app = ConsumerApp(
+    bootstrap_servers=env["RELY_BOOTSTRAP"],
+    group_id=env["RELY_GROUP"],
+    auto_offset_reset="earliest",
+    commit_interval=float(env.get("RELY_COMMIT_INTERVAL", "0.5")),
+    shutdown_timeout=10.0,
+    session_timeout_ms=SESSION_MS,
+    heartbeat_interval_ms=max(SESSION_MS // 6, 100),
+    **POLL,
+)
+
+
+CONCURRENCY = None if ORDERING == "partition" else int(env.get("RELY_CONCURRENCY", "100"))
+
+
+@app.handler(TOPIC, ordering=ORDERING, concurrency=CONCURRENCY)
+async def handle(msg: Message[bytes]) -> None:
+    """Await a little (records overlap in flight), then log the record as handled."""
+    if SLOW_EVERY and msg.offset and msg.offset % SLOW_EVERY == 0:
+        await anyio.sleep(SLOW)
+    elif WORK:
+        await anyio.sleep(random.uniform(0, 2 * WORK))
+    if LOSE_EVERY and msg.offset and msg.offset % LOSE_EVERY == 0:
+        return
+    emit(
+        {
+            "ev": "rec",
+            "t": msg.topic,
+            "p": msg.partition,
+            "o": msg.offset,
+            "k": (msg.key or b"").decode(),
+            "s": int(msg.value),
+        }
+    )
+
+
+@app.on_assign
+async def assigned(partitions: list[TopicPartition]) -> None:
+    emit({"ev": "assign", "parts": _parts(partitions)})
+
+
+@app.on_revoke
+async def revoked(partitions: list[TopicPartition]) -> None:
+    emit({"ev": "revoke", "parts": _parts(partitions)})
+
+
+@app.on_commit
+async def committed(offsets: dict[TopicPartition, int], error: CommitError | None) -> None:
+    emit(
+        {
+            "ev": "commit",
+            "offsets": [[tp.topic, tp.partition, off] for tp, off in offsets.items()],
+            "error": None if error is None else f"{type(error).__name__}: {error}",
+        }
+    )
+
+
+emit({"ev": "start", "pid": os.getpid(), "ordering": ORDERING})

@@ -1,0 +1,362 @@
+"""Fault-injection scenarios on a three-node Apache Kafka cluster.
+
+Each scenario: 3 members (``asyncconsumer run`` subprocesses) on a 6-partition topic
+replicated 3 times, a confluent-kafka producer at a steady rate before, during and
+after the fault, then the producer stops, the test waits for lag zero, stops the
+members and runs the checker. Figures go to ``.chaos-results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncconsumer.testing import ApacheKafka
+
+from .checker import Report, check, duplicate_bound, handled_records
+from .harness import ROOT, Group, Member, coordinator, create_topic, leaders, offsets, unique
+from .harness import wait_until as wait
+from .producer import SteadyProducer
+
+PARTITIONS = 6
+RATE = 1000  # records/s
+BEFORE, AFTER = 3.0, 3.0  # seconds of load before and after the fault
+RESULTS = ROOT / ".chaos-results.jsonl"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass
+class Outcome:
+    report: Report
+    group: Group
+    drain: float  # seconds from the producer's stop to lag zero
+    max_stall: float  # longest pause in handling of any partition under load
+    wall: float
+    alive_at_end: set[str]  # member ids still running when the group caught up
+    figures: dict[str, Any]
+    load_started: float
+
+
+def max_stall(group: Group, until: float) -> float:
+    """The longest time, per partition, between two records first handled while the
+    producer ran: how long the fault stopped that partition's progress."""
+    times: dict[int, list[float]] = defaultdict(list)
+    for event in handled_records(group.logs()):
+        if event["mono"] <= until:
+            times[event["p"]].append(event["mono"])
+    gaps: list[float] = []
+    for stamps in times.values():
+        stamps.sort()
+        gaps.extend(b - a for a, b in itertools.pairwise(stamps))
+    return max(gaps, default=0.0)
+
+
+def scenario(
+    name: str,
+    cluster: ApacheKafka,
+    tmp_path: Path,
+    fault: Callable[[Group], None],
+    ordering: str = "partition",
+    members: int = 3,
+    **settings: Any,
+) -> Outcome:
+    """Run ``fault`` under load and check the logs; see the module docstring."""
+    started = time.monotonic()
+    topic = unique("rely")
+    create_topic(cluster, topic, PARTITIONS)
+    group = Group(cluster, topic, unique("g"), tmp_path)
+    group.add(members, ordering=ordering, **settings)
+    bootstrap = cluster.bootstrap_servers
+    try:
+        group.wait_assigned(PARTITIONS, 90)
+        load_started = time.monotonic()
+        producer = SteadyProducer(bootstrap, topic, rate=RATE).start()
+        time.sleep(BEFORE)
+        fault(group)
+        time.sleep(AFTER)
+        producer.stop()
+        stopped = time.monotonic()
+        assert not producer.failed, producer.failed[:5]
+
+        def caught_up() -> bool:
+            committed, ends = offsets(bootstrap, group.group_id, topic, PARTITIONS)
+            return all(committed[tp] == end for tp, end in ends.items())
+
+        drain = wait(caught_up, 90, "lag zero after the producer stopped")
+        alive = {m.member_id for m in group if m.alive()}
+    except BaseException:
+        for member in group:
+            print(member.member_id, member.stderr_tail())
+        raise
+    finally:
+        group.stop_all()
+    committed, ends = offsets(bootstrap, group.group_id, topic, PARTITIONS)
+    report = check(producer.acked, group.logs(), committed, ends, ordering)
+    # Not vacuous: the load ran, and commits were there to check.
+    assert report.produced >= RATE * (BEFORE + AFTER) / 2, report.summary()
+    assert report.commits > 0, report.summary()
+    stall = max_stall(group, stopped)
+    wall = time.monotonic() - started
+    figures = {
+        "scenario": name,
+        "ordering": ordering,
+        "produced": report.produced,
+        "handled": report.handled,
+        "duplicates": report.duplicates,
+        "lost": len(report.lost),
+        "order_violations": len(report.order_violations),
+        "unsafe_commits": len(report.unsafe_commits),
+        "failed_commits": report.failed_commits,
+        "assignments": report.rebalances,
+        "drain_s": round(drain, 2),
+        "max_stall_s": round(stall, 2),
+        "wall_s": round(wall, 1),
+    }
+    record(figures)
+    print(report.summary(), figures)
+    return Outcome(report, group, drain, stall, wall, alive, figures, load_started)
+
+
+def record(figures: dict[str, Any]) -> None:
+    with RESULTS.open("a") as out:
+        out.write(json.dumps(figures) + "\n")
+
+
+def assert_duplicates_bounded(outcome: Outcome, victim: Member, at: float | None) -> None:
+    """Duplicates at most ``duplicate_bound`` of the victim (as of ``at``), and every
+    record handled twice is one the victim handled."""
+    bound = duplicate_bound(victim.events(), at)
+    record({**outcome.figures, "duplicate_bound": bound})
+    assert outcome.report.duplicates <= bound
+    counts = Counter((e["t"], e["p"], e["o"]) for e in handled_records(outcome.group.logs()))
+    mine = {(e["t"], e["p"], e["o"]) for e in victim.events() if e["ev"] == "rec"}
+    assert {record for record, n in counts.items() if n > 1} <= mine
+
+
+def wait_assigned_after(members: list[Member], since: float, timeout: float = 60.0) -> float:
+    """Wait until each running member logged an assignment after ``since``."""
+    return wait(
+        lambda: all(
+            any(e["ev"] == "assign" and e["mono"] > since for e in m.events())
+            for m in members
+            if m.alive()
+        ),
+        timeout,
+        "a new assignment on every running member",
+    )
+
+
+# -- 0. the suite's self-test ----------------------------------------------------------------
+
+
+@pytest.mark.chaos_quick
+def test_the_suite_catches_members_that_lose_records(cluster: ApacheKafka, tmp_path: Path) -> None:
+    """Self-test: members that complete (and commit) every 1,000th record without
+    handling it. Bound: the checker reports those records, and only them, lost, and
+    the commits past them unsafe."""
+    outcome = scenario(
+        "self-test-loss", cluster, tmp_path, lambda group: time.sleep(2.0), lose_every=1000
+    )
+    lost = outcome.report.lost
+    assert lost
+    assert all(record.offset % 1000 == 0 for record in lost)
+    assert any("lost" in problem for problem in outcome.report.problems())
+    assert outcome.report.unsafe_commits
+
+
+# -- 1. rolling restart ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key"]
+)
+def test_rolling_restart_with_sigterm(cluster: ApacheKafka, tmp_path: Path, ordering: str) -> None:
+    """Scenario 1: each of 3 members in turn gets SIGTERM (exit 0) and is started
+    again, under load. Bound: zero duplicates, zero loss, order and safe commits."""
+
+    def rolling(group: Group) -> None:
+        for member in list(group):
+            assert member.terminate(30) == 0, member.stderr_tail()
+            member.start()
+            wait(member.assigned, 60, f"{member.member_id} assigned")
+            time.sleep(2.0)
+
+    outcome = scenario("rolling-restart", cluster, tmp_path, rolling, ordering)
+    assert outcome.report.problems() == []
+    assert outcome.report.duplicates == 0
+
+
+# -- 2. SIGKILL of a member ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key"]
+)
+def test_sigkill_one_member_of_three(cluster: ApacheKafka, tmp_path: Path, ordering: str) -> None:
+    """Scenario 2: one member of 3 is SIGKILLed under load (not restarted); the
+    others take its partitions after its session times out (6 s). Bound: zero loss,
+    order, safe commits; duplicates at most the records the killed member handled
+    at or above the last commit it saw (``checker.duplicate_bound``), and every
+    duplicate is one of its records."""
+    killed: list[Member] = []
+
+    def kill(group: Group) -> None:
+        victim = group.members[1]
+        victim.kill()
+        assert victim.proc is not None
+        assert victim.proc.returncode == -signal.SIGKILL
+        killed.append(victim)
+        since = time.monotonic()
+        survivors = [m for m in group if m is not victim]
+        print(f"rebalance after the kill took {wait_assigned_after(survivors, since):.1f}s")
+
+    outcome = scenario("sigkill-member", cluster, tmp_path, kill, ordering)
+    assert outcome.report.problems() == []
+    assert_duplicates_bounded(outcome, killed[0], None)
+
+
+# -- 3. scaling out and in ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_scale_one_to_three_to_one(cluster: ApacheKafka, tmp_path: Path, ordering: str) -> None:
+    """Scenario 3: one member under load, two more join, then those two get SIGTERM
+    (exit 0). Bound: zero duplicates, zero loss, order, safe commits; the first
+    member runs throughout and ends with every partition."""
+
+    def scale(group: Group) -> None:
+        first = group.members[0]
+        since = time.monotonic()
+        added = group.add(2, ordering=ordering)
+        wait_assigned_after([first, *added], since, 60)
+        time.sleep(3.0)
+        since = time.monotonic()
+        for member in added:
+            assert member.terminate(30) == 0, member.stderr_tail()
+        wait_assigned_after([first], since, 60)
+
+    outcome = scenario("scale-1-3-1", cluster, tmp_path, scale, ordering, members=1)
+    assert outcome.report.problems() == []
+    assert outcome.report.duplicates == 0
+    first = outcome.group.members[0]
+    assert first.member_id in outcome.alive_at_end
+    last = [e for e in first.events() if e["ev"] == "assign"][-1]
+    assert len(last["parts"]) == PARTITIONS
+
+
+# -- 4. a member frozen past its session timeout --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key"]
+)
+def test_member_frozen_past_its_session_timeout(
+    cluster: ApacheKafka, tmp_path: Path, ordering: str
+) -> None:
+    """Scenario 4: one member of 3 gets SIGSTOP under load; once the others have
+    taken its partitions (session timeout 6 s) it gets SIGCONT. Bound: zero loss,
+    order, safe commits, no committed offset moves backwards (its late commits fail);
+    it rejoins and carries on in the same process; duplicates at most the records it
+    handled at or above its last commit in the epoch it froze in (in flight or
+    buffered at the freeze), and every duplicate is one of its records."""
+    frozen: list[tuple[Member, float]] = []
+
+    def freeze(group: Group) -> None:
+        victim = group.members[1]
+        victim.signal(signal.SIGSTOP)
+        at = time.monotonic()
+        frozen.append((victim, at))
+        survivors = [m for m in group if m is not victim]
+        taken = wait_assigned_after(survivors, at, 60)
+        time.sleep(1.0)
+        victim.signal(signal.SIGCONT)
+        thawed = time.monotonic()
+        rejoined = wait(
+            lambda: any(e["ev"] == "assign" and e["mono"] > thawed for e in victim.events()),
+            60,
+            "the thawed member rejoined",
+        )
+        print(f"partitions taken over after {taken:.1f}s; rejoined {rejoined:.1f}s after SIGCONT")
+
+    outcome = scenario("sigstop-member", cluster, tmp_path, freeze, ordering)
+    assert outcome.report.problems() == []
+    victim, at = frozen[0]
+    assert victim.incarnation == 1
+    assert victim.member_id in outcome.alive_at_end
+    assert_duplicates_bounded(outcome, victim, at)
+
+
+# -- 7. a handler slower than max_poll_interval_ms -------------------------------------------
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_handler_slower_than_max_poll_interval(
+    cluster: ApacheKafka, tmp_path: Path, ordering: str
+) -> None:
+    """Scenario 7: ``max_poll_interval_ms`` is 2 s and every record at an offset that
+    is a multiple of 500 takes 4 s, for 10 s of load. Bound: no rebalance once the
+    group has settled, zero duplicates, zero loss, order, safe commits."""
+    slow = 4.0
+    outcome = scenario(
+        "slow-handler",
+        cluster,
+        tmp_path,
+        lambda group: time.sleep(10.0),
+        ordering,
+        max_poll_ms=2000,
+        slow_every=500,
+        slow_s=slow,
+    )
+    report, started = outcome.report, outcome.load_started
+    assert report.problems() == []
+    assert report.duplicates == 0
+    logs = outcome.group.logs().values()
+    late = [e for events in logs for e in events if e["ev"] == "assign" and e["mono"] > started]
+    assert late == [], "a rebalance under load"
+    slow_ones = [e for e in handled_records(outcome.group.logs()) if e["o"] and e["o"] % 500 == 0]
+    assert len(slow_ones) >= PARTITIONS, "the slow records ran"
+    if ordering == "partition":  # the slow records really held their partitions
+        assert outcome.max_stall >= slow * 0.9
+
+
+# -- 6. a broker node killed and restarted --------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [pytest.param("leader", marks=pytest.mark.chaos_quick),
+                                    "coordinator"])  # fmt: skip
+def test_broker_node_killed_and_restarted(
+    cluster: ApacheKafka, tmp_path: Path, target: str
+) -> None:
+    """Scenario 6: SIGKILL of the node leading most of the topic's partitions (or of
+    the group coordinator's node), 5 s down, then restarted, under load. Bound: zero
+    loss, order, safe commits, lag zero after; no member exits or is restarted."""
+    victims: list[int] = []
+
+    def crash_node(group: Group) -> None:
+        bootstrap = cluster.bootstrap_servers
+        if target == "leader":
+            node_id = Counter(leaders(bootstrap, group.topic).values()).most_common(1)[0][0]
+        else:
+            node_id = coordinator(bootstrap, group.group_id)
+        victims.append(node_id)
+        cluster.kill_node(node_id - 1)
+        time.sleep(5.0)
+        anyio.run(cluster.start_node, node_id - 1)
+
+    outcome = scenario(f"broker-kill-{target}", cluster, tmp_path, crash_node)
+    print(f"killed node {victims[0]}")
+    assert outcome.report.problems() == []
+    for member in outcome.group:
+        assert member.incarnation == 1
+        assert member.member_id in outcome.alive_at_end, member.stderr_tail()
