@@ -461,7 +461,6 @@ class KeyedLane(Lane):
 
     def close(self) -> None:
         self.closed = True
-        self.closing.set()
         self._clear()
         if not self.running_workers:
             self.done.set()

@@ -92,7 +92,6 @@ class Lane:
         "bound",
         "buffered_bytes",
         "closed",
-        "closing",
         "commit_ahead",
         "count_bytes",
         "done",
@@ -127,7 +126,6 @@ class Lane:
         self.handler_name = handler_name
         self._owner = owner
         self.done = anyio.Event()  # set once closed and nothing runs any more
-        self.closing = anyio.Event()  # set by close(): interrupts retry backoffs
         self.started = False
         self.closed = False
         self.paused = False
@@ -253,7 +251,6 @@ class PartitionLane(Lane):
 
     def close(self) -> None:
         self.closed = True
-        self.closing.set()
         self._interrupt.set()
         self.discard_buffered()
         if not self.started:
