@@ -76,8 +76,9 @@ class HandlerTimer:
         self.by_topic: dict[str, list[float]] = {}
 
     def observe(self, topic: str, seconds: float) -> None:
-        counts = self.by_topic.get(topic)
-        if counts is None:
+        try:
+            counts = self.by_topic[topic]
+        except KeyError:
             counts = self.by_topic[topic] = [0.0] * (len(self.bounds) + 2)
         counts[bisect_left(self.bounds, seconds)] += 1
         counts[-1] += seconds

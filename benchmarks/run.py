@@ -172,7 +172,8 @@ async def main() -> int:
     parser.add_argument(
         "--contenders",
         default="",
-        help="scenario 1: only these contenders (comma-separated names; the baseline always)",
+        help="scenario 1: only the contenders whose names contain one of these "
+        "comma-separated words (and the baseline), e.g. per-record,key",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smaller and shorter: a smoke run, not a measurement"

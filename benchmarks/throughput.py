@@ -241,7 +241,7 @@ CONTENDERS: dict[str, Contender] = {
     "FastStream batch subscriber": faststream_batch,
     "asyncconsumer per-record (partition)": app_partition,
     "asyncconsumer per-record + metrics": app_partition_metrics,
-    "asyncconsumer key, concurrency 100": app_key_100,
+    "asyncconsumer key (concurrency 100)": app_key_100,
     "asyncconsumer batch handler": app_batch,
     "asyncconsumer Consumer async for": consumer_async_for,
 }
@@ -259,7 +259,7 @@ async def run(
     contenders = {
         name: contender
         for name, contender in CONTENDERS.items()
-        if only is None or name == BASELINE or name in only
+        if only is None or name == BASELINE or any(part in name for part in only)
     }
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     cpu: dict[str, list[float]] = {name: [] for name in contenders}
