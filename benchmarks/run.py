@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from . import io_bound, memory, throughput
+from . import dispatch, io_bound, memory, throughput
 from ._common import broker, c_extension_loaded
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -123,6 +123,13 @@ def report(results: dict[str, Any]) -> None:
                     f"   {name:<40} {rate:>10,.0f} {figures['ratio'][name]:>6.2f}x "
                     f"[{low:.2f}-{high:.2f}] {figures['cpu_median'][name]:>7.2f}"
                 )
+    if "dispatch" in results:
+        print("\n7. framework cost per record, no broker (CPU µs, median [range])")
+        for mode, figures in results["dispatch"].items():
+            print(
+                f"   {mode:<40} {figures['median']:>6.2f} "
+                f"[{figures['min']:.2f}-{figures['max']:.2f}]"
+            )
     if "io_bound" in results:
         print(
             "\n2. handler awaiting 5 ms                         rec/s      ideal   achieved/ideal"
@@ -163,7 +170,7 @@ async def main() -> int:
     )
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--scenarios", default="1,2,3,4", help="which to run, e.g. 3 or 1,2")
+    parser.add_argument("--scenarios", default="1,2,3,4,7", help="which to run, e.g. 3 or 1,2")
     parser.add_argument(
         "--shapes",
         default="all",
@@ -193,6 +200,9 @@ async def main() -> int:
         f"broker: {results['broker']}; aiokafka C extension loaded: {results['c_extension']}; "
         f"{results['versions']}"
     )
+    if "7" in scenarios:
+        print("\n7. the framework's cost per record, no broker ...", flush=True)
+        results["dispatch"] = await dispatch.run(20_000 if args.quick else 200_000)
     async with broker(args.broker) as bootstrap:
         if "1" in scenarios:
             shapes = (
