@@ -1,7 +1,8 @@
 """Run every benchmark against one broker and print one table.
 
     python -m benchmarks.run [--broker embedded|apache-kafka] [--records 200000]
-                             [--repeat 3] [--scenarios 1,2,3] [--quick]
+                             [--repeat 3] [--scenarios 1,2,3,4] [--quick]
+                             [--shapes 100b,json,json32] [--contenders NAME,...]
 
 Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts the broker --broker names (the
 embedded one by default). Writes benchmarks/results/results.json (and
@@ -14,15 +15,14 @@ import argparse
 import json
 import os
 import platform
-import statistics
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from . import io_bound, memory, throughput
-from ._common import broker, c_extension_loaded, make_topic
+from . import dispatch, io_bound, memory, throughput
+from ._common import broker, c_extension_loaded
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,13 +46,22 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
     s1 = results["throughput"]
-    names = list(s1["median"])
-    ratios = [s1["ratio"][n] for n in names]
-    colors = ["tab:blue" if n.startswith("asyncconsumer") else "tab:gray" for n in names]
-    axes[0].barh(names, ratios, color=colors)
+    shapes = list(s1["shapes"])
+    names = list(s1["shapes"][shapes[0]]["ratio"])
+    height = 0.8 / len(shapes)
+    for i, shape in enumerate(shapes):
+        ratio = s1["shapes"][shape]["ratio"]
+        axes[0].barh(
+            [n + i * height for n in range(len(names))],
+            [ratio.get(name, 0.0) for name in names],
+            height=height,
+            label=shape,
+        )
+    axes[0].set_yticks([n + 0.4 - height / 2 for n in range(len(names))], names)
     axes[0].axvline(1.0, color="black", linewidth=0.8)
-    axes[0].set_xlabel("records/s relative to the aiokafka getmany loop")
-    axes[0].set_title(f"1. no-op handler, {s1['records']:,} x 100 B")
+    axes[0].set_xlabel("records/s relative to the aiokafka getmany loop (same round)")
+    axes[0].set_title(f"1. no-op handler, {s1['records']:,} records")
+    axes[0].legend(loc="lower right", fontsize=8)
     axes[0].invert_yaxis()
     rows = results["io_bound"]
     labels = [f"K={r['keys']}: {r['contender'].split(' (')[0]}" for r in rows]
@@ -103,17 +112,24 @@ def chart(results: dict[str, Any], path: Path) -> None:
 def report(results: dict[str, Any]) -> None:
     if "throughput" in results:
         s1 = results["throughput"]
-        median = s1["median"]
-        print("\n1. no-op handler                            median rec/s   vs getmany")
-        for name, rate in median.items():
-            print(f"   {name:<40} {rate:>12,.0f} {s1['ratio'][name]:>11.2f}x")
-        per_record = median["asyncconsumer per-record (partition)"]
-        print(
-            f"   per-record vs FastStream per-message: "
-            f"{per_record / median['FastStream per-message (logger off)']:.1f}x; "
-            f"Consumer async for vs aiokafka async for: "
-            f"{median['asyncconsumer Consumer async for'] / median['aiokafka async for']:.2f}x"
-        )
+        for shape, figures in s1["shapes"].items():
+            print(
+                f"\n1. no-op handler, {shape}: median rec/s, vs getmany (median, range "
+                f"over {s1['repeat']} rounds), CPU s per million records"
+            )
+            for name, rate in figures["median"].items():
+                low, high = figures["ratio_range"][name]
+                print(
+                    f"   {name:<40} {rate:>10,.0f} {figures['ratio'][name]:>6.2f}x "
+                    f"[{low:.2f}-{high:.2f}] {figures['cpu_median'][name]:>7.2f}"
+                )
+    if "dispatch" in results:
+        print("\n7. framework cost per record, no broker (CPU µs, median [range])")
+        for mode, figures in results["dispatch"].items():
+            print(
+                f"   {mode:<40} {figures['median']:>6.2f} "
+                f"[{figures['min']:.2f}-{figures['max']:.2f}]"
+            )
     if "io_bound" in results:
         print(
             "\n2. handler awaiting 5 ms                         rec/s      ideal   achieved/ideal"
@@ -154,7 +170,18 @@ async def main() -> int:
     )
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--scenarios", default="1,2,3,4", help="which to run, e.g. 3 or 1,2")
+    parser.add_argument("--scenarios", default="1,2,3,4,7", help="which to run, e.g. 3 or 1,2")
+    parser.add_argument(
+        "--shapes",
+        default="all",
+        help=f"scenario 1's data shapes: all, or some of {','.join(throughput.SHAPES)}",
+    )
+    parser.add_argument(
+        "--contenders",
+        default="",
+        help="scenario 1: only the contenders whose names contain one of these "
+        "comma-separated words (and the baseline), e.g. per-record,key",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="smaller and shorter: a smoke run, not a measurement"
     )
@@ -173,23 +200,27 @@ async def main() -> int:
         f"broker: {results['broker']}; aiokafka C extension loaded: {results['c_extension']}; "
         f"{results['versions']}"
     )
+    if "7" in scenarios:
+        print("\n7. the framework's cost per record, no broker ...", flush=True)
+        results["dispatch"] = await dispatch.run(20_000 if args.quick else 200_000)
     async with broker(args.broker) as bootstrap:
         if "1" in scenarios:
-            print(
-                f"\n1. throughput: producing {args.records:,} x 100 B to 4 partitions ...",
-                flush=True,
+            shapes = (
+                throughput.SHAPES
+                if args.shapes == "all"
+                else {key: throughput.SHAPES[key] for key in args.shapes.split(",")}
             )
-            topic = await make_topic(bootstrap, "bench-tp", args.records)
-            rates = await throughput.run(bootstrap, topic, args.records, args.repeat)
-            medians = {name: statistics.median(values) for name, values in rates.items()}
-            base = medians[throughput.BASELINE]
+            only = set(args.contenders.split(",")) if args.contenders else None
             results["throughput"] = {
                 "records": args.records,
                 "repeat": args.repeat,
-                "rates": rates,
-                "median": medians,
-                "ratio": {name: rate / base for name, rate in medians.items()},
+                "shapes": {},
             }
+            for shape in shapes.values():
+                print(f"\n1. throughput, {shape.name}: producing {args.records:,} ...", flush=True)
+                results["throughput"]["shapes"][shape.name] = await throughput.run(
+                    bootstrap, shape, args.records, args.repeat, only
+                )
         if "2" in scenarios:
             print("\n2. I/O-bound handler (5 ms) ...", flush=True)
             results["io_bound"] = await io_bound.run(bootstrap)

@@ -1,12 +1,26 @@
-"""Scenario 1: no-op handling, 200,000 x 100 B records, 4 partitions, 1,000 keys.
+"""Scenario 1: no-op handling of 200,000 records, on several data shapes.
 
-Every contender reads the same topic; rates are first-to-last record.
+Every contender reads the same topic of a shape, in turn, round after round; rates
+are first-to-last record, with the process's CPU seconds per million records.
+
+Shapes (what users' topics look like differs from what suits a benchmark):
+
+- ``aiokafka 100 B``: 100-byte values produced by aiokafka in 512 KiB batches,
+  1,000 keys, 4 partitions (large batches, no headers);
+- ``librdkafka JSON``: confluent-kafka's ``Producer`` with its defaults and
+  ``linger.ms=5``, JSON values of about 35 bytes, one header, 1,000 keys,
+  4 partitions (small batches, as services produce them);
+- ``librdkafka JSON, 32 partitions``: the same over 32 partitions (many small
+  partitions: per-partition costs show).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from confluent_kafka import Consumer as ConfluentConsumer
@@ -14,53 +28,108 @@ from confluent_kafka import TopicPartition as ConfluentTopicPartition
 
 from asyncconsumer import Consumer, ConsumerApp, Message
 
-from ._common import Clock, partitions, raw_client, run_faststream, unique
+from ._common import (
+    Clock,
+    make_librdkafka_topic,
+    make_topic,
+    partitions,
+    raw_client,
+    run_faststream,
+    unique,
+)
 
-Contender = Callable[[str, str, int], Awaitable[float]]
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    partitions: int
 
 
-async def raw_getmany(bootstrap: str, topic: str, total: int) -> float:
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    partitions: int
+    make: Callable[[str, int], Awaitable[str]]  # (bootstrap, records) -> topic
+
+
+# id (for --shapes) -> shape
+SHAPES = {
+    "100b": Shape("aiokafka 100 B", 4, lambda bootstrap, n: make_topic(bootstrap, "bench-tp", n)),
+    "json": Shape(
+        "librdkafka JSON", 4, lambda bootstrap, n: make_librdkafka_topic(bootstrap, "bench-rd", n)
+    ),
+    "json32": Shape(
+        "librdkafka JSON, 32 partitions",
+        32,
+        lambda bootstrap, n: make_librdkafka_topic(bootstrap, "bench-rd32", n, partitions=32),
+    ),
+}
+
+Contender = Callable[[str, Topic, int], Awaitable[Clock]]
+
+
+async def raw_getmany(bootstrap: str, topic: Topic, total: int) -> Clock:
     clock = Clock(total)
-    async with raw_client(bootstrap, topic) as client:
+    async with raw_client(bootstrap, topic.name, topic.partitions) as client:
         while True:
             for records in (await client.getmany(timeout_ms=1000)).values():
                 for _record in records:
                     pass
                 if records and clock.tick(len(records)):
-                    return clock.rate
+                    return clock
 
 
-async def raw_async_for(bootstrap: str, topic: str, total: int) -> float:
+async def raw_async_for(bootstrap: str, topic: Topic, total: int) -> Clock:
     clock = Clock(total)
-    async with raw_client(bootstrap, topic) as client:
+    async with raw_client(bootstrap, topic.name, topic.partitions) as client:
         async for _record in client:
             if clock.tick():
                 break
-    return clock.rate
+    return clock
 
 
-def _confluent_loop(bootstrap: str, topic: str, total: int) -> float:
-    consumer = ConfluentConsumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": unique("bench-ck"),
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.assign([ConfluentTopicPartition(topic, tp.partition, 0) for tp in partitions(topic)])
+def _confluent_config() -> dict[str, Any]:
+    return {
+        "group.id": unique("bench-ck"),
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    }
+
+
+def _confluent_loop(bootstrap: str, topic: Topic, total: int) -> Clock:
+    consumer = ConfluentConsumer({"bootstrap.servers": bootstrap, **_confluent_config()})
+    consumer.assign([ConfluentTopicPartition(topic.name, p, 0) for p in range(topic.partitions)])
     clock = Clock(total)
     try:
         while True:
             batch = consumer.consume(num_messages=1000, timeout=1.0)
             if batch and clock.tick(len(batch)):
-                return clock.rate
+                return clock
     finally:
         consumer.close()
 
 
-async def confluent_consume(bootstrap: str, topic: str, total: int) -> float:
+async def confluent_consume(bootstrap: str, topic: Topic, total: int) -> Clock:
     return await anyio.to_thread.run_sync(_confluent_loop, bootstrap, topic, total)
+
+
+async def confluent_aio(bootstrap: str, topic: Topic, total: int) -> Clock:
+    """confluent-kafka's asyncio consumer (``confluent_kafka.aio``): librdkafka's
+    ``consume()`` in a thread pool, awaited."""
+    from confluent_kafka.aio import AIOConsumer
+
+    consumer = AIOConsumer({"bootstrap.servers": bootstrap, **_confluent_config()})
+    await consumer.assign(
+        [ConfluentTopicPartition(topic.name, p, 0) for p in range(topic.partitions)]
+    )
+    clock = Clock(total)
+    try:
+        while True:
+            batch = await consumer.consume(num_messages=1000, timeout=1.0)
+            if batch and clock.tick(len(batch)):
+                return clock
+    finally:
+        await consumer.close()
 
 
 async def _run_app(app: ConsumerApp, done: anyio.Event) -> None:
@@ -74,90 +143,92 @@ def _app(bootstrap: str) -> ConsumerApp:
     )
 
 
-async def app_partition(bootstrap: str, topic: str, total: int) -> float:
+async def app_partition(bootstrap: str, topic: Topic, total: int) -> Clock:
     app, clock, done = _app(bootstrap), Clock(total), anyio.Event()
 
-    @app.handler(topic)
+    @app.handler(topic.name)
     async def handle(msg: Message[bytes]) -> None:
         if clock.tick():
             done.set()
 
     await _run_app(app, done)
-    return clock.rate
+    return clock
 
 
-async def app_partition_metrics(bootstrap: str, topic: str, total: int) -> float:
+async def app_partition_metrics(bootstrap: str, topic: Topic, total: int) -> Clock:
     """Per-record with Prometheus metrics on: the handler-latency middleware runs per
     record (the other metrics are read at scrape time)."""
     from asyncconsumer.metrics import instrument
 
     app, clock, done = _app(bootstrap), Clock(total), anyio.Event()
 
-    @app.handler(topic)
+    @app.handler(topic.name)
     async def handle(msg: Message[bytes]) -> None:
         if clock.tick():
             done.set()
 
     instrument(app)
     await _run_app(app, done)
-    return clock.rate
+    return clock
 
 
-async def app_key_100(bootstrap: str, topic: str, total: int) -> float:
+async def app_key_100(bootstrap: str, topic: Topic, total: int) -> Clock:
     app, clock, done = _app(bootstrap), Clock(total), anyio.Event()
 
-    @app.handler(topic, ordering="key", concurrency=100)
+    @app.handler(topic.name, ordering="key", concurrency=100)
     async def handle(msg: Message[bytes]) -> None:
         if clock.tick():
             done.set()
 
     await _run_app(app, done)
-    return clock.rate
+    return clock
 
 
-async def app_batch(bootstrap: str, topic: str, total: int) -> float:
+async def app_batch(bootstrap: str, topic: Topic, total: int) -> Clock:
     app, clock, done = _app(bootstrap), Clock(total), anyio.Event()
 
-    @app.batch_handler(topic, max_records=500, max_wait=0)
+    @app.batch_handler(topic.name, max_records=500, max_wait=0)
     async def handle(msgs: list[Message[bytes]]) -> None:
         if clock.tick(len(msgs)):
             done.set()
 
     await _run_app(app, done)
-    return clock.rate
+    return clock
 
 
-async def consumer_async_for(bootstrap: str, topic: str, total: int) -> float:
+async def consumer_async_for(bootstrap: str, topic: Topic, total: int) -> Clock:
     clock = Clock(total)
     async with Consumer(
-        partitions=partitions(topic), bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        partitions=partitions(topic.name, topic.partitions),
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
     ) as consumer:
         async for _msg in consumer:
             if clock.tick():
                 break
-    return clock.rate
+    return clock
 
 
-async def faststream_per_message(bootstrap: str, topic: str, total: int) -> float:
+async def faststream_per_message(bootstrap: str, topic: Topic, total: int) -> Clock:
     clock, done = Clock(total), anyio.Event()
 
     async def handle(msg: bytes) -> None:
         if clock.tick():
             done.set()
 
-    await run_faststream(bootstrap, topic, handle, done)
-    return clock.rate
+    await run_faststream(bootstrap, topic.name, handle, done)
+    return clock
 
 
-async def faststream_batch(bootstrap: str, topic: str, total: int) -> float:
+async def faststream_batch(bootstrap: str, topic: Topic, total: int) -> Clock:
     clock, done = Clock(total), anyio.Event()
 
     async def handle(msgs: list[bytes]) -> None:
         if clock.tick(len(msgs)):
             done.set()
 
-    await run_faststream(bootstrap, topic, handle, done, batch=True, max_records=500)
-    return clock.rate
+    await run_faststream(bootstrap, topic.name, handle, done, batch=True, max_records=500)
+    return clock
 
 
 BASELINE = "aiokafka getmany loop"
@@ -165,26 +236,55 @@ CONTENDERS: dict[str, Contender] = {
     BASELINE: raw_getmany,
     "aiokafka async for": raw_async_for,
     "confluent-kafka consume() loop": confluent_consume,
+    "confluent-kafka AIOConsumer": confluent_aio,
     "FastStream per-message (logger off)": faststream_per_message,
     "FastStream batch subscriber": faststream_batch,
     "asyncconsumer per-record (partition)": app_partition,
     "asyncconsumer per-record + metrics": app_partition_metrics,
-    "asyncconsumer key, concurrency 100": app_key_100,
+    "asyncconsumer key (concurrency 100)": app_key_100,
     "asyncconsumer batch handler": app_batch,
     "asyncconsumer Consumer async for": consumer_async_for,
 }
 
 
-async def run(bootstrap: str, topic: str, total: int, repeat: int) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+async def run(
+    bootstrap: str, shape: Shape, total: int, repeat: int, only: set[str] | None = None
+) -> dict[str, Any]:
+    """Every contender on a new topic of ``shape``, interleaved, ``repeat`` rounds.
+
+    Returns the rates and CPU figures per contender, and per contender the ratio to
+    the baseline's rate *of the same round* (median and range), so that a round
+    slowed by the machine counts against both."""
+    topic = Topic(await shape.make(bootstrap, total), shape.partitions)
+    contenders = {
+        name: contender
+        for name, contender in CONTENDERS.items()
+        if only is None or name == BASELINE or any(part in name for part in only)
+    }
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
     for attempt in range(repeat):
-        for name, contender in CONTENDERS.items():
+        for name, contender in contenders.items():
             started = time.perf_counter()
-            rate = await contender(bootstrap, topic, total)
-            rates[name].append(rate)
+            clock = await contender(bootstrap, topic, total)
+            rates[name].append(clock.rate)
+            cpu[name].append(clock.cpu_per_million)
             print(
-                f"  [{attempt + 1}/{repeat}] {name:<40} {rate:>10,.0f} rec/s "
+                f"  [{attempt + 1}/{repeat}] {name:<40} {clock.rate:>10,.0f} rec/s "
+                f"{clock.cpu_per_million:>6.2f} CPU s/M "
                 f"({time.perf_counter() - started:.1f}s wall)",
                 flush=True,
             )
-    return rates
+    base = rates[BASELINE]
+    ratios = {
+        name: [r / b for r, b in zip(values, base, strict=True)] for name, values in rates.items()
+    }
+    return {
+        "partitions": shape.partitions,
+        "rates": rates,
+        "cpu_per_million": cpu,
+        "median": {name: statistics.median(values) for name, values in rates.items()},
+        "ratio": {name: statistics.median(values) for name, values in ratios.items()},
+        "ratio_range": {name: (min(values), max(values)) for name, values in ratios.items()},
+        "cpu_median": {name: statistics.median(values) for name, values in cpu.items()},
+    }

@@ -189,7 +189,12 @@ class _Worker:
                 ready_lanes.append(lane)  # round-robin across partitions
             else:
                 lane.queued = False
-            lane.taken(record)
+            # lane.taken(record), inline (per record):
+            lane._buffered -= 1
+            if lane.count_bytes:
+                lane.buffered_bytes -= size_of(record)
+            if lane.paused and lane._buffered <= lane.bound.low_records:
+                lane._drained()
             # Keyed by worker, not offset: after a seek back, a replayed record
             # can run while its obsolete twin (same offset) still runs.
             running = lane.running_workers
@@ -337,6 +342,26 @@ class KeyedLane(Lane):
         track = not self.commit_ahead
         new_ready = 0
         added = 0
+        if track and self._skip is None and not self.count_bytes:
+            # The common case, per record: no skip set, no byte bound.
+            receive = tracker.receiver()
+            for record in records:
+                receive(record.offset)
+                if by_key:
+                    key = record.key
+                    if key in keys:
+                        waiting = keys[key]
+                        if waiting is None:
+                            keys[key] = waiting = deque()
+                        waiting.append(record)
+                        continue
+                    keys[key] = None
+                ready.append(record)
+                new_ready += 1
+            self._buffered += len(records)
+            if new_ready and self.started and not self.closed:
+                self.pool.schedule(self, new_ready)
+            return self.full()
         for record in records:
             offset = record.offset
             if track:
@@ -372,18 +397,10 @@ class KeyedLane(Lane):
         if self.ready and not self.closed:
             self.pool.schedule(self, len(self.ready))
 
-    def taken(self, record: ConsumerRecord) -> None:
-        """A worker took a ready record."""
-        self._buffered -= 1
-        if self.count_bytes:
-            self.buffered_bytes -= size_of(record)
-        if self.paused:
-            self._drained()
-
     def complete(self, record: ConsumerRecord) -> None:
         self.tracker.complete(record.offset)
         self._release(record)
-        if self.paused:
+        if self.paused and self._buffered <= self.bound.low_records:
             self._drained()  # the window may have shrunk
 
     def obsolete(self, record: ConsumerRecord) -> None:

@@ -477,6 +477,7 @@ class Engine(LaneOwner):
                 producer=self._producer,
                 group_id=self.settings.group_id or "",
                 counters=self.counters,
+                timing=self.observers.timing,
             )
         return processor
 

@@ -16,7 +16,7 @@ import base64
 import logging
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 from aiokafka import AIOKafkaConsumer
@@ -84,6 +84,11 @@ class CompletionTracker:
 
     def receive(self, offset: int) -> None:
         self._pending.append(offset)
+
+    def receiver(self) -> Callable[[int], None]:
+        """:meth:`receive` as a plain function, for loops over many records (a reset
+        keeps the same deque, so it stays valid)."""
+        return self._pending.append
 
     def complete(self, offset: int) -> None:
         pending = self._pending

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import aiokafka.errors as kafka_errors
 import pytest
+from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.commit import OffsetFetchResponse_v3
 
 import asyncconsumer  # noqa: F401 -- installs the patch
-from asyncconsumer._aiokafka_compat import check_offset_fetch, install
+from asyncconsumer._aiokafka_compat import HELD_FETCH_WAIT_MS, check_offset_fetch, install
 
 
 class Coordinator:
@@ -49,3 +50,25 @@ def test_installed_once() -> None:
     assert getattr(patched, "_asyncconsumer_patched", False)
     install()
     assert GroupCoordinator._send_req is patched
+
+
+def test_fetches_wait_briefly_while_fetched_records_are_unconsumed() -> None:
+    """The patched fetcher (the attributes it relies on are aiokafka's: this fails if
+    an aiokafka release renames them) long-polls only when nothing is left unconsumed;
+    the broker-side effect is in tests/integration/test_fetching.py."""
+
+    class NoPartitions:
+        tps = ()
+
+    fetcher = Fetcher.__new__(Fetcher)
+    fetcher._fetch_max_wait_ms = 500
+    fetcher._fetcher_timeout = 0.2
+    fetcher._records = {}
+    fetcher._get_actions_per_node(NoPartitions())
+    assert fetcher._fetch_max_wait_ms == 500
+    fetcher._records = {"a partition": "its unconsumed records"}
+    fetcher._get_actions_per_node(NoPartitions())
+    assert fetcher._fetch_max_wait_ms == HELD_FETCH_WAIT_MS
+    fetcher._records = {}
+    fetcher._get_actions_per_node(NoPartitions())
+    assert fetcher._fetch_max_wait_ms == 500

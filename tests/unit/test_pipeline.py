@@ -297,6 +297,33 @@ async def test_a_batch_leaves_out_its_poison_pills_and_fails_as_a_whole() -> Non
     assert (c.failed, c.dead_lettered, c.handled) == (3, 3, 0)
 
 
+async def test_a_timing_observes_every_attempt_and_a_batch_once() -> None:
+    observed: list[tuple[str, float]] = []
+
+    class Timing:
+        def observe(self, topic: str, seconds: float) -> None:
+            observed.append((topic, seconds))
+
+    async def handler(msg: Any) -> None:
+        if isinstance(msg, Message) and msg.offset == 1:
+            raise ValueError("boom")
+        await asyncio.sleep(0.01)
+
+    p = Processor(
+        handler,
+        make_decoder(None, None),
+        retry=Retry(attempts=2, backoff=Backoff.constant(0)),
+        timing=Timing(),
+    )
+    assert await p.process(record(0)) is None
+    assert await p.process(record(1), 1) == 0  # a failed attempt is timed too
+    batch = [record(2), record(3)]
+    assert await p.process_batch(batch, await p.decode_batch(batch)) is None
+    assert [topic for topic, _ in observed] == ["t", "t", "t"]
+    assert observed[0][1] >= 0.009  # the handler's 10 ms
+    assert observed[2][1] >= 0.009
+
+
 # -- a CancelledError that no cancellation of ours raised ------------------------------
 
 
