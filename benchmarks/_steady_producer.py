@@ -61,13 +61,17 @@ def main(bootstrap: str, topic: str, rate: int, seconds: float) -> None:
         late = max(late, now - (start + sent / rate))  # the first record not sent yet
         due = min(total, int((now - start) * rate) + 1)
         while sent < due:
-            produce(
-                topic,
-                now_ns().to_bytes(8, "big"),
-                keys[sent % KEYS],
-                sent % PARTITIONS,
-                on_delivery=delivered,
-            )
+            try:
+                produce(
+                    topic,
+                    now_ns().to_bytes(8, "big"),
+                    keys[sent % KEYS],
+                    sent % PARTITIONS,
+                    on_delivery=delivered,
+                )
+            except BufferError:  # librdkafka's queue is full: the broker lags far behind
+                poll(0.01)
+                continue
             sent += 1
         poll(0)
         pause = start + sent / rate - clock()

@@ -171,7 +171,9 @@ async def measure(
     sink = Sink(total)
     command = [sys.executable, "-m", "benchmarks._steady_producer", bootstrap, topic]
     async with (
-        await anyio.open_process([*command, str(rate), str(seconds)], cwd=ROOT) as producer,
+        await anyio.open_process(
+            [*command, str(rate), str(seconds)], cwd=ROOT, stderr=None
+        ) as producer,
         anyio.create_task_group() as tg,
     ):
         assert producer.stdout is not None
@@ -190,7 +192,10 @@ async def measure(
         load = os.getloadavg()[0]
         cpu = time.process_time()
         await producer.stdin.send(b"go\n")
-        produced = json.loads(await lines.receive_until(b"\n", 65536))
+        try:
+            produced = json.loads(await lines.receive_until(b"\n", 65536))
+        except anyio.IncompleteRead:
+            raise RuntimeError(f"the producer exited ({await producer.wait()})") from None
         with anyio.move_on_after(DRAIN_TIMEOUT):
             await sink.done.wait()
         cpu = time.process_time() - cpu
