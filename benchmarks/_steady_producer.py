@@ -8,9 +8,12 @@ and prints ``warm``; it then waits for a line on stdin, and produces ``RATE``
 records/s for ``SECONDS`` s, paced by a schedule (record ``i`` is due at
 ``start + i / RATE``, so a late wake-up is caught up, not carried forward), round
 robin over the partitions and over 1,000 keys. Each value is the send time,
-``time.time_ns()`` as 8 big-endian bytes, taken just before ``produce()``. Once
-every record is acknowledged it prints one JSON line: the count sent, delivery
-failures, how late the schedule ran, and the acknowledgement latencies.
+``time.time_ns()`` as 8 big-endian bytes taken just before ``produce()``, then the
+record's number (4 bytes), by which the consumer side tells a record the producer
+sent twice (librdkafka retries a produce request that timed out, and the embedded
+broker cannot do idempotence) from a lost one. Once every record is acknowledged
+it prints one JSON line: the count sent, delivery failures, how late the schedule
+ran, and the acknowledgement latencies.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ._common import PARTITIONS
 WARM_UP = b"warm-up"
 KEYS = 1000
 LINGER_MS = 1
+VALUE_SIZE = 12  # send time (ns, 8 bytes), record number (4 bytes)
 
 
 def main(bootstrap: str, topic: str, rate: int, seconds: float) -> None:
@@ -36,8 +40,8 @@ def main(bootstrap: str, topic: str, rate: int, seconds: float) -> None:
     def delivered(err: Any, msg: Any) -> None:
         if err is not None:
             failures.append(str(err))
-        elif len(msg.value()) == 8:
-            acks.append(time.time_ns() - int.from_bytes(msg.value(), "big"))
+        elif len(msg.value()) == VALUE_SIZE:
+            acks.append(time.time_ns() - int.from_bytes(msg.value()[:8], "big"))
 
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": LINGER_MS, "acks": "all"},
@@ -64,7 +68,7 @@ def main(bootstrap: str, topic: str, rate: int, seconds: float) -> None:
             try:
                 produce(
                     topic,
-                    now_ns().to_bytes(8, "big"),
+                    now_ns().to_bytes(8, "big") + sent.to_bytes(4, "big"),
                     keys[sent % KEYS],
                     sent % PARTITIONS,
                     on_delivery=delivered,

@@ -35,6 +35,7 @@ from asyncconsumer import ConsumerApp, Message
 from asyncconsumer.testing import create_topic
 
 from ._common import PARTITIONS, raw_client, run_faststream, unique
+from ._steady_producer import VALUE_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 5000
@@ -81,21 +82,38 @@ class FetchStamps:
 class Sink:
     """What every contender's handler calls first: it takes the time, and counts."""
 
-    __slots__ = ("arrived", "done", "fetched", "latencies", "ready", "total", "warm")
+    __slots__ = (
+        "arrived",
+        "done",
+        "duplicates",
+        "fetched",
+        "latencies",
+        "ready",
+        "seen",
+        "total",
+        "warm",
+    )
 
     def __init__(self, total: int, arrived: dict[tuple[int, int], int]) -> None:
         self.total = total
         self.arrived = arrived
         self.latencies: list[int] = []  # ns from send to handler start, in arrival order
         self.fetched: list[int] = []  # ns from the fetch response to handler start
+        self.seen = bytearray(total)  # by record number
+        self.duplicates = 0  # records the producer sent twice (a produce retry)
         self.warm = 0
         self.ready = anyio.Event()  # every partition's warm-up record arrived
         self.done = anyio.Event()  # every steady record arrived
 
     def take(self, value: bytes, partition: int = -1, offset: int = -1) -> None:
         now = time.time_ns()
-        if len(value) == 8:
-            self.latencies.append(now - int.from_bytes(value, "big"))
+        if len(value) == VALUE_SIZE:
+            number = int.from_bytes(value[8:], "big")
+            if self.seen[number]:
+                self.duplicates += 1
+                return
+            self.seen[number] = 1
+            self.latencies.append(now - int.from_bytes(value[:8], "big"))
             arrived = self.arrived.pop((partition, offset), 0)
             if arrived:
                 self.fetched.append(now - arrived)
@@ -260,12 +278,13 @@ async def measure(
     if produced["sent"] != total or produced["failed"] or produced["unacknowledged"]:
         raise RuntimeError(f"the producer did not deliver {total:,} records: {produced}")
     if received != total:
-        raise AssertionError(f"received {received:,} of {total:,} records")
+        raise AssertionError(f"lost records: received {received:,} of {total:,}")
     row: dict[str, Any] = summary(sink.latencies)
     if len(sink.fetched) == total:
         row |= summary(sink.fetched, "fetched_")
     return row | {
         "count": received,
+        "duplicates": sink.duplicates,
         "load": load,
         "load_end": load_end,
         "cpu_seconds": cpu,
@@ -294,7 +313,9 @@ async def run(
                 print(
                     f"  [{attempt + 1}/{repeat}] {name:<40} p50 {row['p50']:7.2f} ms  "
                     f"p99 {row['p99']:7.2f} ms  max {row['max']:7.1f} ms{fetched} "
-                    f"({row['count']:,} records, load {row['load']:.1f}-{row['load_end']:.1f}, "
+                    f"({row['count']:,} records"
+                    + (f" + {row['duplicates']} sent twice" if row["duplicates"] else "")
+                    + f", load {row['load']:.1f}-{row['load_end']:.1f}, "
                     f"CPU {row['cpu_seconds']:.1f}s, producer late by up to "
                     f"{row['producer']['max_late_ms']:.1f} ms, its acks p99 "
                     f"{row['producer']['ack_p99_ms']:.1f} ms)",
