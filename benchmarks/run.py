@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from . import dispatch, io_bound, memory, throughput
+from . import dispatch, io_bound, latency, memory, throughput
 from ._common import broker, c_extension_loaded
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -239,7 +239,13 @@ async def main() -> int:
                 seconds=10.0 if args.quick else memory.SECONDS,
                 mode="stalled",
             )
+        if "5" in scenarios:
+            print("\n5. latency at a steady 5,000 records/s ...", flush=True)
+            seconds = 5.0 if args.quick else latency.SECONDS
+            results["latency"] = await latency.run(bootstrap, seconds=seconds, repeat=args.repeat)
     report(results)
+    if "latency" in results:
+        latency.report(results["latency"])
     out = anyio.Path(RESULTS)
     await out.mkdir(exist_ok=True)
     await (out / "results.json").write_text(json.dumps(results, indent=2))
