@@ -21,7 +21,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from asyncconsumer import Consumer, TopicPartition
 from asyncconsumer.testing import ApacheKafka, ApacheKafkaUnavailableError
-from asyncconsumer.testing._apache import DIR_PREFIX, _sweep_stale_dirs
+from asyncconsumer.testing._apache import DIR_PREFIX, QUICK_JVM_OPTIONS, _sweep_stale_dirs
 from asyncconsumer.testing._jars import find_tools
 
 from .conftest import aproduce, committed_offsets, describe_partitions, unique
@@ -73,6 +73,7 @@ async def test_a_node_restart_keeps_data_and_stop_leaves_nothing_behind() -> Non
         bootstrap = kafka.bootstrap_servers
         proc = kafka._nodes[0].proc
         assert proc is not None
+        assert set(QUICK_JVM_OPTIONS) <= set(proc.args)  # type: ignore[arg-type]
         pid, base = proc.pid, kafka._base
         assert base is not None
         assert base.is_dir()
