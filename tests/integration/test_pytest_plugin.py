@@ -1,5 +1,6 @@
 """The pytest plugin's broker choice, in pytest subprocesses, with and without
-pytest-xdist (whose workers share the brokers the controller starts)."""
+pytest-xdist (whose workers share the brokers the controller starts; how the
+controller answers them is in tests/unit/test_pytest_plugin.py)."""
 
 from __future__ import annotations
 
@@ -92,16 +93,13 @@ def test_marked_tests_get_apache_kafka_when_the_session_is_embedded(tmp_path: Pa
     assert len(lines) == 6, lines
 
 
-@pytest.mark.parametrize("options", [[], XDIST], ids=["alone", "xdist"])
 def test_marked_tests_skip_with_the_reason_when_no_apache_kafka_can_be_had(
-    tmp_path: Path, options: list[str]
+    tmp_path: Path,
 ) -> None:
     # No java on PATH; the embedded broker needs none.
     empty = tmp_path / "bin"
     empty.mkdir()
-    code, output, lines = run_probe(
-        tmp_path, *options, ASYNCCONSUMER_TEST_BROKER="embedded", PATH=str(empty)
-    )
+    code, output, lines = run_probe(tmp_path, ASYNCCONSUMER_TEST_BROKER="embedded", PATH=str(empty))
     assert code == 0, output
     assert sorted(line[1:3] for line in lines) == [["SESSION", "embedded"]] * 4
     assert "2 skipped" in output
@@ -109,9 +107,8 @@ def test_marked_tests_skip_with_the_reason_when_no_apache_kafka_can_be_had(
     assert "no `java` on PATH" in output
 
 
-@pytest.mark.parametrize("options", [[], XDIST], ids=["alone", "xdist"])
-def test_an_unknown_forced_broker_is_a_usage_error(tmp_path: Path, options: list[str]) -> None:
-    code, output, lines = run_probe(tmp_path, *options, ASYNCCONSUMER_TEST_BROKER="zookeeper")
+def test_an_unknown_forced_broker_is_a_usage_error(tmp_path: Path) -> None:
+    code, output, lines = run_probe(tmp_path, ASYNCCONSUMER_TEST_BROKER="zookeeper")
     assert code != 0
     assert lines == []
     assert "ASYNCCONSUMER_TEST_BROKER must be one of" in output
