@@ -30,6 +30,10 @@ _missing = find_tools()
 pytestmark = [
     pytest.mark.apache_kafka,
     pytest.mark.skipif(_missing is not None, reason=f"Apache Kafka from Maven: {_missing}"),
+    # Up to five node starts and stops in one test, each bounded on its own (the nodes'
+    # startup_timeout, stop grace, fail_after): on a 2-core machine shared with other
+    # work, they can add up to more than the run-wide 120 s guard against hangs.
+    pytest.mark.timeout(300),
 ]
 
 

@@ -49,7 +49,7 @@ def run_probe(tmp_path: Path, *options: str, **env: str) -> tuple[int, str, list
         env={**os.environ, "PYTHONPATH": str(ROOT), "PROBE_OUT": str(out), **env},
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=240,  # a whole pytest run, which may start Apache Kafka
         check=False,
     )
     lines = [line.split() for line in out.read_text().splitlines()] if out.exists() else []
@@ -80,6 +80,7 @@ def test_xdist_workers_share_the_session_broker_and_it_stops_with_the_run(
 
 
 @pytest.mark.skipif(find_tools() is not None, reason=f"Apache Kafka from Maven: {find_tools()}")
+@pytest.mark.timeout(300)  # the probe's own timeout (240 s) bounds it
 def test_marked_tests_get_apache_kafka_when_the_session_is_embedded(tmp_path: Path) -> None:
     # Under xdist: the controller starts the two brokers, once each, for both workers.
     code, output, lines = run_probe(tmp_path, *XDIST, ASYNCCONSUMER_TEST_BROKER="embedded")
