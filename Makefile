@@ -9,6 +9,11 @@ BENCH  := $(VENV)/.installed-bench
 # mvn are there, else the embedded one); or embedded, apache-kafka, docker.
 BROKER ?=
 ARGS   ?=
+# pytest-xdist workers for the suites on a broker: the tests wait (group joins, session
+# timeouts, subprocesses starting) far more than they compute, so more workers than cores
+# pay off; they share one broker, which the controller process starts. WORKERS=0: no xdist.
+WORKERS  ?= 4
+PARALLEL := -n $(WORKERS) --dist worksteal
 
 .PHONY: demo test lint unit integration integration-embedded bench broker broker-kafka install clean chaos chaos-quick
 
@@ -26,7 +31,7 @@ demo: $(STAMP)
 ## test: lint, type-check, then the whole suite against a real broker (Apache Kafka
 ## from Maven Central when java >= 17 and mvn are there: the first run downloads ~45 MB)
 test: lint
-	ASYNCCONSUMER_TEST_BROKER=$(BROKER) $(BIN)/python -m pytest $(ARGS)
+	ASYNCCONSUMER_TEST_BROKER=$(BROKER) $(BIN)/python -m pytest $(PARALLEL) $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -37,12 +42,12 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 integration: $(STAMP)
-	ASYNCCONSUMER_TEST_BROKER=$(BROKER) $(BIN)/python -m pytest tests/integration $(ARGS)
+	ASYNCCONSUMER_TEST_BROKER=$(BROKER) $(BIN)/python -m pytest tests/integration $(PARALLEL) $(ARGS)
 
 ## integration-embedded: every integration module on the embedded broker, except the
 ## tests that need Apache Kafka (marked apache_kafka: `make test` ran them)
 integration-embedded: $(STAMP)
-	ASYNCCONSUMER_TEST_BROKER=embedded $(BIN)/python -m pytest tests/integration -m "not apache_kafka" $(ARGS)
+	ASYNCCONSUMER_TEST_BROKER=embedded $(BIN)/python -m pytest tests/integration -m "not apache_kafka" $(PARALLEL) $(ARGS)
 
 ## chaos: the reliability suite (reliability/, not part of `make test`): members killed,
 ## stopped and restarted, broker nodes killed, on a 3-node Apache Kafka; a checker proves

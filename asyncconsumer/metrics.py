@@ -12,8 +12,8 @@ Most values are read when Prometheus scrapes, from :meth:`ConsumerApp.statistics
 observations: handler latency is measured by a middleware added to the app,
 commit latency and rebalance duration are reported by the runtime.
 
-Every metric has a ``group`` label (the consumer group). See the README,
-"Running in services", for the table of names.
+Every metric has a ``group`` label (the consumer group). The table of names is in
+the documentation, docs/services.md ("Metrics").
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ async def broker(kind: str = "embedded") -> AsyncIterator[str]:
         yield address
         return
     if kind == "apache-kafka":
-        async with ApacheKafka() as kafka:
+        async with ApacheKafka(jvm_options=()) as kafka:  # the JVM's defaults: C2, G1
             yield kafka.bootstrap_servers
         return
     async with EmbeddedBroker() as embedded:

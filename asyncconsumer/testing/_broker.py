@@ -2,8 +2,8 @@
 
 Tansu speaks the Kafka protocol well enough for groups, rebalances, commits and
 fetches; its known gaps (``ListOffsets`` for the latest offset, transactions,
-``offsets_for_times``) are listed in the README. Use Apache Kafka
-(``docker compose up``) where those matter.
+``offsets_for_times``) are listed in docs/brokers.md. Use Apache Kafka
+(:class:`ApacheKafka`, or ``docker compose up``) where those matter.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from asyncconsumer import Consumer, TopicPartition
 from asyncconsumer.testing import ApacheKafka, ApacheKafkaUnavailableError
-from asyncconsumer.testing._apache import DIR_PREFIX, _sweep_stale_dirs
+from asyncconsumer.testing._apache import DIR_PREFIX, QUICK_JVM_OPTIONS, _sweep_stale_dirs
 from asyncconsumer.testing._jars import find_tools
 
 from .conftest import aproduce, committed_offsets, describe_partitions, unique
@@ -30,6 +30,10 @@ _missing = find_tools()
 pytestmark = [
     pytest.mark.apache_kafka,
     pytest.mark.skipif(_missing is not None, reason=f"Apache Kafka from Maven: {_missing}"),
+    # Up to five node starts and stops in one test, each bounded on its own (the nodes'
+    # startup_timeout, stop grace, fail_after): on a 2-core machine shared with other
+    # work, they can add up to more than the run-wide 120 s guard against hangs.
+    pytest.mark.timeout(300),
 ]
 
 
@@ -73,6 +77,7 @@ async def test_a_node_restart_keeps_data_and_stop_leaves_nothing_behind() -> Non
         bootstrap = kafka.bootstrap_servers
         proc = kafka._nodes[0].proc
         assert proc is not None
+        assert set(QUICK_JVM_OPTIONS) <= set(proc.args)  # type: ignore[arg-type]
         pid, base = proc.pid, kafka._base
         assert base is not None
         assert base.is_dir()

@@ -1,6 +1,6 @@
 """End offsets from ListOffsets: ``seek_to_end``, ``auto_offset_reset="latest"``,
 end offsets against the fetch high watermark. The embedded broker answers the
-latest offset wrongly once records are batched (see README, Brokers), so these
+latest offset wrongly once records are batched (see docs/brokers.md), so these
 run on Apache Kafka. Records are produced in batches of many records on purpose."""
 
 from __future__ import annotations
