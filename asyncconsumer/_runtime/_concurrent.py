@@ -335,33 +335,39 @@ class KeyedLane(Lane):
             if self.count_bytes:
                 self.buffered_bytes += sum(map(size_of, records))
             return self.full()
-        tracker = self.tracker
-        keys = self._keys
+        if not self.commit_ahead and self._skip is None and not self.count_bytes:
+            self.tracker.receive_all(records)  # the common case: no per-record work here
+        else:
+            records = self._admit(records)
+        self._buffered += len(records)
         ready = self.ready
-        by_key = self.by_key
-        track = not self.commit_ahead
-        new_ready = 0
-        added = 0
-        if track and self._skip is None and not self.count_bytes:
-            # The common case, per record: no skip set, no byte bound.
-            receive = tracker.receiver()
+        if self.by_key:
+            keys = self._keys
+            new_ready = 0
             for record in records:
-                receive(record.offset)
-                if by_key:
-                    key = record.key
-                    if key in keys:
-                        waiting = keys[key]
-                        if waiting is None:
-                            keys[key] = waiting = deque()
-                        waiting.append(record)
-                        continue
-                    keys[key] = None
+                key = record.key
+                if key in keys:
+                    waiting = keys[key]
+                    if waiting is None:
+                        keys[key] = waiting = deque()
+                    waiting.append(record)
+                    continue
+                keys[key] = None
                 ready.append(record)
                 new_ready += 1
-            self._buffered += len(records)
-            if new_ready and self.started and not self.closed:
-                self.pool.schedule(self, new_ready)
-            return self.full()
+        else:
+            ready.extend(records)
+            new_ready = len(records)
+        if new_ready and self.started and not self.closed:
+            self.pool.schedule(self, new_ready)
+        return self.full()
+
+    def _admit(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        """Receive ``records`` (unless ``at_most_once`` committed them already), drop
+        those a previous owner completed, and count their bytes; return the rest."""
+        tracker = self.tracker
+        track = not self.commit_ahead
+        admitted = []
         for record in records:
             offset = record.offset
             if track:
@@ -373,24 +379,10 @@ class KeyedLane(Lane):
                 if offset in skip:
                     tracker.complete(offset)  # completed under a previous owner
                     continue
-            added += 1
             if self.count_bytes:
                 self.buffered_bytes += size_of(record)
-            if by_key:
-                key = record.key
-                if key in keys:
-                    waiting = keys[key]
-                    if waiting is None:
-                        keys[key] = waiting = deque()
-                    waiting.append(record)
-                    continue
-                keys[key] = None
-            ready.append(record)
-            new_ready += 1
-        self._buffered += added
-        if new_ready and self.started and not self.closed:
-            self.pool.schedule(self, new_ready)
-        return self.full()
+            admitted.append(record)
+        return admitted
 
     def start(self, tg: TaskGroup) -> None:
         self.started = True

@@ -16,12 +16,13 @@ import base64
 import logging
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from operator import attrgetter
 
 import anyio
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError, KafkaError
-from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from .._errors import CommitError
 
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("asyncconsumer")
+
+_offset = attrgetter("offset")
 
 METADATA_PREFIX = "ac1:"
 METADATA_MAX_CHARS = 4000  # Kafka's offset.metadata.max.bytes defaults to 4096
@@ -85,10 +88,9 @@ class CompletionTracker:
     def receive(self, offset: int) -> None:
         self._pending.append(offset)
 
-    def receiver(self) -> Callable[[int], None]:
-        """:meth:`receive` as a plain function, for loops over many records (a reset
-        keeps the same deque, so it stays valid)."""
-        return self._pending.append
+    def receive_all(self, records: Iterable[ConsumerRecord]) -> None:
+        """:meth:`receive` for each record, in one call."""
+        self._pending.extend(map(_offset, records))
 
     def complete(self, offset: int) -> None:
         pending = self._pending
