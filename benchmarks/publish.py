@@ -94,7 +94,7 @@ async def _run_app(app: ConsumerApp, source: str, clock: Clock, total: int) -> C
     async with app:
         with anyio.fail_after(600):
             while True:
-                await anyio.sleep(0.005)
+                await anyio.sleep(0.02)
                 completed = app.statistics().completed
                 done = sum(
                     max(completed.get(TopicPartition(source, p), 0), 0) for p in range(PARTITIONS)

@@ -138,8 +138,13 @@ class Lane:
         raise NotImplementedError
 
     def running(self) -> Sequence[int]:
-        """Offsets of the records whose handler is running."""
+        """Offsets of the records whose handler is running (or, for ``publish_to``
+        under partition ordering, whose output awaits the broker's acknowledgement)."""
         raise NotImplementedError
+
+    def in_flight(self) -> int:
+        """How many records :meth:`running` lists (cheaper)."""
+        return len(self.running())
 
     def push(self, records: list[ConsumerRecord]) -> bool:
         """Queue fetched records (in offset order); return whether the lane is full."""
@@ -251,6 +256,7 @@ class PartitionLane(Lane):
         "_records",
         "_sent",
         "_unacked",
+        "_unacked_records",
         "_unsettled",
         "_waiting",
         "_wakeup",
@@ -291,6 +297,7 @@ class PartitionLane(Lane):
         # records waiting for theirs (in offset order), how many of those still wait.
         self._sent: list[Acknowledgement] = []
         self._unacked: deque[_Unacked] = deque()
+        self._unacked_records = 0
         self._unsettled = 0
         self._ack_failed = False
         self._ack_waiting = False
@@ -303,6 +310,9 @@ class PartitionLane(Lane):
         if not self._unacked:
             return () if self.current is None else (self.current.offset,)
         return self._unacked_offsets([] if self.current is None else [self.current.offset])
+
+    def in_flight(self) -> int:
+        return (self.current is not None) + self._unacked_records
 
     def _unacked_offsets(self, offsets: list[int]) -> list[int]:
         """``offsets`` plus those of the records waiting for acknowledgements."""
@@ -333,6 +343,7 @@ class PartitionLane(Lane):
         self._interrupt.set()  # a record in backoff is abandoned now, not retried
         # Records waiting for acknowledgements are not completed any more either.
         self._unacked.clear()
+        self._unacked_records = 0
         self._unsettled = 0
         self._ack_failed = False
         self._wake()
@@ -387,6 +398,7 @@ class PartitionLane(Lane):
             if sent:
                 self._unsettled += 1
             self._unacked.append(_Unacked(self, records, msgs, attempt, sent))
+            self._unacked_records += len(records)
         elif not self.commit_ahead:
             self.offsets.completed = records[-1].offset + 1
 
@@ -406,6 +418,7 @@ class PartitionLane(Lane):
                 break
             last = unacked.popleft()
             count += last.count
+            self._unacked_records -= len(last.records)
         if last is not None and not self.commit_ahead:
             self.offsets.completed = last.records[-1].offset + 1
         if count:
@@ -426,6 +439,7 @@ class PartitionLane(Lane):
     async def _redo(self) -> None:
         entries = list(self._unacked)
         self._unacked.clear()
+        self._unacked_records = 0
         self._ack_failed = False
         gen = self._gen
         head = entries[0]
@@ -552,6 +566,9 @@ class BatchLane(PartitionLane):
     def running(self) -> Sequence[int]:
         offsets = [r.offset for r in self._batch]
         return self._unacked_offsets(offsets) if self._unacked else offsets
+
+    def in_flight(self) -> int:
+        return len(self._batch) + self._unacked_records
 
     def _live(self, entry: _Unacked) -> list[ConsumerRecord]:
         assert entry.msgs is not None

@@ -34,7 +34,7 @@ def snapshot(
         stats = handlers.get(lane.handler_name, _NO_STATS)
         handlers[lane.handler_name] = HandlerStatistics(
             partitions=stats.partitions + 1,
-            in_flight=stats.in_flight + len(lane.running()),
+            in_flight=stats.in_flight + lane.in_flight(),
             buffered=stats.buffered + lane.buffered,
         )
     return Statistics(

@@ -303,3 +303,18 @@ async def test_a_batch_lane_pipelines_and_redoes_a_batch_whose_publish_failed(fa
     expected = [b"0", b"1", b"2", b"3"]
     assert client.values() == (expected * 2 if fail else expected)
     assert proc.counters["t"].handled == 4
+
+
+async def test_in_flight_counts_the_records_waiting_for_acknowledgements() -> None:
+    client, owner = HeldClient(), Owner()
+    lane = lane_for(processor(echo, client), owner)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lane.run)
+        lane.push(records(0, 1, 2))
+        await until(lambda: len(client.sent) == 3)
+        assert lane.in_flight() == len(lane.running()) == 3
+        client.ack(0)
+        await until(lambda: lane.in_flight() == 2)
+        client.ack_all()
+        await until(lambda: lane.in_flight() == 0)
+        lane.close()
