@@ -17,6 +17,8 @@ for a retry, the lane waits the backoff without holding up other partitions.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,14 +26,17 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._errors import DeserializationError, PublishError
+from .._producer import TRANSACTION
 from ._offsets import PartitionOffsets
 from ._pipeline import Acknowledgement, Processor, abandon
+from ._transactions import FENCED
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord, TopicPartition
     from anyio.abc import TaskGroup
 
     from .._message import Message
+    from ._transactions import PartitionTransactions
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -45,6 +50,12 @@ __all__ = [
 
 
 DEFAULT_WINDOW = 10_000
+
+log = logging.getLogger("asyncconsumer")
+
+# A transaction that aborts this many times in a row from the same offset stops the
+# app with its error (a record whose output the broker refuses every time).
+MAX_TRANSACTION_FAILURES = 3
 
 
 class BufferBound:
@@ -85,6 +96,15 @@ class LaneOwner:
         """The lane's buffer fell to its low-water mark while fetching was paused."""
         raise NotImplementedError
 
+    def lane_rewind(self, lane: Lane, offset: int) -> None:
+        """The lane's transaction aborted: fetch its partition again from ``offset``."""
+
+    def lane_fenced(self, lane: Lane) -> None:
+        """Another member's producer fenced the lane's: the partition is not ours."""
+
+    async def lane_committed(self, lane: Lane, offset: int, seconds: float) -> None:
+        """The lane's transaction committed ``offset`` (it took ``seconds``)."""
+
 
 class Lane:
     """The state every lane has, and the interface the engine uses."""
@@ -103,6 +123,7 @@ class Lane:
         "processor",
         "started",
         "tp",
+        "txn",
     )
 
     def __init__(
@@ -131,6 +152,9 @@ class Lane:
         self.started = False
         self.closed = False
         self.paused = False
+        # delivery="exactly_once": the partition's transactions (the lane commits
+        # them; ``offsets.completed`` moves only when one commits).
+        self.txn: PartitionTransactions | None = None
 
     @property
     def buffered(self) -> int:
@@ -478,6 +502,90 @@ class PartitionLane(Lane):
         while self._unsettled and not self._ack_failed:
             await self._wait_for_acks()
 
+    # -- delivery="exactly_once" -----------------------------------------------------
+
+    async def _transaction_done(self, next_offset: int, count: int) -> None:
+        txn = self.txn
+        assert txn is not None
+        if txn.completed(next_offset, count, self._sent):
+            await self._commit_transaction()
+
+    async def _commit_idle_transaction(self) -> None:
+        """Nothing to run: commit the open transaction once it is due, unless records
+        arrive first."""
+        txn = self.txn
+        assert txn is not None
+        with anyio.move_on_after(txn.remaining()):
+            await self._wait_for_records()
+        if not self._records:
+            await self._commit_transaction()
+
+    async def _commit_transaction(self) -> None:
+        txn = self.txn
+        assert txn is not None
+        started = time.monotonic()
+        try:
+            offset = await txn.commit()
+        except FENCED as exc:
+            self._fenced(exc)
+            return
+        except Exception as exc:
+            await self._abort_transaction(exc)
+            return
+        self.offsets.committed = self.offsets.completed = offset
+        await self._owner.lane_committed(self, offset, time.monotonic() - started)
+
+    async def _abort_transaction(self, exc: Exception) -> None:
+        """The transaction could not commit: abort it and run its records again
+        (from its first offset: nothing of it was applied)."""
+        txn = self.txn
+        assert txn is not None
+        log.warning(
+            "the transaction of %s[%d] from offset %d failed and was aborted; its records "
+            "run again: %r",
+            self.tp.topic,
+            self.tp.partition,
+            txn.first,
+            exc,
+        )
+        try:
+            await txn.abort()
+        except FENCED as fenced:
+            self._fenced(fenced)
+            return
+        if txn.failures >= MAX_TRANSACTION_FAILURES:
+            exc.add_note(
+                f"asyncconsumer: the transaction from offset {txn.first} aborted "
+                f"{txn.failures} times in a row"
+            )
+            raise exc
+        if not self.closed:
+            self._owner.lane_rewind(self, txn.first)
+
+    def _fenced(self, exc: BaseException) -> None:
+        log.error(
+            "%s[%d]: this member's transactional producer was fenced (%r): another member "
+            "owns the partition now; its open transaction is aborted and the member rejoins",
+            self.tp.topic,
+            self.tp.partition,
+            exc,
+        )
+        assert self.txn is not None
+        self.txn.open = False
+        self.closed = True
+        self.discard_buffered()
+        self._owner.lane_fenced(self)
+
+    async def _abort_on_failure(self) -> None:
+        """The lane fails (``on_failure="stop"``): its open transaction's outputs must
+        vanish and its offsets stay uncommitted."""
+        txn = self.txn
+        if txn is not None and txn.open:
+            try:
+                await txn.abort()
+            except Exception as exc:
+                log.warning("aborting the transaction of %s failed: %r", self.tp, exc)
+
     # -- the worker ------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -489,7 +597,10 @@ class PartitionLane(Lane):
         track = not self.commit_ahead
         unacked = self._unacked
         window = self.bound.window
-        sent = self._sent if self.processor.publish_to is not None else None
+        txn = self.txn
+        sent = self._sent if self.processor.publish_to is not None or txn else None
+        if txn is not None:
+            TRANSACTION.set(txn.client)  # the app's producer sends in the transaction
         record: ConsumerRecord | None = None
         try:
             with self.scope:
@@ -498,20 +609,28 @@ class PartitionLane(Lane):
                         await self._wait_or_redo()
                         continue
                     if not records:
-                        await self._wait_for_records()
+                        if txn is not None and txn.open:
+                            await self._commit_idle_transaction()
+                        else:
+                            await self._wait_for_records()
                         continue
                     record = records.popleft()
                     if count_bytes:
                         self.buffered_bytes -= size_of(record)
                     self.current = record
                     gen = self._gen
+                    if txn is not None and not txn.open:
+                        await txn.begin(record.offset)
                     delay = await process(record, 1, sent)
                     attempt = 1
                     while delay is not None and await self._backoff(delay, gen):
                         attempt += 1
                         delay = await process(record, attempt, sent)
                     if delay is None and gen == self._gen:
-                        if sent or unacked:
+                        if txn is not None:
+                            self.current = None
+                            await self._transaction_done(record.offset + 1, 1)
+                        elif sent or unacked:
                             self._finish([record], None, attempt)
                         elif track:
                             offsets.completed = record.offset + 1
@@ -521,10 +640,13 @@ class PartitionLane(Lane):
                     if self.paused:
                         self._drained()
                 await self._settled()
+                if txn is not None and txn.open:
+                    await self._commit_transaction()
         except Exception as exc:
             failed = self.current if self.current is not None else record
             assert failed is not None
             self.closed = True
+            await self._abort_on_failure()
             self._owner.lane_failed(self, failed, exc)
         finally:
             self.current = None
@@ -590,7 +712,10 @@ class BatchLane(PartitionLane):
         max_records = self.max_records
         unacked = self._unacked
         window = self.bound.window
-        sent = self._sent if processor.publish_to is not None else None
+        txn = self.txn
+        sent = self._sent if processor.publish_to is not None or txn else None
+        if txn is not None:
+            TRANSACTION.set(txn.client)  # the app's producer sends in the transaction
         try:
             with self.scope:
                 while not self.closed:
@@ -599,7 +724,10 @@ class BatchLane(PartitionLane):
                         self._batch = []
                         continue
                     if not records:
-                        await self._wait_for_records()
+                        if txn is not None and txn.open:
+                            await self._commit_idle_transaction()
+                        else:
+                            await self._wait_for_records()
                         continue
                     if len(records) < max_records and self.max_wait > 0:
                         with anyio.move_on_after(self.max_wait):
@@ -617,6 +745,8 @@ class BatchLane(PartitionLane):
                     if self.count_bytes:
                         self.buffered_bytes -= sum(map(size_of, batch))
                     gen = self._gen
+                    if txn is not None and not txn.open:
+                        await txn.begin(batch[0].offset)
                     msgs = await processor.decode_batch(batch)
                     delay = await processor.process_batch(batch, msgs, 1, sent) if msgs else None
                     attempt = 1
@@ -624,15 +754,21 @@ class BatchLane(PartitionLane):
                         attempt += 1
                         delay = await processor.process_batch(batch, msgs, attempt, sent)
                     if delay is None and gen == self._gen:
-                        self._finish(batch, msgs, attempt)
+                        if txn is not None:
+                            await self._transaction_done(batch[-1].offset + 1, len(batch))
+                        else:
+                            self._finish(batch, msgs, attempt)
                     else:
                         abandon(sent)
                     self._batch = []
                     if self.paused:
                         self._drained()
                 await self._settled()
+                if txn is not None and txn.open:
+                    await self._commit_transaction()
         except Exception as exc:
             self.closed = True
+            await self._abort_on_failure()
             # A batch fails as a whole: the partition resumes at its first record
             # (or at the record that could not be decoded, which the error names).
             failed = self._batch[0]

@@ -101,6 +101,8 @@ class TopicCounters:
     retried: int = 0
     dead_lettered: int = 0
     skipped: int = 0
+    transactions: int = 0
+    aborted_transactions: int = 0
 
 
 def compose(handler: Handler, middleware: Sequence[Middleware]) -> CallNext:

@@ -67,6 +67,8 @@ def snapshot(
                 retried=c.retried,
                 dead_lettered=c.dead_lettered,
                 skipped=c.skipped,
+                transactions=c.transactions,
+                aborted_transactions=c.aborted_transactions,
             )
             for topic, c in counters.items()
         },
