@@ -86,7 +86,8 @@ def node_properties(
     broker and controller. Settings are Kafka's defaults except what makes tests
     fast and a small cluster consistent: replication of the internal topics and the
     default replication factor equal to the node count (min ISR 2 from 3 nodes), no
-    initial rebalance delay, session timeouts down to 1 s, a small cleaner buffer."""
+    initial rebalance delay, session timeouts down to 1 s, a small cleaner buffer,
+    share-group heartbeats every second and record locks down to 1 s."""
     nodes = len(ports)
     port, controller_port = ports[index]
     replicas = str(nodes)
@@ -117,6 +118,16 @@ def node_properties(
         "group.consumer.min.session.timeout.ms": "1000",
         "group.consumer.min.heartbeat.interval.ms": "500",
         "log.cleaner.dedupe.buffer.size": "2097152",
+        # Share groups (KIP-932) are on by default from Kafka 4.2 (feature share.version=1
+        # at format time). Test settings: heartbeats every second (an assignment reaches
+        # a member in about a second, not 5), a member that stops heartbeating is gone
+        # after 6 s, and a group may set acquisition locks down to 1 s
+        # (group config share.record.lock.duration.ms; the default stays 30 s).
+        "group.share.min.heartbeat.interval.ms": "500",
+        "group.share.heartbeat.interval.ms": "1000",
+        "group.share.min.session.timeout.ms": "1000",
+        "group.share.session.timeout.ms": "6000",
+        "group.share.min.record.lock.duration.ms": "1000",
         "auto.create.topics.enable": "true",
     }
     if nodes > 1:
