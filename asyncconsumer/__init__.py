@@ -26,6 +26,7 @@ from ._retry import Backoff, Delivery, FailurePolicy, Retry
 from ._run import run
 from ._runtime._pipeline import DLQ_HEADERS, CallNext, Middleware
 from ._seeking import Timestamp
+from ._share import ShareConsumer, ShareGroupError, ShareMessage
 from ._statistics import HandlerStatistics, Statistics, TopicStatistics
 
 __version__ = "0.1.0"
@@ -59,6 +60,9 @@ __all__ = [
     "PublishError",
     "RecordMetadata",
     "Retry",
+    "ShareConsumer",
+    "ShareGroupError",
+    "ShareMessage",
     "Statistics",
     "Timestamp",
     "TopicPartition",

@@ -7,7 +7,7 @@ API                       version  used for
 Metadata (3)              12       topic ids (share APIs name topics by id) and leaders
 IncrementalAlterConfigs   1        a share group's ``share.auto.offset.reset``
 ShareGroupHeartbeat (76)  1        join, stay, leave; the coordinator's assignment
-ShareFetch (78)           1        acquire records; carry acknowledgements
+ShareFetch (78)           1, 2     acquire records; carry acknowledgements
 ShareAcknowledge (79)     1        acknowledgements alone (on close)
 ========================  =======  ==================================================
 
@@ -25,7 +25,9 @@ from ._wire import KafkaCall, Reader, Writer
 
 __all__ = [
     "ACCEPT",
+    "BATCH_OPTIMIZED",
     "GAP",
+    "RECORD_LIMIT",
     "REJECT",
     "RELEASE",
     "AckBatch",
@@ -52,6 +54,11 @@ GAP = 0  # an offset with no record (a control record, a compacted-away record)
 ACCEPT = 1
 RELEASE = 2
 REJECT = 3
+
+# ShareAcquireMode (ShareFetch v2): acquire whole record batches (max_records may be
+# exceeded to a batch boundary), or never more than max_records.
+BATCH_OPTIMIZED = 0
+RECORD_LIMIT = 1
 
 METADATA, ALTER_CONFIGS, HEARTBEAT, SHARE_FETCH, SHARE_ACK = 3, 44, 76, 78, 79
 NULL_UUID = uuid.UUID(int=0)
@@ -142,7 +149,7 @@ def metadata_request(topics: Sequence[str]) -> KafkaCall[MetadataResult]:
     w.boolean(False)  # allow_auto_topic_creation
     w.boolean(False)  # include_topic_authorized_operations
     w.tagged_fields()
-    return KafkaCall(METADATA, 12, w.getvalue(), _decode_metadata, "Metadata")
+    return KafkaCall(METADATA, {12: w.getvalue()}, _decode_metadata, "Metadata")
 
 
 # -- IncrementalAlterConfigs v1 (group resource) --------------------------------------------
@@ -191,7 +198,7 @@ def group_config_request(
     w.boolean(False)  # validate_only
     w.tagged_fields()
     return KafkaCall(
-        ALTER_CONFIGS, 1, w.getvalue(), _decode_alter_configs, "IncrementalAlterConfigs"
+        ALTER_CONFIGS, {1: w.getvalue()}, _decode_alter_configs, "IncrementalAlterConfigs"
     )
 
 
@@ -245,7 +252,7 @@ def share_heartbeat_request(
         for name in subscribed:
             w.compact_string(name)
     w.tagged_fields()
-    return KafkaCall(HEARTBEAT, 1, w.getvalue(), _decode_heartbeat, "ShareGroupHeartbeat")
+    return KafkaCall(HEARTBEAT, {1: w.getvalue()}, _decode_heartbeat, "ShareGroupHeartbeat")
 
 
 # -- ShareFetch v1 / ShareAcknowledge v1 ---------------------------------------------------------
@@ -400,9 +407,12 @@ def share_fetch_request(
     partitions: Mapping[uuid.UUID, Sequence[int]],
     acks: Acks,
     forgotten: Mapping[uuid.UUID, Sequence[int]],
+    acquire_mode: int = 0,
 ) -> KafkaCall[ShareFetchResult]:
-    """ShareFetch v1. ``partitions`` to add to (or keep in) the share session;
-    ``acks`` for partitions that are or stay in it; ``forgotten`` to remove."""
+    """ShareFetch v2 (v1 where the broker has no v2 and ``acquire_mode`` is the
+    default). ``partitions`` to add to (or keep in) the share session; ``acks`` for
+    partitions that are or stay in it; ``forgotten`` to remove. ``acquire_mode``
+    :data:`RECORD_LIMIT` makes ``max_records`` a hard limit (KIP-1206, Kafka 4.2)."""
     topics: dict[uuid.UUID, dict[int, Sequence[AckBatch]]] = {}
     for topic_id, indexes in partitions.items():
         for index in indexes:
@@ -410,33 +420,41 @@ def share_fetch_request(
     for topic_id, by_partition in acks.items():
         for index, batches in by_partition.items():
             topics.setdefault(topic_id, {})[index] = batches
-    w = Writer()
-    w.compact_string(group_id)
-    w.compact_string(member_id)
-    w.int32(session_epoch)
-    w.int32(max_wait_ms)
-    w.int32(min_bytes)
-    w.int32(max_bytes)
-    w.int32(max_records)
-    w.int32(batch_size)
-    w.compact_array_length(len(topics))
-    for topic_id, by_partition in topics.items():
-        w.uuid(topic_id)
-        w.compact_array_length(len(by_partition))
-        for index, batches in by_partition.items():
-            w.int32(index)
-            _write_ack_batches(w, batches)
+    bodies = {}
+    for version in (1, 2):
+        w = Writer()
+        w.compact_string(group_id)
+        w.compact_string(member_id)
+        w.int32(session_epoch)
+        w.int32(max_wait_ms)
+        w.int32(min_bytes)
+        w.int32(max_bytes)
+        w.int32(max_records)
+        w.int32(batch_size)
+        if version >= 2:
+            w.int8(acquire_mode)
+            w.boolean(False)  # is_renew_ack
+        w.compact_array_length(len(topics))
+        for topic_id, by_partition in topics.items():
+            w.uuid(topic_id)
+            w.compact_array_length(len(by_partition))
+            for index, batches in by_partition.items():
+                w.int32(index)
+                _write_ack_batches(w, batches)
+                w.tagged_fields()
+            w.tagged_fields()
+        w.compact_array_length(len(forgotten))
+        for topic_id, indexes in forgotten.items():
+            w.uuid(topic_id)
+            w.compact_array_length(len(indexes))
+            for index in indexes:
+                w.int32(index)
             w.tagged_fields()
         w.tagged_fields()
-    w.compact_array_length(len(forgotten))
-    for topic_id, indexes in forgotten.items():
-        w.uuid(topic_id)
-        w.compact_array_length(len(indexes))
-        for index in indexes:
-            w.int32(index)
-        w.tagged_fields()
-    w.tagged_fields()
-    return KafkaCall(SHARE_FETCH, 1, w.getvalue(), _decode_share_fetch, "ShareFetch")
+        bodies[version] = w.getvalue()
+    if acquire_mode != BATCH_OPTIMIZED:
+        del bodies[1]  # version 1 knows only the batch-optimized mode
+    return KafkaCall(SHARE_FETCH, bodies, _decode_share_fetch, "ShareFetch")
 
 
 def share_acknowledge_request(
@@ -457,7 +475,7 @@ def share_acknowledge_request(
             w.tagged_fields()
         w.tagged_fields()
     w.tagged_fields()
-    return KafkaCall(SHARE_ACK, 1, w.getvalue(), _decode_share_ack, "ShareAcknowledge")
+    return KafkaCall(SHARE_ACK, {1: w.getvalue()}, _decode_share_ack, "ShareAcknowledge")
 
 
 def ack_batches(decisions: Mapping[int, int]) -> list[AckBatch]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from io import BytesIO
 from typing import Generic, TypeVar
 
@@ -239,26 +239,30 @@ class KafkaCall(Generic[T]):
     def __init__(
         self,
         api_key: int,
-        api_version: int,
-        body: bytes,
+        bodies: Mapping[int, bytes],
         decode: Callable[[Reader], T],
         name: str,
     ) -> None:
         self.API_KEY = api_key
-        self.API_VERSION = api_version
+        self.API_VERSION = max(bodies)
         self.RESPONSE_TYPE = _ResponseType(decode)
-        self._body = body
+        self._bodies = dict(bodies)  # version -> encoded body (the response reads alike)
         self._name = name
 
     def prepare(self, versions: dict[int, tuple[int, int]]) -> KafkaCall[T]:
+        """Pick the highest of our versions that the broker supports."""
         supported = versions.get(self.API_KEY)
-        if supported is not None and not supported[0] <= self.API_VERSION <= supported[1]:
+        if supported is None:
+            return self
+        usable = [v for v in self._bodies if supported[0] <= v <= supported[1]]
+        if not usable:
             from aiokafka.errors import UnsupportedVersionError
 
             raise UnsupportedVersionError(
                 f"the broker supports {self._name} versions {supported[0]}-{supported[1]}, "
-                f"asyncconsumer sends version {self.API_VERSION}"
+                f"asyncconsumer sends versions {sorted(self._bodies)}"
             )
+        self.API_VERSION = max(usable)
         return self
 
     def build_request_header(self, correlation_id: int, client_id: str) -> _Header:
@@ -271,7 +275,7 @@ class KafkaCall(Generic[T]):
         return _Header(w.getvalue())
 
     def encode(self) -> bytes:
-        return self._body
+        return self._bodies[self.API_VERSION]
 
     def parse_response_header(self, data: BytesIO | bytes) -> _ResponseHeader:
         buffer = data if isinstance(data, BytesIO) else BytesIO(data)
@@ -284,7 +288,7 @@ class KafkaCall(Generic[T]):
         return _ResponseHeader(int(correlation_id))
 
     def __repr__(self) -> str:
-        return f"{self._name}(v{self.API_VERSION}, {len(self._body)} bytes)"
+        return f"{self._name}(v{self.API_VERSION}, {len(self.encode())} bytes)"
 
 
 def _read_uvarint_io(buffer: BytesIO) -> int:

@@ -88,8 +88,10 @@ def test_version_outside_the_brokers_range_is_refused() -> None:
         forgotten={},
     )
     assert call.prepare({78: (1, 2)}) is call
-    with pytest.raises(UnsupportedVersionError, match="ShareFetch versions 2-3"):
-        call.prepare({78: (2, 3)})
+    assert call.API_VERSION == 2
+    assert call.prepare({78: (1, 1)}).API_VERSION == 1
+    with pytest.raises(UnsupportedVersionError, match="ShareFetch versions 3-4"):
+        call.prepare({78: (3, 4)})
 
 
 def test_heartbeat_response_with_and_without_assignment() -> None:
@@ -127,9 +129,13 @@ def test_share_fetch_request_bytes() -> None:
         acks={TOPIC_ID: {1: [p.AckBatch(4, 6, (p.ACCEPT,))]}},
         forgotten={TOPIC_ID: [3]},
     )
-    assert (call.API_KEY, call.API_VERSION) == (78, 1)
+    assert (call.API_KEY, call.prepare({78: (1, 1)}).API_VERSION) == (78, 1)
+    v1 = call.encode()
+    assert call.prepare({78: (1, 2)}).API_VERSION == 2
+    # v2 adds share_acquire_mode (int8) and is_renew_ack (bool) after batch_size
+    assert call.encode() == v1[:28] + b"\x00\x00" + v1[28:]
     assert (
-        call.encode()
+        v1
         == (
             b"\x02g\x02m"
             b"\x00\x00\x00\x01"  # session epoch
@@ -253,3 +259,23 @@ def test_metadata_response() -> None:
     (topic,) = result.topics
     assert (topic.name, topic.topic_id) == ("jobs", TOPIC_ID)
     assert topic.partitions == [p.PartitionMetadata(0, 2, 1, 7)]
+
+
+def test_share_fetch_record_limit_needs_version_2() -> None:
+    call = p.share_fetch_request(
+        "g",
+        "m",
+        0,
+        max_wait_ms=1,
+        min_bytes=1,
+        max_bytes=1,
+        max_records=1,
+        batch_size=1,
+        partitions={},
+        acks={},
+        forgotten={},
+        acquire_mode=p.RECORD_LIMIT,
+    )
+    assert call.prepare({78: (1, 2)}).encode()[28:30] == b"\x01\x00"
+    with pytest.raises(UnsupportedVersionError):
+        call.prepare({78: (1, 1)})
