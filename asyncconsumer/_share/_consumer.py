@@ -8,7 +8,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
@@ -159,6 +159,9 @@ class ShareConsumer:
     ``auto_offset_reset`` sets the group's ``share.auto.offset.reset`` (a group
     config, used when a partition is first read by the group) before joining:
     ``None`` (default) leaves it as the group has it (Kafka's default: "latest").
+    ``group_configs`` sets other group configs the same way, e.g.
+    ``{"share.record.lock.duration.ms": "60000", "share.delivery.count.limit": "3"}``
+    (``IncrementalAlterConfigs``; needs ALTER_CONFIGS on the group where ACLs apply).
 
     A record whose key or value cannot be decoded raises
     :class:`~asyncconsumer.DeserializationError` from the loop and is released
@@ -175,6 +178,7 @@ class ShareConsumer:
         key_codec: CodecSpec = "bytes",
         value_codec: CodecSpec = "bytes",
         auto_offset_reset: Literal["earliest", "latest"] | None = None,
+        group_configs: Mapping[str, str] | None = None,
         max_records: int = 500,
         acquire_mode: Literal["batch_optimized", "record_limit"] = "batch_optimized",
         fetch_max_wait_ms: int = 500,
@@ -202,7 +206,9 @@ class ShareConsumer:
         self._bootstrap = bootstrap_servers
         self._client_id = client_id
         self._request_timeout_ms = request_timeout_ms
-        self._offset_reset = auto_offset_reset
+        self._group_configs = {str(k): str(v) for k, v in (group_configs or {}).items()}
+        if auto_offset_reset is not None:
+            self._group_configs["share.auto.offset.reset"] = auto_offset_reset
         self._max_records = max_records
         self._acquire_mode = (
             proto.RECORD_LIMIT if acquire_mode == "record_limit" else proto.BATCH_OPTIMIZED
@@ -247,8 +253,8 @@ class ShareConsumer:
         try:
             await self._client.bootstrap()
             await self._refresh_metadata()
-            if self._offset_reset is not None:
-                await self._set_offset_reset(self._offset_reset)
+            if self._group_configs:
+                await self._set_group_configs(self._group_configs)
         except BaseException:
             await self._client.close()
             self._client = None
@@ -430,15 +436,14 @@ class ShareConsumer:
                 if part.leader >= 0:
                     self._leaders[(topic.topic_id, part.partition)] = part.leader
 
-    async def _set_offset_reset(self, value: str) -> None:
+    async def _set_group_configs(self, configs: Mapping[str, str]) -> None:
         client = self._require_client()
         result = await client.send(
-            await self._any_node(),
-            proto.group_config_request(self.group_id, {"share.auto.offset.reset": value}),
+            await self._any_node(), proto.group_config_request(self.group_id, configs)
         )
         if result.error_code:
             raise ShareGroupError(
-                "setting share.auto.offset.reset", result.error_code, result.error_message
+                f"setting group configs {configs}", result.error_code, result.error_message
             )
 
     async def _heartbeat_loop(self) -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import anyio
 import pytest
 
@@ -61,6 +67,32 @@ async def test_released_record_comes_back_with_delivery_count_2(
                 continue
             break
     assert (msg.value, msg.offset, msg.delivery_count) == (b"job", 0, 2)
+
+
+async def test_delivery_count_limit_archives_a_record_released_every_time(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    topic = await topics.create("share-limit")
+    await aproduce(kafka_bootstrap, topic, [(None, b"flaky"), (None, b"broken")])
+    seen: list[tuple[bytes, int]] = []
+    async with share_consumer(
+        kafka_bootstrap,
+        topic,
+        unique("share-limit"),
+        group_configs={"share.delivery.count.limit": "3"},
+    ) as consumer:
+        async for msg in consumer:
+            seen.append((msg.value, msg.delivery_count))
+            if msg.value == b"marker":
+                break
+            if msg.value == b"broken" or msg.delivery_count < 3:
+                consumer.release(msg)  # "flaky" fails twice, "broken" every time
+            if msg.value == b"broken" and msg.delivery_count == 3:
+                # its last delivery: released now, it is archived, never delivered again
+                await aproduce(kafka_bootstrap, topic, [(None, b"marker")])
+    assert sorted(c for v, c in seen if v == b"flaky") == [1, 2, 3]
+    assert sorted(c for v, c in seen if v == b"broken") == [1, 2, 3]
+    assert seen[-1] == (b"marker", 1)
 
 
 async def test_rejected_record_is_not_redelivered(kafka_bootstrap: str, topics: Topics) -> None:
@@ -134,3 +166,107 @@ async def test_close_accepts_decided_and_releases_the_rest(
         rest = await take(consumer, 18)
     assert [m.offset for m in rest] == list(range(2, 20))
     assert rest[0].delivery_count == 2
+
+
+# -- several processes ---------------------------------------------------------------------
+
+MEMBER = Path(__file__).with_name("share_member.py")
+
+
+class Member:
+    """A share_member.py process; a thread collects what it prints."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, sleep: float, lock_ms: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(MEMBER), bootstrap, topic, group, str(sleep), str(lock_ms)],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.ready = threading.Event()
+        self.records: list[tuple[int, int, int]] = []  # (partition, offset, delivery count)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.strip() == "ready":
+                self.ready.set()
+            elif line.strip():
+                p, o, c = line.split()
+                self.records.append((int(p), int(o), int(c)))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def start_members(
+    bootstrap: str, topic: str, group: str, sleep: float, lock_ms: int
+) -> list[Member]:
+    members = [Member(bootstrap, topic, group, sleep, lock_ms) for _ in range(3)]
+    for member in members:
+        assert member.ready.wait(60), "a member did not start"
+    return members
+
+
+async def test_three_processes_accept_every_record_once(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    topic = await topics.create("share-procs", partitions=2)
+    total = 20_000
+    members = start_members(kafka_bootstrap, topic, unique("share-procs"), 0, 30_000)
+    try:
+        await anyio.sleep(3)  # the members get their assignments (heartbeats every second)
+        await aproduce(kafka_bootstrap, topic, [(None, b"x%d" % i) for i in range(total)])
+        await wait_until(
+            lambda: sum(len(m.records) for m in members) >= total, timeout=120, what="all records"
+        )
+        await anyio.sleep(1)  # a duplicate, if any, has time to show
+    finally:
+        for member in members:
+            member.stop()
+    seen = [(p, o) for m in members for p, o, _ in m.records]
+    assert len(seen) == total, "no record handled twice"
+    assert len(set(seen)) == total
+    assert {c for m in members for _, _, c in m.records} == {1}
+    counts = [len(m.records) for m in members]
+    assert all(counts), f"the work spreads over all three members (more than partitions): {counts}"
+
+
+async def test_sigkilled_members_records_come_back_to_the_others(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    topic = await topics.create("share-kill", partitions=2)
+    total = 3000
+    members = start_members(kafka_bootstrap, topic, unique("share-kill"), 0.002, 2000)
+    try:
+        await anyio.sleep(3)
+        await aproduce(kafka_bootstrap, topic, [(None, b"x%d" % i) for i in range(total)])
+        await wait_until(lambda: len(members[0].records) >= 200, timeout=60, what="member 0 busy")
+        members[0].stop(signal.SIGKILL)  # mid-stream: it holds acquired records
+        killed = {(p, o) for p, o, _ in members[0].records}
+        survivors = members[1:]
+
+        def covered() -> bool:
+            done = killed | {(p, o) for m in survivors for p, o, _ in m.records}
+            return len(done) == total
+
+        await wait_until(covered, timeout=90, what="every record handled")
+    finally:
+        for member in members:
+            member.stop()
+    handled = [(p, o) for m in survivors for p, o, _ in m.records]
+    assert len(handled) == len(set(handled)), "the survivors handled no record twice"
+    assert len(killed | set(handled)) == total, "no record lost"
+    again = [(p, o) for m in survivors for p, o, c in m.records if c >= 2]
+    assert again, "the killed member's acquired records came back after the lock expired"
