@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 from aiokafka.structs import TopicPartition
@@ -27,6 +27,8 @@ from ._runtime._observe import Observers
 from ._runtime._pipeline import CounterMap, Middleware
 from ._runtime._rebalance import RebalanceHook
 from ._seeking import Timestamp, timestamp_ms
+from ._share._runner import ShareHandlerSpec, ShareRuntime
+from ._share._runner import make_spec as make_share_spec
 from ._statistics import Statistics
 from ._threads import DEFAULT_MAX_THREADS
 
@@ -165,6 +167,8 @@ class ConsumerApp:
         self._on_revoke: list[RebalanceHook] = []
         self._on_commit: list[CommitHook] = []
         self._engine: Engine | None = None
+        self._share_specs: list[ShareHandlerSpec] = []
+        self._share_runtime: ShareRuntime | None = None
         self._stop_early = False  # stop() before the first run(): that run stops at once
         self._has_run = False
         self._stack: AsyncExitStack | None = None
@@ -276,6 +280,60 @@ class ConsumerApp:
 
         return register
 
+    def share_handler(
+        self,
+        *topics: str,
+        group_id: str | None = None,
+        key_codec: CodecSpec = "bytes",
+        value_codec: CodecSpec = "bytes",
+        concurrency: int = 10,
+        retry: Retry | None = None,
+        on_failure: FailurePolicy = "stop",
+        dead_letter_topic: str | None = None,
+        publish_to: str | None = None,
+        auto_offset_reset: Literal["earliest", "latest"] | None = None,
+        group_configs: Mapping[str, str] | None = None,
+    ) -> Callable[[F], F]:
+        """Register ``async def handler(msg: ShareMessage) -> None`` as a member of a
+        share group (KIP-932, Apache Kafka 4.2+; see docs/share-groups.md).
+
+        Any number of apps (processes, machines) may run it on the same partitions:
+        the broker hands each record to one of them. Up to ``concurrency`` records
+        run at once, in no order. ``group_id`` names the share group (default: the
+        app's ``group_id``). A handled record is accepted; a failed one with a
+        ``retry`` left is held for the backoff and then released (the broker delivers
+        it again, ``msg.delivery_count`` one higher, which is the attempt number);
+        after the last attempt ``on_failure`` applies: ``"dead_letter"`` (published,
+        then accepted), ``"skip"`` (rejected: archived by the broker) or ``"stop"``
+        (released; the app stops). Middleware and ``publish_to`` apply as for
+        :meth:`handler`. ``auto_offset_reset`` and ``group_configs`` set the share
+        group's configs, as for :class:`~asyncconsumer.ShareConsumer`.
+
+        An app runs either share handlers or consumer-group handlers, not both (yet).
+        """
+
+        def register(fn: F) -> F:
+            _check_async(fn, "share handler")
+            self._share_specs.append(
+                make_share_spec(
+                    fn,
+                    topics,
+                    group_id=group_id,
+                    key_codec=key_codec,
+                    value_codec=value_codec,
+                    concurrency=concurrency,
+                    retry=retry,
+                    on_failure=on_failure,
+                    dead_letter_topic=dead_letter_topic,
+                    publish_to=publish_to,
+                    auto_offset_reset=auto_offset_reset,
+                    group_configs=dict(group_configs or {}),
+                )
+            )
+            return fn
+
+        return register
+
     def on_assign(self, hook: H) -> H:
         """Register ``async def hook(partitions: list[TopicPartition])``, run after
         partitions are assigned and before their records are handled; it may
@@ -322,6 +380,9 @@ class ConsumerApp:
         self._state = "stopped"
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
+        if self._share_specs:
+            await self._run_share(task_status)
+            return
         if not self._registry:
             raise ConfigurationError("no handlers registered: use @app.handler(...)")
         if self.offset_store is not None:
@@ -365,6 +426,35 @@ class ConsumerApp:
         if failure is not None:
             raise failure
 
+    async def _run_share(self, task_status: TaskStatus[None]) -> None:
+        if self._registry:
+            raise ConfigurationError(
+                "an app runs either share handlers or consumer-group handlers, not both"
+            )
+        runtime = self._share_runtime = ShareRuntime(
+            self._share_specs,
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.settings.group_id or "",
+            middleware=self.middleware,
+            producer=self._producer,
+            counters=self._counters,
+            shutdown_timeout=self.settings.shutdown_timeout,
+        )
+        if self._stop_early:
+            runtime.request_stop()
+        try:
+            await self._producer.start()
+            try:
+                async with self._lifespan_context():
+                    await runtime.run(task_status=task_status)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._producer.stop()
+        finally:
+            self._share_runtime = None
+            self._stop_early = False
+            self._has_run = True
+
     def stop(self) -> None:
         """Ask the app to stop gracefully; returns at once (``run()`` returns when stopped).
 
@@ -372,6 +462,8 @@ class ConsumerApp:
         run stops at once; called after a run returned, it does nothing."""
         if self._engine is not None:
             self._engine.request_stop()
+        elif self._share_runtime is not None:
+            self._share_runtime.request_stop()
         elif not self._has_run:
             self._stop_early = True
 

@@ -373,6 +373,26 @@ class ShareConsumer:
                 return self._hand_out()
             await self._fetch()
 
+    # -- for runners that decode and acknowledge records themselves (share handlers) ------
+
+    async def next_record(self) -> tuple[Any, str, int, int]:
+        """The next acquired record, undecoded, as ``(record, topic, partition,
+        delivery_count)``; nothing is accepted implicitly: every record must be
+        settled with :meth:`settle`. Raises :class:`StopAsyncIteration` once stopped."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise StopAsyncIteration
+            if self._buffer:
+                return self._buffer.popleft()
+            await self._fetch()
+
+    def settle(self, topic: str, partition: int, offset: int, kind: int) -> None:
+        """Acknowledge a record from :meth:`next_record` (``kind``: ACCEPT, RELEASE or
+        REJECT of ``asyncconsumer._share._protocol``)."""
+        self._pending.setdefault((self._ids[topic], partition), {})[offset] = kind
+
     def _hand_out(self) -> ShareMessage:
         record, topic, partition, count = self._buffer.popleft()
         key, value = record.key, record.value
