@@ -473,6 +473,8 @@ class ConsumerApp:
         Before the first ``run()`` and after a run, like :meth:`stop`."""
         if self._engine is not None:
             self._engine.abort()
+        elif self._share_runtime is not None:
+            self._share_runtime.abort()
         elif not self._has_run:
             self._stop_early = True
 

@@ -169,10 +169,18 @@ class ShareRuntime:
         self.shutdown_timeout = shutdown_timeout
         self._stop = anyio.Event()
         self._pumps: list[anyio.CancelScope] = []
+        self._scope: anyio.CancelScope | None = None  # set once stopping
         self.failure: BaseException | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def abort(self) -> None:
+        """Stop now: running handlers are cancelled (their records released)."""
+        self.shutdown_timeout = 0.0
+        self._stop.set()
+        if self._scope is not None:
+            self._scope.cancel()
 
     def fail(self, exc: BaseException) -> None:
         """Record the first error and stop gracefully; ``run()`` raises it once stopped."""
@@ -205,6 +213,7 @@ class ShareRuntime:
             for pump in self._pumps:
                 pump.cancel()
             tg.cancel_scope.deadline = anyio.current_time() + self.shutdown_timeout
+            self._scope = tg.cancel_scope
         if self.failure is not None:
             raise self.failure
 

@@ -81,3 +81,32 @@ async def test_on_failure_stop_stops_the_app(kafka_bootstrap: str, topics: Topic
             msg = await anext(aiter(c))
     assert msg.value == b"bad"
     assert msg.delivery_count >= 2
+
+
+async def test_a_graceful_stop_finishes_running_records_and_releases_the_rest(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    topic = await topics.create("share-restart", partitions=2)
+    group = unique("share-restart")
+    total = 60
+    await aproduce(kafka_bootstrap, topic, [(None, b"%d" % i) for i in range(total)])
+    runs: list[list[bytes]] = [[], []]
+
+    def make_app(done: list[bytes]) -> ConsumerApp:
+        app = ConsumerApp(bootstrap_servers=kafka_bootstrap, group_id=group)
+
+        @app.share_handler(topic, concurrency=5, auto_offset_reset="earliest")
+        async def work(msg: ShareMessage) -> None:
+            await anyio.sleep(0.1)
+            done.append(msg.value)
+
+        return app
+
+    with anyio.fail_after(90):
+        async with make_app(runs[0]):
+            await wait_until(lambda: len(runs[0]) >= 10, timeout=60, what="first records")
+        async with make_app(runs[1]):
+            await wait_until(lambda: len(runs[0]) + len(runs[1]) >= total, what="the rest")
+            await anyio.sleep(1.5)  # a redelivery, if any, has time to show
+    assert not set(runs[0]) & set(runs[1]), "what the first run finished was accepted"
+    assert sorted(runs[0] + runs[1]) == sorted(b"%d" % i for i in range(total))
