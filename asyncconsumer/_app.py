@@ -29,6 +29,7 @@ from ._runtime._rebalance import RebalanceHook
 from ._seeking import Timestamp, timestamp_ms
 from ._statistics import Statistics
 from ._threads import DEFAULT_MAX_THREADS
+from ._transport import Transport
 
 if TYPE_CHECKING:
     from .metrics import ConsumerMetrics
@@ -171,6 +172,10 @@ class ConsumerApp:
         self._metrics: ConsumerMetrics | None = None  # asyncconsumer.metrics.instrument()
         self._state: State = "idle"
         self._error: BaseException | None = None
+        # Set by asyncconsumer.testing.TestClient: the clients' transport (None: the
+        # one bootstrap_servers selects) and a factor on retry backoffs.
+        self._transport: Transport | None = None
+        self._backoff_scale = 1.0
 
     # -- registration ----------------------------------------------------------
 
@@ -339,7 +344,10 @@ class ConsumerApp:
             producer=self._producer,
             counters=self._counters,
             observers=self._observers,
+            transport=self._transport,
+            backoff_scale=self._backoff_scale,
         )
+        self._producer._transport = self._transport
         if self._stop_early:
             engine.request_stop()
         failure: Exception | None = None

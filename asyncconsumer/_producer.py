@@ -1,19 +1,19 @@
-"""The app's producer: :class:`Producer` (aiokafka's, started with the app) and
+"""The app's producer: :class:`Producer` (a producer client, started with the app) and
 :class:`ProducerRecord` (what a ``publish_to`` handler may return)."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from ._errors import ConfigurationError, ConsumerStoppedError
+from ._transport import ProducerClient, Transport, transport_for
+from ._transport._aiokafka import PRODUCER_OPTIONS
 
 __all__ = ["Headers", "Producer", "ProducerRecord", "RecordMetadata", "encode"]
 
@@ -27,7 +27,7 @@ _OWNED = {
     "loop": "the running event loop is used",
     "bootstrap_servers": "the app's bootstrap_servers are used",
 }
-_PRODUCER_OPTIONS = frozenset(inspect.signature(AIOKafkaProducer.__init__).parameters) - {"self"}
+_PRODUCER_OPTIONS = PRODUCER_OPTIONS
 
 # Safer than aiokafka's acks=1: a record the producer reports as written (a
 # dead-lettered one, for example) survives the loss of the partition leader.
@@ -111,15 +111,18 @@ class Producer:
     def __init__(self, bootstrap_servers: str | list[str], **options: Any) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.options = check_producer_options(options)
-        self._client: AIOKafkaProducer | None = None
+        self._client: ProducerClient | None = None
+        # The transport that makes the client; None: the one bootstrap_servers selects.
+        self._transport: Transport | None = None
 
     @property
     def started(self) -> bool:
         return self._client is not None
 
     @property
-    def client(self) -> AIOKafkaProducer:
-        """The running aiokafka producer (for what this class does not wrap)."""
+    def client(self) -> ProducerClient:
+        """The running producer client (for what this class does not wrap): aiokafka's
+        ``AIOKafkaProducer``, or a :class:`~asyncconsumer.testing.MemoryKafka`'s."""
         if self._client is None:
             raise ConsumerStoppedError("the producer is not started (it runs with the app)")
         return self._client
@@ -127,10 +130,8 @@ class Producer:
     async def start(self) -> None:
         if self._client is not None:
             raise RuntimeError("the producer is already started")
-        try:
-            client = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.options)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"invalid Kafka producer settings: {exc}") from exc
+        transport = self._transport or transport_for(self.bootstrap_servers)
+        client = transport.producer(self.options)
         try:
             await client.start()
         except BaseException:
@@ -159,7 +160,7 @@ class Producer:
         Keys and values are encoded by type (:func:`encode`): bytes as they are,
         ``str`` as UTF-8, anything else as JSON.
         """
-        future: asyncio.Future[RecordMetadata] = await self.client.send(
+        return await self.client.send(
             topic,
             encode(value),
             key=encode(key),
@@ -167,7 +168,6 @@ class Producer:
             timestamp_ms=timestamp_ms,
             headers=encode_headers(headers),
         )
-        return future
 
     async def send_and_wait(
         self,
