@@ -253,7 +253,7 @@ async def test_retries_then_dead_letter_with_provenance(backend: Backend) -> Non
 async def test_key_order_under_concurrency(backend: Backend) -> None:
     topic = await backend.topic("b-keys", partitions=2)
     group = unique("g-b-keys")
-    records = [(b"k%d" % (i % 5), b"%d" % i) for i in range(200)]
+    records: list[tuple[bytes | None, bytes]] = [(b"k%d" % (i % 5), b"%d" % i) for i in range(200)]
     await backend.publish(topic, records)
     app = backend.app(group)
     running_keys: set[bytes] = set()
