@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -26,7 +27,16 @@ _OWNED = {
     "value_serializer": "keys and values are encoded by type (see asyncconsumer.encode)",
     "loop": "the running event loop is used",
     "bootstrap_servers": "the app's bootstrap_servers are used",
+    "transactional_id": "delivery='exactly_once' handlers run one transactional producer "
+    "per input partition",
 }
+
+TRANSACTION: ContextVar[ProducerClient | None] = ContextVar(
+    "asyncconsumer_transaction", default=None
+)
+"""In the task of a ``delivery="exactly_once"`` partition lane: that partition's
+transactional producer, which the app's producer sends through (so what a handler
+sends joins the transaction)."""
 _PRODUCER_OPTIONS = PRODUCER_OPTIONS
 
 # Safer than aiokafka's acks=1: a record the producer reports as written (a
@@ -119,10 +129,25 @@ class Producer:
     def started(self) -> bool:
         return self._client is not None
 
+    @classmethod
+    def transactional(cls, base: Producer, transactional_id: str) -> Producer:
+        """A producer with ``base``'s settings and a transactional id (idempotent,
+        ``acks="all"``, as transactions require)."""
+        producer = cls(base.bootstrap_servers, **base.options)
+        producer._transport = base._transport
+        producer.options.update(
+            transactional_id=transactional_id, enable_idempotence=True, acks="all"
+        )
+        return producer
+
     @property
     def client(self) -> ProducerClient:
         """The running producer client (for what this class does not wrap): aiokafka's
-        ``AIOKafkaProducer``, or a :class:`~asyncconsumer.testing.MemoryKafka`'s."""
+        ``AIOKafkaProducer``, or a :class:`~asyncconsumer.testing.MemoryKafka`'s. Inside
+        a ``delivery="exactly_once"`` handler: its partition's transactional producer."""
+        routed = TRANSACTION.get()
+        if routed is not None:
+            return routed
         if self._client is None:
             raise ConsumerStoppedError("the producer is not started (it runs with the app)")
         return self._client

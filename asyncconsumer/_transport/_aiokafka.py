@@ -195,6 +195,9 @@ class AiokafkaConsumer(AIOKafkaConsumer):  # type: ignore[misc]
     def watch(self, reachability: Reachability) -> None:
         watch_requests(self, reachability)
 
+    def request_rejoin(self) -> None:
+        self._coordinator.request_rejoin()
+
 
 async def finish_stop(client: Any) -> None:
     """What aiokafka's ``stop()`` did not get to: the other fetch tasks and the connections."""

@@ -40,6 +40,7 @@ from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     NoOffsetForPartitionError,
+    ProducerFenced,
 )
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import (
@@ -96,6 +97,7 @@ class MemoryKafka:
         self._member_ids = itertools.count()
         self._partitioner = DefaultPartitioner()
         self._round_robin = itertools.count()
+        self._epochs: dict[str, int] = {}  # transactional id -> its producers' epoch
         register_memory(self.name, self)
 
     def __repr__(self) -> str:
@@ -120,7 +122,7 @@ class MemoryKafka:
         )
 
     def producer(self, options: Mapping[str, Any]) -> ProducerClient:
-        return MemoryProducer(self)
+        return MemoryProducer(self, transactional_id=options.get("transactional_id"))
 
     # -- topics and records ----------------------------------------------------------------
 
@@ -695,6 +697,11 @@ class MemoryConsumer:
     def watch(self, reachability: Reachability) -> None:
         reachability.local = True  # no network: never unreachable
 
+    def request_rejoin(self) -> None:
+        group = self._my_group()
+        if group is not None and self in group.members:
+            group.request(None)
+
     def _assigned(self, tp: TopicPartition) -> None:
         if tp not in self._positions:
             raise IllegalStateError(f"No current assignment for partition {tp}")
@@ -702,14 +709,63 @@ class MemoryConsumer:
 
 class MemoryProducer:
     """A :class:`~._protocols.ProducerClient` of a :class:`MemoryKafka`: a record is
-    written when sent, and its future is already resolved."""
+    written when sent, and its future is already resolved.
 
-    def __init__(self, kafka: MemoryKafka) -> None:
+    With a ``transactional_id``: starting it fences the id's previous producer (its
+    next call raises ``ProducerFenced``); records sent in a transaction are written,
+    with the offsets sent to it, when it commits (consumers see only committed ones,
+    as ``read_committed`` readers do), and dropped when it aborts. Their futures
+    resolve at once, with offset ``-1``: the offset is known at the commit."""
+
+    def __init__(self, kafka: MemoryKafka, transactional_id: str | None = None) -> None:
         self.kafka = kafka
+        self.transactional_id = transactional_id
         self._started = False
+        self._epoch = 0
+        self._txn: list[tuple[Any, ...]] | None = None  # sends of the open transaction
+        self._txn_offsets: list[tuple[str, Mapping[TopicPartition, int]]] = []
 
     async def start(self) -> None:
         self._started = True
+        if self.transactional_id is not None:
+            epochs = self.kafka._epochs
+            self._epoch = epochs[self.transactional_id] = epochs.get(self.transactional_id, 0) + 1
+
+    def _check_epoch(self) -> None:
+        tid = self.transactional_id
+        if tid is None:
+            raise IllegalOperation("transactions need a transactional_id")
+        if self.kafka._epochs.get(tid) != self._epoch:
+            self._txn = None
+            raise ProducerFenced()
+
+    async def begin_transaction(self) -> None:
+        self._check_epoch()
+        self._txn, self._txn_offsets = [], []
+
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_id: str
+    ) -> None:
+        self._check_epoch()
+        await anyio.lowlevel.checkpoint()
+        self._txn_offsets.append((group_id, dict(offsets)))
+
+    async def commit_transaction(self) -> None:
+        self._check_epoch()
+        await anyio.lowlevel.checkpoint()
+        self._check_epoch()
+        sends, self._txn = self._txn or [], None
+        offsets, self._txn_offsets = self._txn_offsets, []
+        for send in sends:
+            self.kafka._append(*send)
+        for group_id, committed in offsets:
+            group = self.kafka._group(group_id)
+            for tp, offset in committed.items():
+                group.committed[tp] = OffsetAndMetadata(offset, "")
+
+    async def abort_transaction(self) -> None:
+        self._txn, self._txn_offsets = None, []
+        await anyio.lowlevel.checkpoint()
 
     async def stop(self) -> None:
         self._started = False
@@ -732,6 +788,11 @@ class MemoryProducer:
         kafka = self.kafka
         if kafka._fail_sends:
             future.set_exception(kafka._fail_sends.pop(0))
+        elif self._txn is not None:
+            self._check_epoch()
+            self._txn.append((topic, value, key, headers, partition, timestamp_ms))
+            tp = TopicPartition(topic, -1 if partition is None else partition)
+            future.set_result(RecordMetadata(topic, tp.partition, tp, -1, -1, _CREATE_TIME, 0))
         else:
             future.set_result(kafka._append(topic, value, key, headers, partition, timestamp_ms))
         await anyio.lowlevel.checkpoint()

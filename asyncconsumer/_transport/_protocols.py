@@ -138,6 +138,10 @@ class ConsumerClient(Protocol):
     def watch(self, reachability: Reachability) -> None:
         """Report every request's outcome to ``reachability`` (before :meth:`start`)."""
 
+    def request_rejoin(self) -> None:
+        """Rejoin the group soon (a rebalance), e.g. after a partition's transactional
+        producer was fenced: it is another member's now."""
+
 
 class ProducerClient(Protocol):
     """A Kafka producer as the runtime uses it (``AIOKafkaProducer`` semantics:
@@ -159,6 +163,18 @@ class ProducerClient(Protocol):
         timestamp_ms: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[RecordMetadata]: ...
+
+    # Transactions (producers made with a ``transactional_id``):
+
+    async def begin_transaction(self) -> None: ...
+
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_id: str
+    ) -> None: ...
+
+    async def commit_transaction(self) -> None: ...
+
+    async def abort_transaction(self) -> None: ...
 
 
 class Transport(Protocol):

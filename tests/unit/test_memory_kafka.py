@@ -286,3 +286,50 @@ async def test_wait_idle_says_what_is_pending() -> None:
             await kafka.wait_idle()
         release.set()
         await kafka.wait_idle()
+
+
+async def test_exactly_once_outputs_and_offsets_commit_together_in_memory() -> None:
+    kafka = MemoryKafka()
+    app = ConsumerApp(
+        bootstrap_servers="127.0.0.1:9092",
+        group_id="g",
+        auto_offset_reset="earliest",  # the records are there before the app starts
+        commit_interval=0.05,
+    )
+    fail = True
+
+    @app.handler("in", delivery="exactly_once", publish_to="out")
+    async def handle(msg: Message[bytes]) -> bytes:
+        if msg.offset == 3 and fail:
+            raise ValueError("stops the app: the open transaction aborts")
+        return msg.value + b"!"
+
+    for i in range(5):
+        kafka.publish("in", b"%d" % i)
+    with pytest.raises(ValueError, match="aborts"):
+        async with TestClient(app, kafka):
+            await anyio.sleep(1)  # the app stops on offset 3 first
+    assert kafka.committed("g", TopicPartition("in", 0)) in (None, 1, 2, 3)
+    fail = False
+    async with TestClient(app, kafka) as client:
+        with anyio.fail_after(5):
+            while client.committed("in", 0) != 5:
+                await anyio.sleep(0.005)
+        outputs = [m.value for m in client.records("out")]
+    # Each output once: those of the aborted transaction never appeared.
+    assert outputs == [b"0!", b"1!", b"2!", b"3!", b"4!"]
+
+
+async def test_a_new_transactional_producer_fences_the_previous_one() -> None:
+    from aiokafka.errors import ProducerFenced
+
+    kafka = MemoryKafka()
+    old = kafka.producer({"transactional_id": "t"})
+    new = kafka.producer({"transactional_id": "t"})
+    await old.start()
+    await old.begin_transaction()
+    await old.send("out", b"zombie")
+    await new.start()
+    with pytest.raises(ProducerFenced):
+        await old.commit_transaction()
+    assert kafka.records("out") == []
