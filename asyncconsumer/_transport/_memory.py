@@ -17,7 +17,9 @@ Differences from a broker, on purpose: records are visible to consumers as soon 
 they are published (no fetch round trip, no batching); ``highwater()`` is the
 partition's end at any time; new topics and partitions are seen by a group at its
 next rebalance (``await kafka.rebalance(group)``), as after a metadata refresh;
-nothing is replicated, retained or compacted.
+nothing is replicated, retained or compacted. A new topic that a pattern
+subscription matches is seen at once (a rebalance), not at aiokafka's next metadata
+refresh.
 """
 
 from __future__ import annotations
@@ -132,10 +134,15 @@ class MemoryKafka:
             raise ValueError(f"partitions must be >= 1, not {partitions!r}")
         if topic not in self._logs:
             self._logs[topic] = [[] for _ in range(partitions)]
+            # A group subscribed by pattern sees a matching new topic: aiokafka does at
+            # its next metadata refresh.
+            for group in self._groups.values():
+                if any(m._pattern is not None and m._wants(topic) for m in group.members):
+                    group.request(None)
 
     def add_partitions(self, topic: str, total: int) -> None:
         """Grow ``topic`` to ``total`` partitions; groups see them at their next
-        rebalance."""
+        rebalance (as after aiokafka's next metadata refresh)."""
         logs = self._topic(topic)
         if total < len(logs):
             raise ValueError(f"{topic!r} has {len(logs)} partitions; cannot shrink to {total}")
