@@ -84,6 +84,10 @@ class ConsumerApp:
     Handlers store them in their own transactions; they must complete in order
     (``ordering="partition"`` or batch handlers).
 
+    ``bootstrap_servers="memory://<name>"`` runs against the
+    :class:`~asyncconsumer.testing.MemoryKafka` of that name; in tests,
+    :class:`~asyncconsumer.testing.TestClient` does that for you.
+
     ``kafka_options`` are passed to :class:`aiokafka.AIOKafkaConsumer`
     (``max_poll_records``, ``fetch_max_wait_ms``, ``session_timeout_ms``,
     ``isolation_level``, ``client_id``, security settings, ...).

@@ -48,6 +48,9 @@ class Consumer:
     Leaving ``async with`` normally counts the last record as processed;
     leaving it by an exception does not.
 
+    ``bootstrap_servers="memory://<name>"`` consumes from the
+    :class:`~asyncconsumer.testing.MemoryKafka` of that name (tests).
+
     A record that cannot be decoded raises :class:`~asyncconsumer.DeserializationError`
     from the loop and stays the partition's next record (it is not skipped): to
     go past it, ``consumer.seek(TopicPartition(e.topic, e.partition), e.offset + 1)``.

@@ -21,7 +21,7 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.commit import OffsetFetchResponse_v3
 from aiokafka.structs import OffsetAndMetadata
 
-import asyncconsumer  # noqa: F401 -- installs the patch
+import asyncconsumer
 from asyncconsumer import TopicPartition
 from asyncconsumer._transport import Reachability, transport_for
 from asyncconsumer._transport._aiokafka import (
@@ -242,3 +242,28 @@ async def test_reachability_counts_failures_and_silence_not_waiting() -> None:
     connections.fail = False
     await client._client.send(1, "heartbeat")
     assert reachability.unreachable_for() < 0.05
+
+
+def test_only_the_transport_imports_aiokafkas_clients() -> None:
+    """Outside ``_transport/`` the package uses aiokafka's types and errors at the edge
+    (``aiokafka.structs``, ``aiokafka.errors``), its admin client to create topics on a
+    real broker (``testing/_broker.py``) and its loggers, never its consumer, producer
+    or coordinator."""
+    import ast
+    from pathlib import Path
+
+    package = Path(asyncconsumer.__file__).parent
+    allowed = {"aiokafka.structs", "aiokafka.errors", "aiokafka.admin", "aiokafka"}
+    offenders = []
+    for path in package.rglob("*.py"):
+        if "_transport" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("aiokafka"):
+                if node.module not in allowed or node.module == "aiokafka":
+                    offenders.append(f"{path.relative_to(package)}: from {node.module}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("aiokafka.") and alias.name not in allowed:
+                        offenders.append(f"{path.relative_to(package)}: import {alias.name}")
+    assert offenders == []
