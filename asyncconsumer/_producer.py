@@ -31,6 +31,9 @@ _OWNED = {
     "per input partition",
 }
 
+TRANSACTION_LINGER_MS = 5
+TRANSACTION_RETRY_BACKOFF_MS = 10
+
 TRANSACTION: ContextVar[ProducerClient | None] = ContextVar(
     "asyncconsumer_transaction", default=None
 )
@@ -138,6 +141,13 @@ class Producer:
         producer.options.update(
             transactional_id=transactional_id, enable_idempotence=True, acks="all"
         )
+        # Nothing waits for a send inside a transaction (only its commit does):
+        # lingering fills the batches of a producer that serves one input partition.
+        producer.options.setdefault("linger_ms", TRANSACTION_LINGER_MS)
+        # After a commit the broker answers the next transaction's first requests
+        # with CONCURRENT_TRANSACTIONS until its markers are written; aiokafka then
+        # waits retry_backoff_ms (100 ms by default) each time.
+        producer.options.setdefault("retry_backoff_ms", TRANSACTION_RETRY_BACKOFF_MS)
         return producer
 
     @property

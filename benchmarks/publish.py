@@ -17,6 +17,15 @@ asyncconsumer: until the completed offsets reach the end of every partition).
 - ``asyncconsumer handler awaits each send``: the same handler awaiting each
   acknowledgement itself, which is what ``publish_to`` did before it was pipelined;
 - ``asyncconsumer publish_to batch handler``: a batch handler returning its outputs.
+
+With ``transactions`` (Apache Kafka; the embedded broker has none), exactly-once:
+
+- ``aiokafka transactional loop``: per ``getmany`` batch, a transaction holding the
+  batch's outputs and the consumed offsets (one transactional producer, partitions
+  assigned by hand: what a hand-written loop does);
+- ``asyncconsumer publish_to exactly_once``: the ``publish_to`` handler with
+  ``delivery="exactly_once"`` (a transaction per partition every ``commit_interval``
+  or 1,000 records).
 """
 
 from __future__ import annotations
@@ -89,6 +98,44 @@ async def aiokafka_loop(bootstrap: str, source: str, out: str, total: int) -> Cl
         await producer.stop()
 
 
+async def aiokafka_transactional(bootstrap: str, source: str, out: str, total: int) -> Clock:
+    clock = Clock(total)
+    group = unique("bench-pub-txn")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=unique("bench-txn"))
+    await producer.start()
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(source, p) for p in range(PARTITIONS)])
+        seen = 0
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            if not batches:
+                continue
+            async with producer.transaction():
+                for records in batches.values():
+                    for record in records:
+                        if not clock.count:
+                            clock.tick()
+                        await producer.send(
+                            out, json.dumps(transform(record.value)).encode(), key=record.key
+                        )
+                        seen += 1
+                await producer.send_offsets_to_transaction(
+                    {tp: records[-1].offset + 1 for tp, records in batches.items()}, group
+                )
+        return _finished(clock)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
 async def _run_app(app: ConsumerApp, source: str, clock: Clock, total: int) -> Clock:
     """Run ``app`` until every partition of ``source`` is completed to its end."""
     async with app:
@@ -145,6 +192,18 @@ async def app_batch(bootstrap: str, source: str, out: str, total: int) -> Clock:
     return await _run_app(app, source, clock, total)
 
 
+async def app_exactly_once(bootstrap: str, source: str, out: str, total: int) -> Clock:
+    app, clock = _app(bootstrap), Clock(total)
+
+    @app.handler(source, publish_to=out, delivery="exactly_once")
+    async def handle(msg: Message[bytes]) -> dict[str, Any]:
+        if not clock.count:
+            clock.tick()
+        return transform(msg.value)
+
+    return await _run_app(app, source, clock, total)
+
+
 Contender = Callable[[str, str, str, int], Awaitable[Clock]]
 
 CONTENDERS: dict[str, Contender] = {
@@ -153,16 +212,23 @@ CONTENDERS: dict[str, Contender] = {
     "asyncconsumer handler awaits each send": app_awaited,
     "asyncconsumer publish_to batch handler": app_batch,
 }
+TRANSACTIONAL: dict[str, Contender] = {
+    "aiokafka transactional loop": aiokafka_transactional,
+    "asyncconsumer publish_to exactly_once": app_exactly_once,
+}
 
 
-async def run(bootstrap: str, total: int, repeat: int) -> dict[str, Any]:
+async def run(
+    bootstrap: str, total: int, repeat: int, *, transactions: bool = False
+) -> dict[str, Any]:
     """Every contender, interleaved, ``repeat`` rounds; ratios to the baseline of the
     same round (median and range)."""
     source = await make_librdkafka_topic(bootstrap, "bench-pub-in", total)
-    rates: dict[str, list[float]] = {name: [] for name in CONTENDERS}
-    cpu: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    contenders = {**CONTENDERS, **(TRANSACTIONAL if transactions else {})}
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
     for attempt in range(repeat):
-        for name, contender in CONTENDERS.items():
+        for name, contender in contenders.items():
             out = unique("bench-pub-out")
             await create_topic(bootstrap, out, PARTITIONS)
             started = time.perf_counter()

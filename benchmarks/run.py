@@ -241,7 +241,9 @@ async def main() -> int:
             )
         if "6" in scenarios:
             print("\n6. consume, transform, produce (publish_to) ...", flush=True)
-            results["publish"] = await publish.run(bootstrap, args.records, args.repeat)
+            results["publish"] = await publish.run(
+                bootstrap, args.records, args.repeat, transactions=results["broker"] != "embedded"
+            )
         if "5" in scenarios:
             print("\n5. latency at a steady 5,000 records/s ...", flush=True)
             seconds = 5.0 if args.quick else latency.SECONDS

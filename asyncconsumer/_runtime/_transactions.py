@@ -48,7 +48,7 @@ log = logging.getLogger("asyncconsumer")
 # The producer's epoch moved on: another member owns the partition now.
 FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
 
-DEFAULT_MAX_RECORDS = 1000
+DEFAULT_MAX_RECORDS = 10_000
 
 
 def transactional_id(group_id: str, tp: TopicPartition) -> str:
