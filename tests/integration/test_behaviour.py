@@ -187,7 +187,10 @@ async def test_a_revoke_drains_in_flight_records_then_commits_then_runs_on_revok
     async def handle(msg: Message[bytes]) -> None:
         if msg.offset == 3 and not in_flight.is_set():
             in_flight.set()
-            await anyio.sleep(0.5)  # still running when the second member joins
+            with anyio.fail_after(30):  # still running when the revoke begins
+                while first.statistics().rebalance_age == 0.0:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.1)
             events.append(f"finished {msg.partition}@3")
 
     @first.on_revoke
