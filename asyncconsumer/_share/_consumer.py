@@ -12,9 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
-from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaError
-from aiokafka.record.memory_records import MemoryRecords
 
 from .._codecs import CodecSpec, resolve_codec
 from .._errors import (
@@ -24,18 +22,12 @@ from .._errors import (
     DeserializationError,
 )
 from .._message import TopicPartition
+from .._transport._share import ShareClient, record_batches
 from . import _protocol as proto
 
 __all__ = ["ShareConsumer", "ShareGroupError", "ShareMessage"]
 
 log = logging.getLogger("asyncconsumer")
-
-try:  # aiokafka >= 0.13 keeps coordinator traffic on its own connections
-    from aiokafka.client import ConnectionGroup
-
-    _COORDINATION: dict[str, Any] = {"group": ConnectionGroup.COORDINATION}
-except ImportError:  # pragma: no cover
-    _COORDINATION = {}
 
 # Kafka error codes the share consumer acts on (org.apache.kafka.common.protocol.Errors)
 UNKNOWN_TOPIC_OR_PARTITION = 3
@@ -190,6 +182,11 @@ class ShareConsumer:
             raise ConfigurationError("ShareConsumer needs one or more topic names")
         if not group_id:
             raise ConfigurationError("ShareConsumer needs a group_id (the share group)")
+        servers = (
+            bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
+        )
+        if servers.startswith("memory://"):
+            raise ConfigurationError("share groups need a real Kafka broker (4.2+), not memory://")
         if auto_offset_reset not in (None, "earliest", "latest"):
             raise ConfigurationError(
                 f"auto_offset_reset must be 'earliest', 'latest' or None, not {auto_offset_reset!r}"
@@ -217,7 +214,7 @@ class ShareConsumer:
         self._max_bytes = fetch_max_bytes
         self._key_codec = resolve_codec(key_codec, what="key_codec")
         self._value_codec = resolve_codec(value_codec, what="value_codec")
-        self._client: AIOKafkaClient | None = None
+        self._client: ShareClient | None = None
         self._heartbeats: asyncio.Task[None] | None = None
         self._coordinator: int | None = None
         self._epoch = 0
@@ -245,13 +242,13 @@ class ShareConsumer:
         """Connect, set ``share.auto.offset.reset`` if asked, and join the group."""
         if self._client is not None:
             raise RuntimeError("ShareConsumer already started")
-        self._client = AIOKafkaClient(
-            bootstrap_servers=self._bootstrap,
+        self._client = ShareClient(
+            self._bootstrap,
             client_id=self._client_id,
             request_timeout_ms=self._request_timeout_ms,
         )
         try:
-            await self._client.bootstrap()
+            await self._client.start()
             await self._refresh_metadata()
             if self._group_configs:
                 await self._set_group_configs(self._group_configs)
@@ -429,20 +426,13 @@ class ShareConsumer:
 
     # -- internals: metadata and group membership ---------------------------------------------
 
-    def _require_client(self) -> AIOKafkaClient:
+    def _require_client(self) -> ShareClient:
         if self._client is None:
             raise ConsumerStoppedError("the ShareConsumer is not running")
         return self._client
 
     async def _any_node(self) -> int:
-        client = self._require_client()
-        node = client.get_random_node()
-        if node is None:
-            await client.force_metadata_update()
-            node = client.get_random_node()
-        if node is None:
-            raise KafkaError("no broker is reachable")
-        return int(node)
+        return await self._require_client().any_node()
 
     async def _refresh_metadata(self) -> None:
         client = self._require_client()
@@ -472,13 +462,12 @@ class ShareConsumer:
         while True:
             try:
                 if self._coordinator is None:
-                    self._coordinator = int(await client.coordinator_lookup(0, self.group_id))
-                result = await client.send(
+                    self._coordinator = await client.find_coordinator(self.group_id)
+                result = await client.send_coordinator(
                     self._coordinator,
                     proto.share_heartbeat_request(
                         self.group_id, self.member_id, self._epoch, subscribed
                     ),
-                    **_COORDINATION,
                 )
             except asyncio.CancelledError:
                 raise
@@ -532,10 +521,9 @@ class ShareConsumer:
         if client is None or self._coordinator is None or self._epoch <= 0:
             return
         with contextlib.suppress(KafkaError, OSError):
-            await client.send(
+            await client.send_coordinator(
                 self._coordinator,
                 proto.share_heartbeat_request(self.group_id, self.member_id, -1, None),
-                **_COORDINATION,
             )
 
     # -- internals: fetching -------------------------------------------------------------------
@@ -640,10 +628,9 @@ class ShareConsumer:
         ranges = sorted(acquired, key=lambda r: r.first)
         seen: set[int] = set()
         if records:
-            batches = MemoryRecords(records)
             i = 0
-            while (batch := batches.next_batch()) is not None:
-                if getattr(batch, "is_control_batch", False):
+            for control, batch in record_batches(records):
+                if control:
                     continue
                 for record in batch:
                     offset = record.offset

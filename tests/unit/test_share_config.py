@@ -52,3 +52,8 @@ def test_share_message_repr_and_tp() -> None:
     msg = ShareMessage("t", 1, 5, b"k", b"v", [], 0, 2)
     assert msg.tp == ("t", 1)
     assert "delivery 2" in repr(msg)
+
+
+def test_share_groups_need_a_real_broker() -> None:
+    with pytest.raises(ConfigurationError, match="memory://"):
+        ShareConsumer("t", bootstrap_servers="memory://x", group_id="g")
