@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -100,13 +101,15 @@ Key = tuple[uuid.UUID, int]  # (topic id, partition)
 
 
 class _Session:
-    """A share session with one broker: its epoch and the partitions in it."""
+    """A share session with one broker: its epoch and the partitions in it; ``lock``
+    serialises its requests (each carries the epoch and moves it on)."""
 
-    __slots__ = ("epoch", "partitions")
+    __slots__ = ("epoch", "lock", "partitions")
 
     def __init__(self) -> None:
         self.epoch = 0
         self.partitions: set[Key] = set()
+        self.lock = asyncio.Lock()
 
     def advance(self) -> None:
         self.epoch = 1 if self.epoch >= _MAX_EPOCH else self.epoch + 1
@@ -148,6 +151,12 @@ class ShareConsumer:
     with a small ``max_records`` when records are slow to process, so that the
     members share them.
 
+    ``renew_locks`` (default on; Kafka 4.2+, KIP-1222): the lock of a record handed
+    out and still undecided after a third of the lock duration is renewed, again and
+    again, so that slow handling keeps its records (``lock_renewals`` counts them). A
+    broker that cannot renew is logged once and the locks then simply expire. Records
+    fetched but not handed out yet are not renewed.
+
     ``auto_offset_reset`` sets the group's ``share.auto.offset.reset`` (a group
     config, used when a partition is first read by the group) before joining:
     ``None`` (default) leaves it as the group has it (Kafka's default: "latest").
@@ -177,6 +186,7 @@ class ShareConsumer:
         fetch_max_bytes: int = 50 * 1024 * 1024,
         client_id: str = "asyncconsumer-share",
         request_timeout_ms: int = 40_000,
+        renew_locks: bool = True,
     ) -> None:
         if not topics or not all(isinstance(t, str) and t for t in topics):
             raise ConfigurationError("ShareConsumer needs one or more topic names")
@@ -225,16 +235,27 @@ class ShareConsumer:
         self._leaders: dict[Key, int] = {}
         self._sessions: dict[int, _Session] = {}
         self._pending: dict[Key, dict[int, int]] = {}  # acknowledgements to send
-        # fetched, not handed out yet: (record, topic, partition, delivery count)
-        self._buffer: deque[tuple[Any, str, int, int]] = deque()
+        # fetched, not handed out yet: (record, topic, partition, delivery count, fetched at)
+        self._buffer: deque[tuple[Any, str, int, int, float]] = deque()
         self._current: ShareMessage | None = None  # handed out, undecided
+        # handed out and undecided: (partition key, offset) -> when its lock was taken
+        # (fetched) or last renewed (monotonic seconds)
+        self._held: dict[tuple[Key, int], float] = {}
+        self._renew = renew_locks
+        self._renewer: asyncio.Task[None] | None = None
+        self.lock_renewals = 0
+        """Acquisition locks renewed (records whose handling outlasted a third of the lock)."""
+        self.lock_expiries = 0
+        """Records decided after their acquisition lock had expired: the broker may have
+        given them to another member meanwhile (handled twice). Apache Kafka 4.3 answers
+        such acknowledgements without an error, so they are counted here, locally."""
         self._error: BaseException | None = None
         self._closed = False
         self.lock_timeout_ms: int | None = None
         """The acquisition lock the broker last reported (ms)."""
         self.acknowledge_errors = 0
-        """Acknowledgements the broker refused (mostly: the lock had expired and the
-        record went to another member), counted per partition response."""
+        """Acknowledgements the broker refused, counted per partition response (a late
+        acknowledgement is not refused by Kafka 4.3: see ``lock_expiries``)."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -257,6 +278,8 @@ class ShareConsumer:
             self._client = None
             raise
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="share-heartbeat")
+        if self._renew:
+            self._renewer = asyncio.create_task(self._renew_loop(), name="share-lock-renewal")
 
     async def stop(self, *, accept_current: bool = True) -> None:
         """Acknowledge what was decided, release the rest, close the share sessions and
@@ -272,10 +295,14 @@ class ShareConsumer:
             if self._current is not None:
                 self._decide(self._current, proto.ACCEPT if accept_current else proto.RELEASE)
             while self._buffer:
-                record, topic, partition, _ = self._buffer.popleft()
+                record, topic, partition, _, _ = self._buffer.popleft()
                 self._pending.setdefault((self._ids[topic], partition), {})[record.offset] = (
                     proto.RELEASE
                 )
+            if self._renewer is not None:
+                self._renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._renewer
             await self._close_sessions()
             if self._heartbeats is not None:
                 self._heartbeats.cancel()
@@ -316,6 +343,7 @@ class ShareConsumer:
         topic_id = self._ids.get(msg.topic)
         if topic_id is None:
             raise ValueError(f"{msg!r} was not consumed by this ShareConsumer")
+        self._check_lock((topic_id, msg.partition), msg.offset)
         decisions = self._pending.setdefault((topic_id, msg.partition), {})
         if self._current is msg:
             self._current = None
@@ -334,19 +362,22 @@ class ShareConsumer:
                     nodes.setdefault(node, {})[key] = self._pending.pop(key)
         for node, acks in nodes.items():
             session = self._sessions[node]
-            result = await client.send(
-                node,
-                proto.share_acknowledge_request(
-                    self.group_id, self.member_id, session.epoch, _ack_map(acks)
-                ),
-            )
-            if result.error_code in _SESSION_LOST:
-                self._sessions.pop(node, None)
-                log.warning("share session with node %s lost; acknowledgements dropped", node)
-                continue
-            if result.error_code:
-                raise ShareGroupError("ShareAcknowledge", result.error_code, result.error_message)
-            session.advance()
+            async with session.lock:
+                result = await client.send(
+                    node,
+                    proto.share_acknowledge_request(
+                        self.group_id, self.member_id, session.epoch, _ack_map(acks)
+                    ),
+                )
+                if result.error_code in _SESSION_LOST:
+                    self._sessions.pop(node, None)
+                    log.warning("share session with node %s lost; acknowledgements dropped", node)
+                    continue
+                if result.error_code:
+                    raise ShareGroupError(
+                        "ShareAcknowledge", result.error_code, result.error_message
+                    )
+                session.advance()
             for part in result.partitions:
                 if part.error_code:
                     self._ack_failed(
@@ -382,16 +413,36 @@ class ShareConsumer:
             if self._closed:
                 raise StopAsyncIteration
             if self._buffer:
-                return self._buffer.popleft()
+                record, topic, partition, count, fetched = self._buffer.popleft()
+                self._held[((self._ids[topic], partition), record.offset)] = fetched
+                return record, topic, partition, count
             await self._fetch()
 
     def settle(self, topic: str, partition: int, offset: int, kind: int) -> None:
         """Acknowledge a record from :meth:`next_record` (``kind``: ACCEPT, RELEASE or
         REJECT of ``asyncconsumer._share._protocol``)."""
-        self._pending.setdefault((self._ids[topic], partition), {})[offset] = kind
+        key = (self._ids[topic], partition)
+        self._check_lock(key, offset)
+        self._pending.setdefault(key, {})[offset] = kind
+
+    def _check_lock(self, key: Key, offset: int) -> None:
+        since = self._held.pop((key, offset), None)
+        if since is None or self.lock_timeout_ms is None:
+            return
+        if time.monotonic() - since > self.lock_timeout_ms / 1000:
+            self.lock_expiries += 1
+            log.warning(
+                "share group %s: %s[%s]@%s was decided after its acquisition lock "
+                "(%d ms) expired; another member may have handled it too",
+                self.group_id,
+                self._names.get(key[0], key[0]),
+                key[1],
+                offset,
+                self.lock_timeout_ms,
+            )
 
     def _hand_out(self) -> ShareMessage:
-        record, topic, partition, count = self._buffer.popleft()
+        record, topic, partition, count, fetched = self._buffer.popleft()
         key, value = record.key, record.value
         what = "key"
         try:
@@ -416,6 +467,7 @@ class ShareConsumer:
             count,
         )
         self._current = msg
+        self._held[((self._ids[topic], partition), msg.offset)] = fetched
         return msg
 
     @property
@@ -549,8 +601,12 @@ class ShareConsumer:
         await asyncio.gather(*(self._fetch_from(node, wanted.get(node, set())) for node in nodes))
 
     async def _fetch_from(self, node: int, wanted: set[Key]) -> None:
-        client = self._require_client()
         session = self._sessions.setdefault(node, _Session())
+        async with session.lock:
+            await self._fetch_in(node, session, wanted)
+
+    async def _fetch_in(self, node: int, session: _Session, wanted: set[Key]) -> None:
+        client = self._require_client()
         if session.epoch == 0:
             session.partitions = set()
         add = wanted - session.partitions
@@ -574,6 +630,7 @@ class ShareConsumer:
             forgotten=_group(forget),
             acquire_mode=self._acquire_mode,
         )
+        sent_at = time.monotonic()  # the locks start after this (conservative)
         try:
             result = await client.send(node, request)
         except KafkaError as exc:
@@ -618,9 +675,15 @@ class ShareConsumer:
                 )
                 continue
             if part.acquired:
-                self._take(key, part.records, part.acquired)
+                self._take(key, part.records, part.acquired, sent_at)
 
-    def _take(self, key: Key, records: bytes | None, acquired: list[proto.AcquiredRange]) -> None:
+    def _take(
+        self,
+        key: Key,
+        records: bytes | None,
+        acquired: list[proto.AcquiredRange],
+        locked_at: float,
+    ) -> None:
         """Buffer the acquired records of a partition's response; acquired offsets
         without a record (control records, compacted away) are acknowledged as gaps."""
         topic = self._names[key[0]]
@@ -640,7 +703,9 @@ class ShareConsumer:
                         break
                     if offset >= ranges[i].first:
                         seen.add(offset)
-                        self._buffer.append((record, topic, partition, ranges[i].delivery_count))
+                        self._buffer.append(
+                            (record, topic, partition, ranges[i].delivery_count, locked_at)
+                        )
         gaps = {
             offset: proto.GAP
             for r in ranges
@@ -679,6 +744,70 @@ class ShareConsumer:
                 key[1],
             )
 
+    async def _renew_loop(self) -> None:
+        """Renew the locks of records handed out a third of the lock duration ago and
+        still undecided (KIP-1222: ShareAcknowledge v2, acknowledge type Renew)."""
+        client = self._require_client()
+        while True:
+            third = (self.lock_timeout_ms or 30_000) / 3000
+            # at least every second: the lock duration is known after the first fetch
+            await asyncio.sleep(min(third / 2, 1.0))
+            now = time.monotonic()
+            due = [held for held, since in self._held.items() if now - since >= third]
+            if not due:
+                continue
+            for node, session in list(self._sessions.items()):
+                offsets: dict[Key, dict[int, int]] = {}
+                for key, offset in due:
+                    if key in session.partitions:
+                        offsets.setdefault(key, {})[offset] = proto.RENEW
+                if not offsets or session.epoch == 0:
+                    continue
+                try:
+                    async with session.lock:
+                        if self._sessions.get(node) is not session or session.epoch == 0:
+                            continue
+                        result = await client.send(
+                            node,
+                            proto.share_acknowledge_request(
+                                self.group_id,
+                                self.member_id,
+                                session.epoch,
+                                _ack_map(offsets),
+                                renew=True,
+                            ),
+                        )
+                        if result.error_code in _SESSION_LOST:
+                            self._sessions.pop(node, None)
+                            continue
+                        if not result.error_code:
+                            session.advance()
+                except KafkaError as exc:
+                    if "ShareAcknowledge versions" in str(exc):
+                        log.warning("the broker cannot renew share locks (%s); not renewing", exc)
+                        return
+                    log.warning("renewing share locks with node %s failed: %r", node, exc)
+                    continue
+                if result.error_code:
+                    log.warning(
+                        "renewing share locks refused (Kafka error %s %s); not renewing",
+                        result.error_code,
+                        result.error_message or "",
+                    )
+                    return
+                renewed_at = time.monotonic()
+                for part in result.partitions:
+                    key = (part.topic_id, part.partition)
+                    if part.error_code:
+                        self._ack_failed(
+                            part.topic_id, part.partition, part.error_code, part.error_message
+                        )
+                        continue
+                    for offset in offsets.get(key, {}):
+                        if (key, offset) in self._held:
+                            self._held[(key, offset)] = renewed_at
+                            self.lock_renewals += 1
+
     async def _close_sessions(self) -> None:
         """ShareAcknowledge with epoch -1 to every broker with a share session: the
         last acknowledgements, and the session is closed."""
@@ -688,12 +817,13 @@ class ShareConsumer:
                 continue
             acks = {k: self._pending.pop(k) for k in list(self._pending) if k in session.partitions}
             try:
-                result = await client.send(
-                    node,
-                    proto.share_acknowledge_request(
-                        self.group_id, self.member_id, -1, _ack_map(acks)
-                    ),
-                )
+                async with session.lock:
+                    result = await client.send(
+                        node,
+                        proto.share_acknowledge_request(
+                            self.group_id, self.member_id, -1, _ack_map(acks)
+                        ),
+                    )
             except KafkaError as exc:
                 log.warning("closing the share session with node %s failed: %r", node, exc)
                 continue

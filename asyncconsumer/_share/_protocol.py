@@ -30,6 +30,7 @@ __all__ = [
     "RECORD_LIMIT",
     "REJECT",
     "RELEASE",
+    "RENEW",
     "AckBatch",
     "AcquiredRange",
     "AlterConfigsResult",
@@ -54,6 +55,7 @@ GAP = 0  # an offset with no record (a control record, a compacted-away record)
 ACCEPT = 1
 RELEASE = 2
 REJECT = 3
+RENEW = 4  # KIP-1222 (ShareAcknowledge v2 with IsRenewAck): extend the lock
 
 # ShareAcquireMode (ShareFetch v2): acquire whole record batches (max_records may be
 # exceeded to a batch boundary), or never more than max_records.
@@ -301,6 +303,7 @@ class ShareAckResult:
     error_code: int
     error_message: str | None
     partitions: list[ShareAckPartition]
+    lock_timeout_ms: int | None = None  # version 2+
 
 
 def _decode_node_endpoints(r: Reader) -> dict[int, tuple[str, int]]:
@@ -361,10 +364,11 @@ def _decode_share_fetch(r: Reader) -> ShareFetchResult:
     return ShareFetchResult(error_code, error_message, lock_timeout_ms, partitions, endpoints)
 
 
-def _decode_share_ack(r: Reader) -> ShareAckResult:
+def _decode_share_ack(r: Reader, version: int = 1) -> ShareAckResult:
     r.int32()  # throttle_time_ms
     error_code = r.int16()
     error_message = r.compact_nullable_string()
+    lock_timeout_ms = r.int32() if version >= 2 else None
     partitions = []
     for _ in range(max(r.compact_array_length(), 0)):
         topic_id = r.uuid()
@@ -380,7 +384,7 @@ def _decode_share_ack(r: Reader) -> ShareAckResult:
         r.tagged_fields()
     _decode_node_endpoints(r)
     r.tagged_fields()
-    return ShareAckResult(error_code, error_message, partitions)
+    return ShareAckResult(error_code, error_message, partitions, lock_timeout_ms)
 
 
 def _write_ack_batches(w: Writer, batches: Sequence[AckBatch]) -> None:
@@ -458,13 +462,17 @@ def share_fetch_request(
 
 
 def share_acknowledge_request(
-    group_id: str, member_id: str, session_epoch: int, acks: Acks
+    group_id: str, member_id: str, session_epoch: int, acks: Acks, *, renew: bool = False
 ) -> KafkaCall[ShareAckResult]:
-    """ShareAcknowledge v1 (epoch -1 also closes the share session)."""
+    """ShareAcknowledge v1 (epoch -1 also closes the share session). ``renew``:
+    version 2 with ``IsRenewAck`` (KIP-1222): the acknowledgements are :data:`RENEW`
+    types, extending the records' acquisition locks (Kafka 4.2+)."""
     w = Writer()
     w.compact_string(group_id)
     w.compact_string(member_id)
     w.int32(session_epoch)
+    if renew:
+        w.boolean(True)  # is_renew_ack (version 2)
     w.compact_array_length(len(acks))
     for topic_id, by_partition in acks.items():
         w.uuid(topic_id)
@@ -475,6 +483,13 @@ def share_acknowledge_request(
             w.tagged_fields()
         w.tagged_fields()
     w.tagged_fields()
+    if renew:
+        return KafkaCall(
+            SHARE_ACK,
+            {2: w.getvalue()},
+            lambda r: _decode_share_ack(r, 2),
+            "ShareAcknowledge",
+        )
     return KafkaCall(SHARE_ACK, {1: w.getvalue()}, _decode_share_ack, "ShareAcknowledge")
 
 

@@ -270,3 +270,31 @@ async def test_sigkilled_members_records_come_back_to_the_others(
     assert len(killed | set(handled)) == total, "no record lost"
     again = [(p, o) for m in survivors for p, o, c in m.records if c >= 2]
     assert again, "the killed member's acquired records came back after the lock expired"
+
+
+@pytest.mark.parametrize("renew", [True, False])
+async def test_locks_of_slow_records_are_renewed(
+    kafka_bootstrap: str, topics: Topics, renew: bool
+) -> None:
+    topic = await topics.create("share-renew")
+    group = unique("share-renew")
+    await aproduce(kafka_bootstrap, topic, [(None, b"slow")])
+    lock = {"share.record.lock.duration.ms": "2000"}
+    async with (
+        share_consumer(kafka_bootstrap, topic, group, group_configs=lock, renew_locks=renew) as a,
+        share_consumer(kafka_bootstrap, topic, group) as b,
+    ):
+        (msg,) = await take(a, 1)
+        others: list[ShareMessage] = []
+        with anyio.move_on_after(6):  # three lock durations
+            async for other in b:
+                others.append(other)
+        a.accept(msg)
+        await a.commit()
+    if renew:
+        assert others == [], "the renewed record went to no other member"
+        assert a.lock_renewals >= 3
+        assert a.lock_expiries == 0
+    else:  # the control: without renewal the lock expires
+        assert [(m.value, m.delivery_count) for m in others] == [(b"slow", 2)]
+        assert a.lock_expiries == 1
