@@ -8,7 +8,7 @@ Metadata (3)              12       topic ids (share APIs name topics by id) and 
 IncrementalAlterConfigs   1        a share group's ``share.auto.offset.reset``
 ShareGroupHeartbeat (76)  1        join, stay, leave; the coordinator's assignment
 ShareFetch (78)           1, 2     acquire records; carry acknowledgements
-ShareAcknowledge (79)     1        acknowledgements alone (on close)
+ShareAcknowledge (79)     1, 2     acknowledgements alone (on close); v2 renews locks
 ========================  =======  ==================================================
 
 Each ``*_request`` function returns a :class:`~._wire.KafkaCall` to pass to

@@ -279,3 +279,20 @@ def test_share_fetch_record_limit_needs_version_2() -> None:
     assert call.prepare({78: (1, 2)}).encode()[28:30] == b"\x01\x00"
     with pytest.raises(UnsupportedVersionError):
         call.prepare({78: (1, 1)})
+
+
+def test_share_acknowledge_renew_is_version_2() -> None:
+    call = p.share_acknowledge_request(
+        "g", "m", 4, {TOPIC_ID: {0: [p.AckBatch(7, 7, (p.RENEW,))]}}, renew=True
+    )
+    assert call.prepare({79: (1, 2)}).API_VERSION == 2
+    assert call.encode()[:9] == b"\x02g\x02m\x00\x00\x00\x04\x01"  # ..., is_renew_ack true
+    assert b"\x02\x04\x00" in call.encode()  # one acknowledge type: 4 (Renew)
+    response = (
+        b"\x00\x00\x00\x00\x00\x00\x00"
+        b"\x00\x00\x07\xd0"  # acquisition_lock_timeout_ms 2000 (version 2)
+        b"\x01\x01\x00"
+    )
+    assert call.RESPONSE_TYPE.decode(response) == p.ShareAckResult(0, None, [], 2000)
+    with pytest.raises(UnsupportedVersionError):
+        call.prepare({79: (1, 1)})
