@@ -277,9 +277,22 @@ class ShareConsumer:
             await self._client.close()
             self._client = None
             raise
-        self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="share-heartbeat")
+        self._heartbeats = asyncio.create_task(self._guarded_heartbeats(), name="share-heartbeat")
         if self._renew:
-            self._renewer = asyncio.create_task(self._renew_loop(), name="share-lock-renewal")
+            self._renewer = asyncio.create_task(self._guarded_renewals(), name="share-renewal")
+
+    async def _guarded_heartbeats(self) -> None:
+        try:
+            await self._heartbeat_loop()
+        except Exception as exc:  # surfaces in the loop, instead of a silent fencing
+            self._error = exc
+            self._assignment_changed.set()
+
+    async def _guarded_renewals(self) -> None:
+        try:
+            await self._renew_loop()
+        except Exception:
+            log.exception("share group %s: lock renewal stopped", self.group_id)
 
     async def stop(self, *, accept_current: bool = True) -> None:
         """Acknowledge what was decided, release the rest, close the share sessions and
