@@ -11,6 +11,7 @@ from ._codecs import Codec, CodecSpec
 from ._consumer import Consumer
 from ._errors import (
     AsyncConsumerError,
+    AuthenticationError,
     CommitError,
     ConfigurationError,
     ConsumerStoppedError,
@@ -24,6 +25,7 @@ from ._producer import Headers, Producer, ProducerRecord, RecordMetadata, encode
 from ._retry import Backoff, Delivery, FailurePolicy, Retry
 from ._run import run
 from ._runtime._pipeline import DLQ_HEADERS, CallNext, Middleware
+from ._security import SASL, TLS, SaslMechanism, Security
 from ._seeking import Timestamp
 from ._statistics import HandlerStatistics, Statistics, TopicStatistics
 
@@ -31,7 +33,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DLQ_HEADERS",
+    "SASL",
+    "TLS",
     "AsyncConsumerError",
+    "AuthenticationError",
     "Backoff",
     "CallNext",
     "Codec",
@@ -57,6 +62,8 @@ __all__ = [
     "ProducerRecord",
     "RecordMetadata",
     "Retry",
+    "SaslMechanism",
+    "Security",
     "Statistics",
     "Timestamp",
     "TopicPartition",

@@ -21,16 +21,32 @@ changes, in aiokafka 0.12-0.14 (checked against Apache Kafka 4.3):
   nothing to read (the engine holds records back when a lane is full, so this is
   common). The patch makes fetches wait at most :data:`HELD_FETCH_WAIT_MS` while
   any fetched record is unconsumed, and ``fetch_max_wait_ms`` otherwise.
+- **Why a connection failed.** aiokafka logs a refused TLS handshake or SASL
+  authentication and retries, or fails a start with "Unable to bootstrap", the cause
+  lost. The patch of ``create_conn`` (as ``aiokafka.client`` calls it) records the
+  cause on the ``AIOKafkaClient`` that was connecting (see
+  ``_runtime._client.record_failure``), so that asyncconsumer raises
+  :class:`~asyncconsumer.AuthenticationError` naming it, instead of retrying.
+- **SASL payloads in DEBUG logs.** aiokafka logs every request and response at DEBUG
+  with its fields; a ``SaslAuthenticate`` request carries the SASL exchange (with
+  ``PLAIN``, the password as it is). The patch shows its size only.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiokafka.client as kafka_client
 import aiokafka.errors as kafka_errors
 from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.protocol import admin as kafka_admin_protocol
 from aiokafka.protocol.commit import OffsetFetchRequest
+
+from ._runtime._client import record_failure
 
 __all__ = ["HELD_FETCH_WAIT_MS", "check_offset_fetch", "fetch_wait_ms", "install"]
 
@@ -75,6 +91,8 @@ def install() -> None:
 
     _send_req._asyncconsumer_patched = True  # type: ignore[attr-defined]
     GroupCoordinator._send_req = _send_req
+    _install_connection_watch()
+    _install_sasl_redaction()
 
 
 def _install_fetch_wait() -> None:
@@ -90,3 +108,59 @@ def _install_fetch_wait() -> None:
         return original(self, assignment)
 
     Fetcher._get_actions_per_node = _get_actions_per_node
+
+
+# The AIOKafkaClient whose bootstrap() or _get_conn() is running in this task.
+_CONNECTING: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "asyncconsumer_connecting", default=None
+)
+
+
+def _install_connection_watch() -> None:
+    original_create: Callable[..., Awaitable[Any]] = kafka_client.create_conn
+
+    @functools.wraps(original_create)
+    async def create_conn(host: str, port: int, **kwargs: Any) -> Any:
+        try:
+            return await original_create(host, port, **kwargs)
+        except Exception as exc:
+            owner = _CONNECTING.get()
+            if owner is not None:
+                protocol = str(kwargs.get("security_protocol", "PLAINTEXT"))
+                record_failure(owner, f"{host}:{port}", exc, protocol)
+            raise
+
+    kafka_client.create_conn = create_conn
+    client_class = kafka_client.AIOKafkaClient
+    for name in ("bootstrap", "_get_conn"):
+        setattr(client_class, name, _connecting(getattr(client_class, name)))
+
+
+def _connecting(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _CONNECTING.set(self)
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            _CONNECTING.reset(token)
+
+    return wrapper
+
+
+def redacted_sasl_repr(struct: Any) -> str:
+    """A SaslAuthenticate request's or response's ``repr`` without the SASL bytes."""
+    shown = []
+    for name in struct.SCHEMA.names:
+        value = struct.__dict__.get(name)
+        if name == "sasl_auth_bytes":
+            shown.append(f"{name}=<{len(value or b'')} bytes, not shown>")
+        else:
+            shown.append(f"{name}={value!r}")
+    return f"{type(struct).__name__}({', '.join(shown)})"
+
+
+def _install_sasl_redaction() -> None:
+    for name in dir(kafka_admin_protocol):
+        if name.startswith(("SaslAuthenticateRequest_v", "SaslAuthenticateResponse_v")):
+            getattr(kafka_admin_protocol, name).__repr__ = redacted_sasl_repr

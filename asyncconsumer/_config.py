@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer
 
 from . import _aiokafka_compat
 from ._errors import ConfigurationError
+from ._security import Security, check_security, redact_options
 
 __all__ = ["ConsumerSettings", "OffsetReset"]
 
@@ -35,9 +36,10 @@ _KAFKA_OPTIONS = frozenset(inspect.signature(AIOKafkaConsumer.__init__).paramete
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class ConsumerSettings:
-    """Validated consumer settings. ``kafka_options`` go to aiokafka unchanged."""
+    """Validated consumer settings. ``kafka_options`` go to aiokafka unchanged;
+    ``security`` adds aiokafka's security options (it excludes the raw ones)."""
 
     bootstrap_servers: str | list[str]
     group_id: str | None = None
@@ -46,6 +48,17 @@ class ConsumerSettings:
     shutdown_timeout: float = 30.0
     drain_timeout: float | None = None
     kafka_options: dict[str, Any] = field(default_factory=dict)
+    security: Security | None = None
+
+    def __repr__(self) -> str:
+        # Never a password: the raw aiokafka options may hold one.
+        return (
+            f"ConsumerSettings(bootstrap_servers={self.bootstrap_servers!r}, "
+            f"group_id={self.group_id!r}, auto_offset_reset={self.auto_offset_reset!r}, "
+            f"commit_interval={self.commit_interval!r}, "
+            f"shutdown_timeout={self.shutdown_timeout!r}, drain_timeout={self.drain_timeout!r}, "
+            f"kafka_options={redact_options(self.kafka_options)!r}, security={self.security!r})"
+        )
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
@@ -75,6 +88,7 @@ class ConsumerSettings:
                     f"unknown Kafka consumer option {name!r} "
                     "(see aiokafka.AIOKafkaConsumer for the accepted names)"
                 )
+        check_security(self.security, self.kafka_options, "the consumer")
 
     @property
     def rebalance_drain_timeout(self) -> float:
@@ -100,6 +114,7 @@ class ConsumerSettings:
 
     def build_client(self) -> AIOKafkaConsumer:
         """Create (not start) the aiokafka consumer. Must run inside the event loop."""
+        secured = self.security.kafka_options() if self.security is not None else {}
         try:
             return AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap_servers,
@@ -107,6 +122,7 @@ class ConsumerSettings:
                 auto_offset_reset=self.auto_offset_reset,
                 enable_auto_commit=False,
                 **self.kafka_options,
+                **secured,
             )
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"invalid Kafka consumer settings: {exc}") from exc

@@ -21,9 +21,10 @@ from ._codecs import CodecSpec, resolve_codec
 from ._config import ConsumerSettings, OffsetReset
 from ._errors import CommitError, ConfigurationError, ConsumerStoppedError, DeserializationError
 from ._message import Message, make_decoder
-from ._runtime._client import stop_client
+from ._runtime._client import security_failure, start_client, stop_client
 from ._runtime._offsets import OffsetBook, PartitionOffsets
 from ._runtime._rebalance import RebalanceAdapter, RebalanceHook
+from ._security import Security
 from ._seeking import SeekTarget, Timestamp, lookup_offsets, timestamp_ms
 
 if TYPE_CHECKING:
@@ -52,6 +53,12 @@ class Consumer:
     A record that cannot be decoded raises :class:`~asyncconsumer.DeserializationError`
     from the loop and stays the partition's next record (it is not skipped): to
     go past it, ``consumer.seek(TopicPartition(e.topic, e.partition), e.offset + 1)``.
+
+    ``security`` (a :class:`~asyncconsumer.Security`) secures the connections, or
+    aiokafka's own security options in ``kafka_options`` do (not both). A broker
+    that refuses the credentials or the TLS handshake raises
+    :class:`~asyncconsumer.AuthenticationError` from :meth:`start` (or from the loop,
+    when it happens on a later connection) instead of being retried.
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class Consumer:
         drain_timeout: float | None = None,
         on_assign: RebalanceHook | None = None,
         on_revoke: RebalanceHook | None = None,
+        security: Security | None = None,
         **kafka_options: Any,
     ) -> None:
         modes = [
@@ -116,6 +124,7 @@ class Consumer:
             commit_interval=commit_interval,
             drain_timeout=drain_timeout,
             kafka_options=kafka_options,
+            security=security,
         )
         self._decode = make_decoder(
             resolve_codec(key_codec, what="key_codec"),
@@ -148,7 +157,12 @@ class Consumer:
         if self._client is not None:
             raise RuntimeError("this consumer was already started")
         client = self._client = self.settings.build_client()
-        await client.start()
+        try:
+            await start_client(client)
+        except BaseException:
+            self._closed = self._client_stopped = True
+            await stop_client(client)
+            raise
         if self._partitions is not None:
             client.assign(self._partitions)
             for tp in self._partitions:
@@ -309,6 +323,10 @@ class Consumer:
                 batches = await client.getmany(timeout_ms=wait_ms)
             except AioConsumerStoppedError:
                 raise StopAsyncIteration from None  # stopped from another task
+            if not batches:
+                failure = security_failure(client, definitive=True)
+                if failure is not None:  # aiokafka would retry it forever
+                    raise failure.error()
             for tp, records in batches.items():
                 if records:
                     self._book.track(tp)

@@ -14,6 +14,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from ._errors import ConfigurationError, ConsumerStoppedError
+from ._runtime._client import start_client
+from ._security import Security, check_security, redact_options
 
 __all__ = ["Headers", "Producer", "ProducerRecord", "RecordMetadata", "encode"]
 
@@ -105,13 +107,29 @@ class Producer:
     ``options`` go to :class:`aiokafka.AIOKafkaProducer`: ``acks`` (default
     ``"all"``), ``linger_ms``, ``max_batch_size``, ``compression_type``,
     ``enable_idempotence``, ``request_timeout_ms`` (how long a send is retried),
-    ``retry_backoff_ms``, ``client_id``, security settings, ...
+    ``retry_backoff_ms``, ``client_id``, ...; ``security`` (a
+    :class:`~asyncconsumer.Security`) secures the connections, or aiokafka's own
+    security options do (not both).
     """
 
-    def __init__(self, bootstrap_servers: str | list[str], **options: Any) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str],
+        *,
+        security: Security | None = None,
+        **options: Any,
+    ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.options = check_producer_options(options)
+        check_security(security, self.options, "the producer")
+        self.security = security
         self._client: AIOKafkaProducer | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Producer(bootstrap_servers={self.bootstrap_servers!r}, "
+            f"security={self.security!r}, options={redact_options(self.options)!r})"
+        )
 
     @property
     def started(self) -> bool:
@@ -127,12 +145,15 @@ class Producer:
     async def start(self) -> None:
         if self._client is not None:
             raise RuntimeError("the producer is already started")
+        secured = self.security.kafka_options() if self.security is not None else {}
         try:
-            client = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.options)
+            client = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap_servers, **self.options, **secured
+            )
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"invalid Kafka producer settings: {exc}") from exc
         try:
-            await client.start()
+            await start_client(client)
         except BaseException:
             await client.stop()
             raise

@@ -14,6 +14,13 @@ coordinator and metadata look-ups) goes through ``AIOKafkaClient.send``, which
 being sent, and no response has arrived for a while. A request waiting for its
 answer (a long join) is not a failure: aiokafka's ``request_timeout_ms`` turns a
 hung broker into one.
+
+Security failures: aiokafka logs a refused TLS handshake or SASL authentication and
+retries (a running client forever; a starting one fails with "Unable to bootstrap",
+the cause lost). :mod:`asyncconsumer._aiokafka_compat` records on the aiokafka client
+why a connection failed (:func:`classify_connection_failure`); :func:`start_client`
+raises :class:`~asyncconsumer.AuthenticationError` from it, and a running member
+stops on it (:func:`security_failure`).
 """
 
 from __future__ import annotations
@@ -21,14 +28,30 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+import aiokafka.errors as kafka_errors
 import anyio
 from aiokafka import AIOKafkaConsumer
+from aiokafka.client import AIOKafkaClient
 
-__all__ = ["Reachability", "stop_client"]
+from .._errors import AuthenticationError
+
+__all__ = [
+    "Reachability",
+    "SecurityFailure",
+    "classify_connection_failure",
+    "record_failure",
+    "security_failure",
+    "start_client",
+    "stop_client",
+]
+
+FAILURE_ATTRIBUTE = "_asyncconsumer_security_failure"
 
 log = logging.getLogger("asyncconsumer")
 
@@ -61,6 +84,140 @@ async def _finish_stop(client: AIOKafkaConsumer) -> None:
             await inner.close()
         except Exception as exc:
             log.warning("closing the Kafka connections failed: %r", exc)
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityFailure:
+    """Why a connection to ``broker`` failed. ``definitive``: retrying cannot help
+    (credentials refused, certificate not trusted); otherwise it is most likely a
+    mismatch of security protocols but could be a broker going away."""
+
+    broker: str
+    cause: str
+    definitive: bool
+
+    def error(self) -> AuthenticationError:
+        return AuthenticationError(self.broker, self.cause)
+
+
+# The TLS alerts a broker sends when it refuses the client's certificate (or the lack
+# of one: mutual TLS required), by OpenSSL's reason names.
+_CLIENT_CERT_REFUSED = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+    }
+)
+# The answer of a listener that does not speak TLS to a ClientHello.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
+_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in found):
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def classify_connection_failure(exc: BaseException, protocol: str) -> tuple[str, bool] | None:
+    """Why opening a connection (TCP, TLS, ApiVersions, SASL) failed with ``exc``, if
+    it was security: ``(cause in words, definitive)``; ``None`` for anything else
+    (refused, timed out). The words never include a secret: SASL errors carry the
+    broker's message, TLS errors OpenSSL's reason."""
+    chain = _chain(exc)
+    for error in chain:
+        if isinstance(
+            error, kafka_errors.SaslAuthenticationFailed | kafka_errors.AuthenticationFailedError
+        ):
+            said = (error.args[0] if error.args else "") or ""
+            said = f" (the broker says: {said})" if isinstance(said, str) and said else ""
+            return f"SASL authentication failed: wrong user name or password{said}", True
+        if isinstance(error, kafka_errors.UnsupportedSaslMechanismError):
+            return f"the SASL mechanism is not enabled on this listener: {error}", True
+        if isinstance(error, kafka_errors.IllegalSaslStateError):
+            return "the listener did not expect this SASL exchange: check security_protocol", True
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return (
+                "TLS certificate verify failed: the broker's certificate is not trusted "
+                f"({error.verify_message}; check the CA file and the host name)",
+                True,
+            )
+        if isinstance(error, ssl.SSLError):
+            reason = str(error.reason or type(error).__name__)
+            if reason in _CLIENT_CERT_REFUSED:
+                return (
+                    "the broker refused the client's TLS certificate, or its absence "
+                    f"({reason}; mutual TLS needs certfile and keyfile signed by a CA it trusts)",
+                    True,
+                )
+            if reason in _NOT_TLS:
+                return f"the listener does not speak TLS ({reason}): a plaintext port?", True
+            return (
+                f"the TLS handshake failed ({reason}): the listener may not speak TLS",
+                False,
+            )
+    if any(isinstance(error, asyncio.TimeoutError | ConnectionRefusedError) for error in chain):
+        return None
+    tls = protocol in _TLS_PROTOCOLS
+    closed = (kafka_errors.KafkaConnectionError, *((ConnectionResetError, EOFError) if tls else ()))
+    if any(isinstance(error, closed) for error in chain):
+        # Opened, then closed by the broker during the TLS handshake, or before it
+        # answered ApiVersions or SASL.
+        if tls:
+            return (
+                "the broker closed the connection during the TLS handshake: is this a "
+                "TLS listener, and does it want a client certificate?",
+                False,
+            )
+        return (
+            "the broker closed the connection during the handshake: the listener "
+            f"probably expects TLS or SASL (this client connects with {protocol})",
+            False,
+        )
+    return None
+
+
+def record_failure(owner: object, broker: str, exc: BaseException, protocol: str) -> None:
+    """Note on aiokafka's client ``owner`` why a connection to ``broker`` failed."""
+    found = classify_connection_failure(exc, protocol)
+    if found is not None:
+        failure = SecurityFailure(broker, *found)
+        previous: SecurityFailure | None = getattr(owner, FAILURE_ATTRIBUTE, None)
+        if previous is None or failure.definitive or not previous.definitive:
+            setattr(owner, FAILURE_ATTRIBUTE, failure)
+
+
+def security_failure(client: object, *, definitive: bool = False) -> SecurityFailure | None:
+    """The security failure recorded for ``client`` (an aiokafka consumer, producer or
+    admin client, or its inner ``AIOKafkaClient``); only definitive ones if asked."""
+    inner = client
+    if not isinstance(client, AIOKafkaClient):  # consumer, admin: _client; producer: client
+        inner = getattr(client, "_client", None) or getattr(client, "client", None)
+    failure: SecurityFailure | None = getattr(inner, FAILURE_ATTRIBUTE, None)
+    if failure is None or (definitive and not failure.definitive):
+        return None
+    return failure
+
+
+async def start_client(client: Any) -> None:
+    """``await client.start()``, raising :class:`~asyncconsumer.AuthenticationError`
+    instead of aiokafka's error when a connection failed for a security reason."""
+    try:
+        await client.start()
+    except Exception as exc:
+        failure = security_failure(client)
+        if failure is not None:
+            raise failure.error() from exc
+        raise
 
 
 class Reachability:

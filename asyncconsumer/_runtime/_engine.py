@@ -49,7 +49,7 @@ from .._errors import CommitError, ConsumerStoppedError
 from .._offset_store import OffsetStore
 from .._seeking import SeekTarget, lookup_offsets
 from .._statistics import Statistics
-from ._client import Reachability, stop_client
+from ._client import Reachability, security_failure, start_client, stop_client
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import DEFAULT_WINDOW, BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
@@ -213,7 +213,7 @@ class Engine(LaneOwner):
         self.reachability.watch(client)
         started, before, subscribed = time.monotonic(), totals(self.counters), False
         try:
-            await client.start()
+            await start_client(client)
             async with anyio.create_task_group() as tg:
                 # The task group exists before the first assignment can arrive.
                 self._tg = tg
@@ -229,6 +229,7 @@ class Engine(LaneOwner):
                 tg.start_soon(self._commit_loop, name="asyncconsumer commit")
                 tg.start_soon(self.liveness.run, name="asyncconsumer liveness")
                 tg.start_soon(warn_missing_topics, client, topics, name="asyncconsumer topics")
+                tg.start_soon(self._security_watch, name="asyncconsumer security")
                 task_status.started()
                 try:
                     await self._stop_requested.wait()
@@ -390,6 +391,18 @@ class Engine(LaneOwner):
                 await hook(dict(done), error)
         if error is not None:
             raise error
+
+    async def _security_watch(self, interval: float = 1.0) -> None:
+        """Stop on a connection the broker refused for good (credentials, certificate):
+        aiokafka would retry it forever, logging each try."""
+        producer = self._producer
+        while True:
+            await anyio.sleep(interval)
+            for client in (self.client, producer.client if producer and producer.started else None):
+                failure = None if client is None else security_failure(client, definitive=True)
+                if failure is not None:
+                    self.fail(failure.error())
+                    return
 
     def _pause_in_client(self, tps: set[TopicPartition]) -> None:
         client = self._client()

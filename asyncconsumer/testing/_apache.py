@@ -44,15 +44,19 @@ from typing import IO, Any
 
 import anyio
 
+from .._security import SASL, TLS, SaslMechanism, Security
 from ._broker import create_topic
 from ._jars import DEFAULT_VERSION, ApacheKafkaUnavailableError, check_java, resolve_jars
+from ._tls import CertificateFiles, make_certificates
 
 __all__ = [
     "QUICK_JVM_OPTIONS",
     "ApacheKafka",
     "ApacheKafkaUnavailableError",
+    "BrokerSecurity",
     "cluster_id",
     "node_properties",
+    "security_properties",
 ]
 
 log = logging.getLogger("asyncconsumer.testing")
@@ -124,6 +128,95 @@ def node_properties(
         props["broker.heartbeat.interval.ms"] = "500"
         props["broker.session.timeout.ms"] = "3000"
     return props
+
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+# What kafka-storage's --add-scram and a JAAS line can carry without quoting.
+_PLAIN_TEXT = re.compile(r"^[A-Za-z0-9._~!@#$%^&*()+\-]+$")
+
+
+@dataclass(frozen=True, repr=False)
+class BrokerSecurity:
+    """The secured listeners of an :class:`ApacheKafka` node, beside its plaintext one:
+
+    - ``SASL_SSL``: TLS with a throw-away CA's broker certificate (valid for
+      ``127.0.0.1`` and ``localhost``), then SASL ``SCRAM-SHA-512``, ``SCRAM-SHA-256``
+      (users created when the node is formatted) or ``PLAIN``, for every one of
+      ``users`` (name: password);
+    - ``SSL`` with client authentication required (mutual TLS): a client certificate
+      signed by the same CA (see :attr:`ApacheKafka.certificates`).
+
+    There is no authorizer: every authenticated user may do everything. For tests and
+    local trials only. User names and passwords are limited to letters, digits and
+    ``._~!@#$%^&*()+-``.
+    """
+
+    users: Mapping[str, str] = field(default_factory=lambda: {"alice": "alice-secret"})
+
+    def __post_init__(self) -> None:
+        if not self.users:
+            raise ValueError("BrokerSecurity needs at least one user")
+        for name, password in self.users.items():
+            if not _PLAIN_TEXT.match(name) or not _PLAIN_TEXT.match(password):
+                raise ValueError(
+                    f"BrokerSecurity user {name!r}: names and passwords may hold letters, "
+                    "digits and ._~!@#$%^&*()+- only"
+                )
+
+    def __repr__(self) -> str:
+        return f"BrokerSecurity(users={sorted(self.users)!r})"  # names, never passwords
+
+    def scram_arguments(self) -> list[str]:
+        """``kafka-storage format`` arguments that create the SCRAM users."""
+        return [
+            argument
+            for name, password in self.users.items()
+            for mechanism in SCRAM_MECHANISMS
+            for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
+
+
+def security_properties(
+    port: int,
+    controller_port: int,
+    sasl_port: int,
+    ssl_port: int,
+    security: BrokerSecurity,
+    certificates: CertificateFiles,
+) -> dict[str, str]:
+    """What a node with :class:`BrokerSecurity` adds to (and overrides in)
+    :func:`node_properties`: the ``SASL_SSL`` and ``SSL`` (mutual TLS) listeners."""
+    plain_users = " ".join(f'user_{name}="{password}"' for name, password in security.users.items())
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    props = {
+        "listeners": (
+            f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port},"
+            f"SASL_SSL://{HOST}:{sasl_port},SSL://{HOST}:{ssl_port}"
+        ),
+        "advertised.listeners": (
+            f"PLAINTEXT://{HOST}:{port},SASL_SSL://{HOST}:{sasl_port},SSL://{HOST}:{ssl_port}"
+        ),
+        "listener.security.protocol.map": (
+            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL"
+        ),
+        "sasl.enabled.mechanisms": ",".join([*SCRAM_MECHANISMS, "PLAIN"]),
+        "listener.name.sasl_ssl.plain.sasl.jaas.config": (
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+        ),
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(certificates.broker_file),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(certificates.ca_file),
+        "listener.name.ssl.ssl.client.auth": "required",
+    }
+    for mechanism in SCRAM_MECHANISMS:
+        props[f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"] = scram
+    return props
+
+
+def _escape(value: str) -> str:
+    """A ``.properties`` value as Java reads it back (backslashes are escapes)."""
+    return value.replace("\\", "\\\\")
 
 
 def _free_ports(count: int) -> list[int]:
@@ -237,6 +330,8 @@ class _Node:
     port: int
     controller_port: int
     directory: Path
+    sasl_port: int | None = None
+    ssl_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     out: IO[bytes] | None = field(default=None, repr=False)
 
@@ -286,6 +381,19 @@ class ApacheKafka:
     little CPU; ``()`` for the JVM's defaults). ``start()``/``stop()`` (or
     ``with``) block, for scripts. Raises :class:`ApacheKafkaUnavailableError` when
     Java or Maven is missing or too old, resolution fails, or a node does not start.
+
+    ``security`` (a :class:`BrokerSecurity`) adds a ``SASL_SSL`` listener (SCRAM and
+    PLAIN users) and a mutual-TLS ``SSL`` listener to every node, with throw-away
+    certificates; :attr:`sasl_ssl_bootstrap_servers`, :attr:`ssl_bootstrap_servers`,
+    :attr:`certificates`, :meth:`sasl_security` and :meth:`mtls_security` are what a
+    client needs for them::
+
+        async with ApacheKafka(security=BrokerSecurity(users={"alice": "pw"})) as kafka:
+            app = ConsumerApp(
+                bootstrap_servers=kafka.sasl_ssl_bootstrap_servers,
+                security=kafka.sasl_security("alice"),
+                group_id="g",
+            )
     """
 
     def __init__(
@@ -297,6 +405,7 @@ class ApacheKafka:
         startup_timeout: float = 120.0,
         log_level: str = "WARN",
         jvm_options: Sequence[str] = QUICK_JVM_OPTIONS,
+        security: BrokerSecurity | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, not {nodes}")
@@ -306,6 +415,8 @@ class ApacheKafka:
         self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.jvm_options = tuple(jvm_options)
+        self.security = security
+        self._certificates: CertificateFiles | None = None
         self.start_seconds: float | None = None  # how long the last start took, jars excluded
         self._nodes: list[_Node] = []
         self._base: Path | None = None
@@ -319,6 +430,60 @@ class ApacheKafka:
         if not self._nodes:
             raise RuntimeError("Apache Kafka is not running")
         return ",".join(node.address for node in self._nodes)
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """Every node's ``SASL_SSL`` listener (``security=`` only), comma-separated."""
+        return ",".join(f"{HOST}:{self._secured(node).sasl_port}" for node in self._running())
+
+    @property
+    def ssl_bootstrap_servers(self) -> str:
+        """Every node's mutual-TLS ``SSL`` listener (``security=`` only), comma-separated."""
+        return ",".join(f"{HOST}:{self._secured(node).ssl_port}" for node in self._running())
+
+    @property
+    def certificates(self) -> CertificateFiles:
+        """The CA, broker and client certificate files (``security=`` only): PEM files
+        under the cluster's directory, deleted when it stops."""
+        if self._certificates is None:
+            raise RuntimeError("this ApacheKafka has no security= (or is not running)")
+        return self._certificates
+
+    def sasl_security(
+        self, username: str | None = None, mechanism: SaslMechanism = "SCRAM-SHA-512"
+    ) -> Security:
+        """A :class:`~asyncconsumer.Security` for the ``SASL_SSL`` listener: user
+        ``username`` (default: the first one) with its password, over TLS that trusts
+        the throw-away CA."""
+        if self.security is None:
+            raise RuntimeError("this ApacheKafka has no security=")
+        name = username if username is not None else next(iter(self.security.users))
+        if name not in self.security.users:
+            raise KeyError(f"no user {name!r} in this ApacheKafka's BrokerSecurity")
+        return Security(
+            sasl=SASL(name, self.security.users[name], mechanism),
+            tls=TLS(cafile=self.certificates.ca_file),
+        )
+
+    def mtls_security(self) -> Security:
+        """A :class:`~asyncconsumer.Security` for the mutual-TLS ``SSL`` listener: the
+        client certificate and key, trusting the throw-away CA."""
+        files = self.certificates
+        return Security(
+            tls=TLS(
+                cafile=files.ca_file, certfile=files.client_cert_file, keyfile=files.client_key_file
+            )
+        )
+
+    def _running(self) -> list[_Node]:
+        if not self._nodes:
+            raise RuntimeError("Apache Kafka is not running")
+        return self._nodes
+
+    def _secured(self, node: _Node) -> _Node:
+        if node.sasl_port is None:
+            raise RuntimeError("this ApacheKafka has no security=")
+        return node
 
     def node_address(self, index: int) -> str:
         """Node ``index``'s ``host:port`` (its node id is ``index + 1``)."""
@@ -357,20 +522,41 @@ class ApacheKafka:
             "-cp",
             f"{jars}{os.sep}*",
         ]
-        ports = _free_ports(2 * self.nodes)
-        pairs = [(ports[2 * i], ports[2 * i + 1]) for i in range(self.nodes)]
+        per_node = 2 if self.security is None else 4
+        ports = _free_ports(per_node * self.nodes)
+        pairs = [(ports[per_node * i], ports[per_node * i + 1]) for i in range(self.nodes)]
+        if self.security is not None:
+            self._certificates = make_certificates(self._base / "tls")
         cid = cluster_id()
         formats = []
         self._nodes = []
         for index, (port, controller_port) in enumerate(pairs):
             directory = self._base / f"node-{index + 1}"
             (directory / "data").mkdir(parents=True)
-            props = {**node_properties(index, pairs, directory / "data"), **self.properties}
+            props = node_properties(index, pairs, directory / "data")
+            node = _Node(index, port, controller_port, directory)
+            scram: list[str] = []
+            if self.security is not None:
+                assert self._certificates is not None
+                node.sasl_port, node.ssl_port = ports[per_node * index + 2 : per_node * index + 4]
+                props.update(
+                    security_properties(
+                        port,
+                        controller_port,
+                        node.sasl_port,
+                        node.ssl_port,
+                        self.security,
+                        self._certificates,
+                    )
+                )
+                scram = self.security.scram_arguments()
+            props.update(self.properties)
             config = directory / "server.properties"
-            config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-            self._nodes.append(_Node(index, port, controller_port, directory))
+            config.write_text("".join(f"{k}={_escape(v)}\n" for k, v in props.items()))
+            config.chmod(0o600)  # it may hold passwords (PLAIN users)
+            self._nodes.append(node)
             formats.append(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)]
+                [*jvm, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config), *scram]
             )
         self._command = [*jvm, "kafka.Kafka"]
         return formats
@@ -386,8 +572,11 @@ class ApacheKafka:
             out, _ = proc.communicate(timeout=120)
             if proc.returncode != 0:
                 text = out.decode(errors="replace").strip()
+                shown = (
+                    command[: command.index("--add-scram")] if "--add-scram" in command else command
+                )
                 raise ApacheKafkaUnavailableError(
-                    f"formatting a Kafka data directory failed ({' '.join(command)}):\n{text}"
+                    f"formatting a Kafka data directory failed ({' '.join(shown)}):\n{text}"
                 )
 
     def _launch(self, node: _Node) -> None:
@@ -483,6 +672,7 @@ class ApacheKafka:
         for node in self._nodes:
             node.reap(grace)
         self._nodes = []
+        self._certificates = None
         base, self._base = self._base, None
         if base is not None:
             shutil.rmtree(base, ignore_errors=True)
