@@ -19,9 +19,20 @@ from aiokafka.structs import TopicPartition
 
 from ._codecs import CodecSpec, resolve_codec
 from ._config import ConsumerSettings, OffsetReset
-from ._errors import CommitError, ConfigurationError, ConsumerStoppedError, DeserializationError
+from ._errors import (
+    AuthenticationError,
+    CommitError,
+    ConfigurationError,
+    ConsumerStoppedError,
+    DeserializationError,
+)
 from ._message import Message, make_decoder
-from ._runtime._client import security_failure, start_client, stop_client
+from ._runtime._client import (
+    REFUSED_COMMIT_TIMEOUT,
+    on_security_failure,
+    start_client,
+    stop_client,
+)
 from ._runtime._offsets import OffsetBook, PartitionOffsets
 from ._runtime._rebalance import RebalanceAdapter, RebalanceHook
 from ._security import Security
@@ -163,6 +174,7 @@ class Consumer:
             self._closed = self._client_stopped = True
             await stop_client(client)
             raise
+        on_security_failure(client, lambda failure: self._fail(failure.error()))
         if self._partitions is not None:
             client.assign(self._partitions)
             for tp in self._partitions:
@@ -192,8 +204,13 @@ class Consumer:
                 if commit_last:
                     self._mark_last_processed()
                 if self.settings.group_id is not None:
+                    # Refused for good: no new connection; do not wait commit_timeout.
+                    refused = isinstance(self._error, AuthenticationError)
                     try:
-                        await self._book.commit(client)
+                        with anyio.fail_after(REFUSED_COMMIT_TIMEOUT if refused else None):
+                            await self._book.commit(client)
+                    except TimeoutError:
+                        log.error("commit on close impossible: the cluster refuses the connection")
                     except CommitError as exc:
                         log.error(
                             "commit on close failed, records will be delivered again: %s", exc
@@ -323,10 +340,6 @@ class Consumer:
                 batches = await client.getmany(timeout_ms=wait_ms)
             except AioConsumerStoppedError:
                 raise StopAsyncIteration from None  # stopped from another task
-            if not batches:
-                failure = security_failure(client, definitive=True)
-                if failure is not None:  # aiokafka would retry it forever
-                    raise failure.error()
             for tp, records in batches.items():
                 if records:
                     self._book.track(tp)

@@ -45,6 +45,7 @@ __all__ = [
     "Reachability",
     "SecurityFailure",
     "classify_connection_failure",
+    "on_security_failure",
     "record_failure",
     "security_failure",
     "start_client",
@@ -52,6 +53,10 @@ __all__ = [
 ]
 
 FAILURE_ATTRIBUTE = "_asyncconsumer_security_failure"
+CALLBACK_ATTRIBUTE = "_asyncconsumer_on_security_failure"
+# How long the final commit may take once the cluster refused a connection for good
+# (it may still pass over a connection opened before; a new one cannot).
+REFUSED_COMMIT_TIMEOUT = 5.0
 
 log = logging.getLogger("asyncconsumer")
 
@@ -194,14 +199,32 @@ def record_failure(owner: object, broker: str, exc: BaseException, protocol: str
         previous: SecurityFailure | None = getattr(owner, FAILURE_ATTRIBUTE, None)
         if previous is None or failure.definitive or not previous.definitive:
             setattr(owner, FAILURE_ATTRIBUTE, failure)
+        callback: Callable[[SecurityFailure], None] | None = getattr(
+            owner, CALLBACK_ATTRIBUTE, None
+        )
+        if callback is not None and failure.definitive:
+            callback(failure)
+
+
+def _inner(client: object) -> object:
+    if isinstance(client, AIOKafkaClient):
+        return client
+    # consumer and admin client: _client; producer: client
+    return getattr(client, "_client", None) or getattr(client, "client", None)
+
+
+def on_security_failure(client: object, callback: Callable[[SecurityFailure], None]) -> None:
+    """Call ``callback`` when a later connection of the started ``client`` is refused
+    for good (aiokafka would retry it forever, logging each try)."""
+    inner = _inner(client)
+    if inner is not None:
+        setattr(inner, CALLBACK_ATTRIBUTE, callback)
 
 
 def security_failure(client: object, *, definitive: bool = False) -> SecurityFailure | None:
     """The security failure recorded for ``client`` (an aiokafka consumer, producer or
     admin client, or its inner ``AIOKafkaClient``); only definitive ones if asked."""
-    inner = client
-    if not isinstance(client, AIOKafkaClient):  # consumer, admin: _client; producer: client
-        inner = getattr(client, "_client", None) or getattr(client, "client", None)
+    inner = _inner(client)
     failure: SecurityFailure | None = getattr(inner, FAILURE_ATTRIBUTE, None)
     if failure is None or (definitive and not failure.definitive):
         return None

@@ -45,11 +45,18 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
 from .._config import ConsumerSettings
-from .._errors import CommitError, ConsumerStoppedError
+from .._errors import AuthenticationError, CommitError, ConsumerStoppedError
 from .._offset_store import OffsetStore
 from .._seeking import SeekTarget, lookup_offsets
 from .._statistics import Statistics
-from ._client import Reachability, security_failure, start_client, stop_client
+from ._client import (
+    REFUSED_COMMIT_TIMEOUT,
+    Reachability,
+    SecurityFailure,
+    on_security_failure,
+    start_client,
+    stop_client,
+)
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import DEFAULT_WINDOW, BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
@@ -214,6 +221,9 @@ class Engine(LaneOwner):
         started, before, subscribed = time.monotonic(), totals(self.counters), False
         try:
             await start_client(client)
+            on_security_failure(client, self._refused)
+            if self._producer is not None and self._producer.started:
+                on_security_failure(self._producer.client, self._refused)
             async with anyio.create_task_group() as tg:
                 # The task group exists before the first assignment can arrive.
                 self._tg = tg
@@ -229,7 +239,6 @@ class Engine(LaneOwner):
                 tg.start_soon(self._commit_loop, name="asyncconsumer commit")
                 tg.start_soon(self.liveness.run, name="asyncconsumer liveness")
                 tg.start_soon(warn_missing_topics, client, topics, name="asyncconsumer topics")
-                tg.start_soon(self._security_watch, name="asyncconsumer security")
                 task_status.started()
                 try:
                     await self._stop_requested.wait()
@@ -269,8 +278,13 @@ class Engine(LaneOwner):
             began = time.monotonic()
             await self._drain(lanes, timeout)
             self._drain_time = time.monotonic() - began
+            refused = isinstance(self.failure, AuthenticationError)
             try:
-                await self._commit()
+                # A new connection cannot be had: do not wait commit_timeout for one.
+                with anyio.fail_after(REFUSED_COMMIT_TIMEOUT if refused else None):
+                    await self._commit()
+            except TimeoutError:
+                log.error("final commit impossible (the cluster refuses the connection)")
             except CommitError as exc:
                 log.error("final commit failed, these records will be delivered again: %s", exc)
             except Exception as exc:  # an on_commit hook
@@ -392,17 +406,11 @@ class Engine(LaneOwner):
         if error is not None:
             raise error
 
-    async def _security_watch(self, interval: float = 1.0) -> None:
-        """Stop on a connection the broker refused for good (credentials, certificate):
-        aiokafka would retry it forever, logging each try."""
-        producer = self._producer
-        while True:
-            await anyio.sleep(interval)
-            for client in (self.client, producer.client if producer and producer.started else None):
-                failure = None if client is None else security_failure(client, definitive=True)
-                if failure is not None:
-                    self.fail(failure.error())
-                    return
+    def _refused(self, failure: SecurityFailure) -> None:
+        """A connection was refused for good (credentials, certificate): stop on it
+        rather than let aiokafka retry it forever."""
+        if not isinstance(self.failure, AuthenticationError):
+            self.fail(failure.error())
 
     def _pause_in_client(self, tps: set[TopicPartition]) -> None:
         client = self._client()

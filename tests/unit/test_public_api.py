@@ -30,7 +30,8 @@ def test_importing_the_package_imports_no_optional_dependency() -> None:
     code = (
         "import sys, asyncconsumer, asyncconsumer.cli; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'fastapi', 'starlette', 'aiohttp', 'prometheus_client', 'pydantic', 'opentelemetry', 'cryptography'}))"
+        "{'fastapi', 'starlette', 'aiohttp', 'prometheus_client', 'pydantic', 'opentelemetry', "
+        "'cryptography'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
