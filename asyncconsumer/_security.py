@@ -213,14 +213,11 @@ class Security:
     """How the Kafka clients connect: ``tls`` (default: TLS that trusts the system's
     CAs; ``None`` for no encryption) and ``sasl`` (default: none).
 
-    ============================  =====================
-    ``Security(...)``             ``security_protocol``
-    ============================  =====================
-    ``Security()`` or ``tls=TLS(...)``       ``SSL`` (mutual TLS when ``TLS`` has a certificate)
-    ``sasl=SASL(...)``            ``SASL_SSL``
-    ``sasl=SASL(...), tls=None``  ``SASL_PLAINTEXT``
-    ``tls=None``                  ``PLAINTEXT``
-    ============================  =====================
+    - ``Security()`` or ``Security(tls=TLS(...))``: ``SSL`` (mutual TLS when the
+      ``TLS`` has a client certificate);
+    - ``Security(sasl=SASL(...))``: ``SASL_SSL``;
+    - ``Security(sasl=SASL(...), tls=None)``: ``SASL_PLAINTEXT``;
+    - ``Security(tls=None)``: ``PLAINTEXT``.
     """
 
     sasl: SASL | None = None
