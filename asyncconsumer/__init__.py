@@ -18,6 +18,7 @@ from ._errors import (
     DeadLetterError,
     DeserializationError,
     HandlerCancelledError,
+    PublishError,
 )
 from ._message import Message, TopicPartition
 from ._offset_store import OffsetStore
@@ -60,6 +61,7 @@ __all__ = [
     "OffsetStore",
     "Producer",
     "ProducerRecord",
+    "PublishError",
     "RecordMetadata",
     "Retry",
     "SaslMechanism",

@@ -8,6 +8,7 @@
     ├── CommitError             the broker refused or failed an offset commit
     ├── DeadLetterError         a failed record could not be published to its dead-letter topic
     ├── AuthenticationError     a broker refused the client's credentials or TLS handshake
+    ├── PublishError            a publish_to result's acknowledgement was cancelled
     ├── HandlerCancelledError   a handler raised CancelledError that no cancellation caused
     └── ConsumerStoppedError    the consumer was used after it stopped
 
@@ -32,6 +33,7 @@ __all__ = [
     "DeadLetterError",
     "DeserializationError",
     "HandlerCancelledError",
+    "PublishError",
 ]
 
 
@@ -93,6 +95,13 @@ class AuthenticationError(AsyncConsumerError):
 
     def __reduce__(self) -> tuple[type[AuthenticationError], tuple[str, str]]:
         return type(self), (self.broker, self.cause)
+
+
+class PublishError(AsyncConsumerError):
+    """A record a ``publish_to`` handler returned was not acknowledged by the broker
+    for a reason without an error of its own (the producer stopped first). Like any
+    publish failure, it is a failure of the consumed record (``retry``, then
+    ``on_failure``)."""
 
 
 class HandlerCancelledError(AsyncConsumerError):

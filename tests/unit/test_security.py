@@ -148,6 +148,8 @@ def test_the_apps_producer_gets_the_apps_security() -> None:
     app = ConsumerApp(bootstrap_servers="b:9092", group_id="g", security=security)
     assert app.settings.security is security
     assert app.producer.security is security
+    # delivery="exactly_once": one transactional producer per partition, secured alike.
+    assert Producer.transactional(app.producer, "t-1").security is security
     # aiokafka's raw options secure the producer too, unless it has its own.
     raw = ConsumerApp(
         bootstrap_servers="b:9092",
