@@ -75,7 +75,12 @@ async def secured_topic(kafka: ApacheKafka, prefix: str, partitions: int = 2) ->
 
 
 async def consume(
-    bootstrap: str, security: Security, topic: str, count: int, timeout: float = 60.0
+    bootstrap: str,
+    security: Security,
+    topic: str,
+    count: int,
+    timeout: float = 60.0,
+    **kafka_options: Any,
 ) -> list[Message[bytes]]:
     """``count`` records of ``topic``, read by an ``async for`` Consumer in a group."""
     found: list[Message[bytes]] = []
@@ -86,6 +91,7 @@ async def consume(
             security=security,
             group_id=unique("g-read"),
             auto_offset_reset="earliest",
+            **kafka_options,
         ) as consumer:
             async for msg in consumer:
                 found.append(msg)
@@ -147,6 +153,36 @@ async def test_an_app_and_a_consumer_over_sasl_ssl(kafka: ApacheKafka) -> None:
 
 async def test_an_app_and_a_consumer_over_mutual_tls(kafka: ApacheKafka) -> None:
     await app_scenario(kafka, kafka.ssl_bootstrap_servers, kafka.mtls_security())
+
+
+async def test_exactly_once_over_sasl_ssl(kafka: ApacheKafka) -> None:
+    """``delivery="exactly_once"`` creates a transactional producer per partition: it
+    connects through the secured listener like the app's own producer."""
+    source, out = (
+        await secured_topic(kafka, "sec-eos-in"),
+        await secured_topic(kafka, "sec-eos-out"),
+    )
+    bootstrap, security = kafka.sasl_ssl_bootstrap_servers, kafka.sasl_security()
+    app = ConsumerApp(
+        bootstrap_servers=bootstrap,
+        security=security,
+        group_id=unique("g-eos"),
+        auto_offset_reset="earliest",
+        commit_interval=0.2,
+    )
+    handled: list[bytes] = []
+
+    @app.handler(source, publish_to=out, delivery="exactly_once")
+    async def copy(msg: Message[bytes]) -> bytes:
+        handled.append(msg.value)
+        return msg.value
+
+    async with app:
+        for i in range(10):
+            await app.producer.send(source, f"e{i}", key=f"k{i}")
+        await wait_until(lambda: len(handled) == 10, 60, "10 records handled")
+    published = await consume(bootstrap, security, out, 10, isolation_level="read_committed")
+    assert sorted(m.value for m in published) == sorted(f"e{i}".encode() for i in range(10))
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "PLAIN"])
