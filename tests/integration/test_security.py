@@ -362,8 +362,9 @@ async def test_a_running_app_stops_when_its_credentials_are_revoked(
     assert "SASL authentication failed" in str(app.error)
     assert elapsed < FAIL_WITHIN
     assert not app.health().ready
-    # aiokafka logs each refused try; the app stopped after the first few.
-    assert len(errors_logged(caplog)) <= 10, errors_logged(caplog)
+    # aiokafka logs each failed try (every retry_backoff_ms) until the client is stopped:
+    # 8 lines on a quiet machine, 16 under load; an endless stream without the fix.
+    assert len(errors_logged(caplog)) <= 30, errors_logged(caplog)
 
 
 async def delete_scram_user(kafka: ApacheKafka, name: str) -> None:
