@@ -1,20 +1,21 @@
-"""Settings shared by ConsumerApp and Consumer, and the aiokafka client they build."""
+"""Settings shared by ConsumerApp and Consumer, and the consumer client they build."""
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer
-
-from . import _aiokafka_compat
 from ._errors import ConfigurationError
 from ._security import Security, check_security, redact_options
+from ._transport import ConsumerClient, Transport, transport_for
+from ._transport._aiokafka import CONSUMER_OPTIONS
 
-__all__ = ["ConsumerSettings", "OffsetReset"]
+__all__ = ["REFUSED_COMMIT_TIMEOUT", "ConsumerSettings", "OffsetReset"]
 
-_aiokafka_compat.install()  # before any client exists
+# How long the final commit may take once the cluster refused a connection for good
+# (AuthenticationError): it may still pass over a connection opened before; a new one
+# cannot be had, so waiting for commit_timeout would only delay the stop.
+REFUSED_COMMIT_TIMEOUT = 5.0
 
 OffsetReset = Literal["earliest", "latest", "none"]
 
@@ -27,13 +28,7 @@ _OWNED = {
     "value_deserializer": "use value_codec=",
     "loop": "the running event loop is used",
 }
-_KAFKA_OPTIONS = frozenset(inspect.signature(AIOKafkaConsumer.__init__).parameters) - {
-    "self",
-    "topics",
-    "bootstrap_servers",
-    "group_id",
-    "auto_offset_reset",
-}
+_KAFKA_OPTIONS = CONSUMER_OPTIONS
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -112,17 +107,14 @@ class ConsumerSettings:
         ms: float = self.kafka_options.get("request_timeout_ms", 40_000)
         return ms / 1000
 
-    def build_client(self) -> AIOKafkaConsumer:
-        """Create (not start) the aiokafka consumer. Must run inside the event loop."""
+    def build_client(self, transport: Transport | None = None) -> ConsumerClient:
+        """Create (not start) the consumer client: aiokafka's, or the ``transport``'s
+        (by default the one ``bootstrap_servers`` selects). Must run inside the event loop."""
+        if transport is None:
+            transport = transport_for(self.bootstrap_servers)
         secured = self.security.kafka_options() if self.security is not None else {}
-        try:
-            return AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=self.group_id,
-                auto_offset_reset=self.auto_offset_reset,
-                enable_auto_commit=False,
-                **self.kafka_options,
-                **secured,
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"invalid Kafka consumer settings: {exc}") from exc
+        return transport.consumer(
+            group_id=self.group_id,
+            auto_offset_reset=self.auto_offset_reset,
+            options={**self.kafka_options, **secured},
+        )

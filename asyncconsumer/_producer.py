@@ -1,22 +1,21 @@
-"""The app's producer: :class:`Producer` (aiokafka's, started with the app) and
+"""The app's producer: :class:`Producer` (a producer client, started with the app) and
 :class:`ProducerRecord` (what a ``publish_to`` handler may return)."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from ._errors import ConfigurationError, ConsumerStoppedError
-from ._runtime._client import start_client
 from ._security import Security, check_security, redact_options
+from ._transport import ProducerClient, Transport, transport_for
+from ._transport._aiokafka import PRODUCER_OPTIONS
 
 __all__ = ["Headers", "Producer", "ProducerRecord", "RecordMetadata", "encode"]
 
@@ -36,13 +35,13 @@ _OWNED = {
 TRANSACTION_LINGER_MS = 5
 TRANSACTION_RETRY_BACKOFF_MS = 10
 
-TRANSACTION: ContextVar[AIOKafkaProducer | None] = ContextVar(
+TRANSACTION: ContextVar[ProducerClient | None] = ContextVar(
     "asyncconsumer_transaction", default=None
 )
 """In the task of a ``delivery="exactly_once"`` partition lane: that partition's
 transactional producer, which the app's producer sends through (so what a handler
 sends joins the transaction)."""
-_PRODUCER_OPTIONS = frozenset(inspect.signature(AIOKafkaProducer.__init__).parameters) - {"self"}
+_PRODUCER_OPTIONS = PRODUCER_OPTIONS
 
 # Safer than aiokafka's acks=1: a record the producer reports as written (a
 # dead-lettered one, for example) survives the loss of the partition leader.
@@ -136,7 +135,9 @@ class Producer:
         self.options = check_producer_options(options)
         check_security(security, self.options, "the producer")
         self.security = security
-        self._client: AIOKafkaProducer | None = None
+        self._client: ProducerClient | None = None
+        # The transport that makes the client; None: the one bootstrap_servers selects.
+        self._transport: Transport | None = None
 
     def __repr__(self) -> str:
         return (
@@ -153,6 +154,7 @@ class Producer:
         """A producer with ``base``'s settings and a transactional id (idempotent,
         ``acks="all"``, as transactions require), secured as ``base`` is."""
         producer = cls(base.bootstrap_servers, security=base.security, **base.options)
+        producer._transport = base._transport
         producer.options.update(
             transactional_id=transactional_id, enable_idempotence=True, acks="all"
         )
@@ -166,8 +168,9 @@ class Producer:
         return producer
 
     @property
-    def client(self) -> AIOKafkaProducer:
-        """The running aiokafka producer (for what this class does not wrap). Inside
+    def client(self) -> ProducerClient:
+        """The running producer client (for what this class does not wrap): aiokafka's
+        ``AIOKafkaProducer``, or a :class:`~asyncconsumer.testing.MemoryKafka`'s. Inside
         a ``delivery="exactly_once"`` handler: its partition's transactional producer."""
         routed = TRANSACTION.get()
         if routed is not None:
@@ -179,15 +182,11 @@ class Producer:
     async def start(self) -> None:
         if self._client is not None:
             raise RuntimeError("the producer is already started")
+        transport = self._transport or transport_for(self.bootstrap_servers)
         secured = self.security.kafka_options() if self.security is not None else {}
+        client = transport.producer({**self.options, **secured})
         try:
-            client = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers, **self.options, **secured
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"invalid Kafka producer settings: {exc}") from exc
-        try:
-            await start_client(client)
+            await client.start()
         except BaseException:
             await client.stop()
             raise
@@ -214,7 +213,7 @@ class Producer:
         Keys and values are encoded by type (:func:`encode`): bytes as they are,
         ``str`` as UTF-8, anything else as JSON.
         """
-        future: asyncio.Future[RecordMetadata] = await self.client.send(
+        return await self.client.send(
             topic,
             encode(value),
             key=encode(key),
@@ -222,7 +221,6 @@ class Producer:
             timestamp_ms=timestamp_ms,
             headers=encode_headers(headers),
         )
-        return future
 
     async def send_and_wait(
         self,

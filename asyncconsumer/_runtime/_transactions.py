@@ -36,9 +36,9 @@ from .._producer import Producer
 from ._pipeline import abandon
 
 if TYPE_CHECKING:
-    from aiokafka.producer import AIOKafkaProducer
     from aiokafka.structs import TopicPartition
 
+    from .._transport import ProducerClient
     from ._pipeline import Acknowledgement, TopicCounters
 
 __all__ = ["FENCED", "PartitionTransactions", "transactional_id"]
@@ -101,7 +101,7 @@ class PartitionTransactions:
         self.failures = 0  # aborts in a row of a transaction beginning at ``first``
 
     @property
-    def client(self) -> AIOKafkaProducer:
+    def client(self) -> ProducerClient:
         return self.producer.client
 
     async def start(self) -> None:

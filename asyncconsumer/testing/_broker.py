@@ -22,7 +22,7 @@ import anyio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from .._runtime._client import start_client
+from .._transport._refusals import start_checked
 
 if TYPE_CHECKING:
     from .._security import Security
@@ -204,7 +204,7 @@ async def create_topic(
     secured = security.kafka_options() if security is not None else {}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **secured)
     try:
-        await start_client(admin)
+        await start_checked(admin.start, admin)
         await admin.create_topics([NewTopic(name, partitions, replication_factor)])
     except TopicAlreadyExistsError:
         if not exist_ok:

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx
@@ -351,7 +351,8 @@ async def test_a_running_app_stops_when_its_credentials_are_revoked(
             assert engine.client is not None
             caplog.clear()
             started = time.monotonic()
-            for client in (engine.client._client, app.producer.client.client):
+            consumer, producer = cast(Any, engine.client), cast(Any, app.producer.client)
+            for client in (consumer._client, producer.client):  # aiokafka's AIOKafkaClients
                 for conn in list(client._conns.values()):
                     conn.close()
             with anyio.fail_after(FAIL_WITHIN):

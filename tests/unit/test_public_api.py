@@ -18,6 +18,8 @@ def test_testing_exports() -> None:
         "BrokerSecurity",
         "CertificateFiles",
         "EmbeddedBroker",
+        "MemoryKafka",
+        "TestClient",
         "create_topic",
         "make_certificates",
     }

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import ssl
 from pathlib import Path
+from typing import Any, cast
 
 import aiokafka.errors as kafka_errors
 import pytest
@@ -22,7 +23,7 @@ from asyncconsumer import (
     Producer,
     Security,
 )
-from asyncconsumer._runtime._client import (
+from asyncconsumer._transport._refusals import (
     classify_connection_failure,
     on_security_failure,
     record_failure,
@@ -179,7 +180,7 @@ async def test_the_built_client_carries_the_security() -> None:
     )
     client = app.settings.build_client()
     try:
-        inner = client._client
+        inner = cast(Any, client)._client
         assert inner._security_protocol == "SASL_SSL"
         assert inner._sasl_plain_username == "alice"
         assert inner._sasl_mechanism == "SCRAM-SHA-512"

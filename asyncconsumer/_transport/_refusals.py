@@ -1,94 +1,49 @@
-"""The boundary with aiokafka's client: stopping it cleanly, and whether it reaches the cluster.
+"""Why aiokafka could not open a connection, when it was security: the cause named.
 
-Stopping: aiokafka 0.14's fetcher ``close()`` cancels its fetch tasks and awaits
-them; a task sleeping in its retry backoff (the broker is down) lets that
-``CancelledError`` out of ``AIOKafkaConsumer.stop()``, before the connections are
-closed. A ``CancelledError`` out of ``stop()`` while our own task is not being
-cancelled (``Task.cancelling() == 0``) is that internal one: :func:`stop_client`
-finishes the close and returns.
+aiokafka handles a refused connection like any other: a starting client fails with
+"Unable to bootstrap" (the cause only in an ERROR line), a running one retries forever,
+logging each try. :func:`install` wraps ``create_conn`` (as ``aiokafka.client`` calls
+it) to classify a failure (:func:`classify_connection_failure`) and note it on the
+``AIOKafkaClient`` that was connecting; ``bootstrap()`` and ``_get_conn()`` name that
+client in a context variable. :func:`start_checked` turns a failed start with a noted
+cause into :class:`~asyncconsumer.AuthenticationError`; :func:`on_security_failure`
+calls back when a started client is refused for good (credentials, certificate).
 
-Reachability: every request of the member (fetch, heartbeat, join, commit,
-coordinator and metadata look-ups) goes through ``AIOKafkaClient.send``, which
-:class:`Reachability` times. The cluster is *unreachable* when requests fail
-(connection refused or closed, node not ready, request timed out) or none is
-being sent, and no response has arrived for a while. A request waiting for its
-answer (a long join) is not a failure: aiokafka's ``request_timeout_ms`` turns a
-hung broker into one.
-
-Security failures: aiokafka logs a refused TLS handshake or SASL authentication and
-retries (a running client forever; a starting one fails with "Unable to bootstrap",
-the cause lost). :mod:`asyncconsumer._aiokafka_compat` records on the aiokafka client
-why a connection failed (:func:`classify_connection_failure`); :func:`start_client`
-raises :class:`~asyncconsumer.AuthenticationError` from it, and a running member
-stops on it (:func:`security_failure`).
+:func:`install` also keeps SASL payloads out of aiokafka's DEBUG lines: it logs every
+request and response with its fields, and a ``SaslAuthenticate`` request carries the
+SASL exchange (with ``PLAIN``, the password as it is); their ``repr`` shows the size only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
-import logging
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiokafka.client as kafka_client
 import aiokafka.errors as kafka_errors
-import anyio
-from aiokafka import AIOKafkaConsumer
 from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol import admin as kafka_admin_protocol
 
 from .._errors import AuthenticationError
 
 __all__ = [
-    "Reachability",
     "SecurityFailure",
     "classify_connection_failure",
+    "install",
     "on_security_failure",
     "record_failure",
+    "redacted_sasl_repr",
     "security_failure",
-    "start_client",
-    "stop_client",
+    "start_checked",
 ]
 
 FAILURE_ATTRIBUTE = "_asyncconsumer_security_failure"
 CALLBACK_ATTRIBUTE = "_asyncconsumer_on_security_failure"
-# How long the final commit may take once the cluster refused a connection for good
-# (it may still pass over a connection opened before; a new one cannot).
-REFUSED_COMMIT_TIMEOUT = 5.0
-
-log = logging.getLogger("asyncconsumer")
-
-
-async def stop_client(client: AIOKafkaConsumer) -> None:
-    """``client.stop()`` (commits nothing, leaves the group), shielded, in any
-    state of the cluster; see the module docstring."""
-    with anyio.CancelScope(shield=True):
-        try:
-            await client.stop()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            ours = task is not None and task.cancelling() > 0
-            await _finish_stop(client)
-            if ours:
-                raise
-            log.debug("aiokafka's fetcher let its own cancellation out of stop(); closed")
-
-
-async def _finish_stop(client: AIOKafkaConsumer) -> None:
-    """What ``stop()`` did not get to: the other fetch tasks and the connections."""
-    fetcher = getattr(client, "_fetcher", None)
-    pending = [task for task in getattr(fetcher, "_pending_tasks", ()) if not task.done()]
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    inner = getattr(client, "_client", None)
-    if inner is not None:
-        try:
-            await inner.close()
-        except Exception as exc:
-            log.warning("closing the Kafka connections failed: %r", exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,11 +186,12 @@ def security_failure(client: object, *, definitive: bool = False) -> SecurityFai
     return failure
 
 
-async def start_client(client: Any) -> None:
-    """``await client.start()``, raising :class:`~asyncconsumer.AuthenticationError`
-    instead of aiokafka's error when a connection failed for a security reason."""
+async def start_checked(start: Callable[[], Awaitable[None]], client: object) -> None:
+    """``await start()`` (``client``'s start), raising
+    :class:`~asyncconsumer.AuthenticationError` instead of aiokafka's error when a
+    connection failed for a security reason."""
     try:
-        await client.start()
+        await start()
     except Exception as exc:
         failure = security_failure(client)
         if failure is not None:
@@ -243,43 +199,66 @@ async def start_client(client: Any) -> None:
         raise
 
 
-class Reachability:
-    """Times the answers to the member's Kafka requests; see the module docstring."""
+# The AIOKafkaClient whose bootstrap() or _get_conn() is running in this task.
+_CONNECTING: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "asyncconsumer_connecting", default=None
+)
 
-    __slots__ = ("failing", "in_flight", "last_response")
 
-    def __init__(self) -> None:
-        self.last_response = time.monotonic()
-        self.failing = False
-        self.in_flight = 0
+def _install_connection_watch() -> None:
+    original_create: Callable[..., Awaitable[Any]] = kafka_client.create_conn
 
-    def watch(self, client: AIOKafkaConsumer) -> None:
-        """Time every request ``client`` sends (call before ``client.start()``)."""
-        inner = getattr(client, "_client", None)
-        send: Callable[..., Awaitable[Any]] | None = getattr(inner, "send", None)
-        if send is None:  # another aiokafka: no reachability check, never unready for it
-            log.debug("cannot watch aiokafka's requests: reachability is not checked")
-            return
+    @functools.wraps(original_create)
+    async def create_conn(host: str, port: int, **kwargs: Any) -> Any:
+        try:
+            return await original_create(host, port, **kwargs)
+        except Exception as exc:
+            owner = _CONNECTING.get()
+            if owner is not None:
+                protocol = str(kwargs.get("security_protocol", "PLAINTEXT"))
+                record_failure(owner, f"{host}:{port}", exc, protocol)
+            raise
 
-        @functools.wraps(send)
-        async def timed_send(*args: Any, **kwargs: Any) -> Any:
-            self.in_flight += 1
-            try:
-                response = await send(*args, **kwargs)
-            except Exception:
-                self.failing = True
-                raise
-            finally:
-                self.in_flight -= 1
-            self.last_response = time.monotonic()
-            self.failing = False
-            return response
+    kafka_client.create_conn = create_conn
+    client_class = kafka_client.AIOKafkaClient
+    for name in ("bootstrap", "_get_conn"):
+        setattr(client_class, name, _connecting(getattr(client_class, name)))
 
-        inner.send = timed_send  # type: ignore[union-attr]
 
-    def unreachable_for(self) -> float:
-        """Seconds since the last response, unless requests are waiting for their
-        answers and none failed since that response (then ``0.0``)."""
-        if self.in_flight and not self.failing:
-            return 0.0
-        return time.monotonic() - self.last_response
+def _connecting(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _CONNECTING.set(self)
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            _CONNECTING.reset(token)
+
+    return wrapper
+
+
+def redacted_sasl_repr(struct: Any) -> str:
+    """A SaslAuthenticate request's or response's ``repr`` without the SASL bytes."""
+    shown = []
+    for name in struct.SCHEMA.names:
+        value = struct.__dict__.get(name)
+        if name == "sasl_auth_bytes":
+            shown.append(f"{name}=<{len(value or b'')} bytes, not shown>")
+        else:
+            shown.append(f"{name}={value!r}")
+    return f"{type(struct).__name__}({', '.join(shown)})"
+
+
+def _install_sasl_redaction() -> None:
+    for name in dir(kafka_admin_protocol):
+        if name.startswith(("SaslAuthenticateRequest_v", "SaslAuthenticateResponse_v")):
+            getattr(kafka_admin_protocol, name).__repr__ = redacted_sasl_repr
+
+
+def install() -> None:
+    """Both patches, once (before any client exists)."""
+    if getattr(kafka_client.create_conn, "_asyncconsumer_patched", False):
+        return
+    _install_connection_watch()
+    _install_sasl_redaction()
+    kafka_client.create_conn._asyncconsumer_patched = True
