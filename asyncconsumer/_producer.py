@@ -171,9 +171,10 @@ class Producer:
     def client(self) -> ProducerClient:
         """The running producer client (for what this class does not wrap): aiokafka's
         ``AIOKafkaProducer``, or a :class:`~asyncconsumer.testing.MemoryKafka`'s. Inside
-        a ``delivery="exactly_once"`` handler: its partition's transactional producer."""
+        a ``delivery="exactly_once"`` handler: its partition's transactional producer
+        (a producer with a transactional id of its own keeps its own client)."""
         routed = TRANSACTION.get()
-        if routed is not None:
+        if routed is not None and "transactional_id" not in self.options:
             return routed
         if self._client is None:
             raise ConsumerStoppedError("the producer is not started (it runs with the app)")
