@@ -488,6 +488,8 @@ async def test_no_secret_in_logs_errors_reprs_statistics_health_or_metrics(
     SASL bytes hold the password as it is), then one refused for a wrong password:
     neither password is anywhere asyncconsumer or aiokafka put text."""
     topic = await secured_topic(kafka, "sec-leak", 1)
+    # Created before: a dead letter to a topic created on the fly may wait for its leader.
+    await create_topic(kafka.bootstrap_servers, f"{topic}.DLQ", 1)
     security = kafka.sasl_security(mechanism=mechanism)
     seen: list[str] = [repr(security), str(security), repr(security.sasl)]
     app = ConsumerApp(
