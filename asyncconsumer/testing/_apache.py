@@ -79,16 +79,30 @@ def cluster_id() -> str:
 
 
 def node_properties(
-    index: int, ports: Sequence[tuple[int, int]], log_dir: str | os.PathLike[str]
+    index: int,
+    ports: Sequence[tuple[int, int]],
+    log_dir: str | os.PathLike[str],
+    extra_listeners: Mapping[str, tuple[int, str]] | None = None,
 ) -> dict[str, str]:
     """``server.properties`` of node ``index`` (node id ``index + 1``) of a cluster
     whose nodes listen on ``ports`` (``(client, controller)`` each); every node is
     broker and controller. Settings are Kafka's defaults except what makes tests
     fast and a small cluster consistent: replication of the internal topics and the
     default replication factor equal to the node count (min ISR 2 from 3 nodes), no
-    initial rebalance delay, session timeouts down to 1 s, a small cleaner buffer."""
+    initial rebalance delay, session timeouts down to 1 s, a small cleaner buffer.
+
+    ``extra_listeners``: more PLAINTEXT listeners of this node, by name, each
+    ``(port, advertised "host:port")``; clients that bootstrap through one of them
+    are given the advertised addresses of that listener on every node."""
     nodes = len(ports)
     port, controller_port = ports[index]
+    extra = dict(extra_listeners or {})
+    listeners = [f"PLAINTEXT://{HOST}:{port}", f"CONTROLLER://{HOST}:{controller_port}"]
+    listeners += [f"{name}://{HOST}:{own}" for name, (own, _) in extra.items()]
+    advertised = [f"PLAINTEXT://{HOST}:{port}"]
+    advertised += [f"{name}://{address}" for name, (_, address) in extra.items()]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    protocols += [f"{name}:PLAINTEXT" for name in extra]
     replicas = str(nodes)
     min_isr = "2" if nodes >= 3 else "1"
     voters = ",".join(f"{i + 1}@{HOST}:{c}" for i, (_, c) in enumerate(ports))
@@ -96,11 +110,11 @@ def node_properties(
         "process.roles": "broker,controller",
         "node.id": str(index + 1),
         "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "listeners": ",".join(listeners),
+        "advertised.listeners": ",".join(advertised),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(protocols),
         "log.dirs": str(log_dir),
         "default.replication.factor": replicas,
         "min.insync.replicas": min_isr,
@@ -237,6 +251,7 @@ class _Node:
     port: int
     controller_port: int
     directory: Path
+    extra_ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     out: IO[bytes] | None = field(default=None, repr=False)
 
@@ -281,7 +296,12 @@ class ApacheKafka:
             app = ConsumerApp(bootstrap_servers=kafka.bootstrap_servers, group_id="g")
 
     The jars are resolved with Maven the first time (see ``_jars``). ``properties``
-    override or add broker settings on every node. ``jvm_options`` go to every Java
+    override or add broker settings on every node. ``extra_listeners`` adds named
+    PLAINTEXT listeners to every node, each advertised at the addresses given (one
+    per node, in node order): a client that bootstraps through a listener is given
+    that listener's advertised addresses of every node, so a proxy in front of the
+    cluster lists its own ports there (:meth:`listener_address` gives the port each
+    node really listens on, for the proxy to forward to). ``jvm_options`` go to every Java
     process after the heap settings (default :data:`QUICK_JVM_OPTIONS`: quick starts,
     little CPU; ``()`` for the JVM's defaults). ``start()``/``stop()`` (or
     ``with``) block, for scripts. Raises :class:`ApacheKafkaUnavailableError` when
@@ -297,9 +317,24 @@ class ApacheKafka:
         startup_timeout: float = 120.0,
         log_level: str = "WARN",
         jvm_options: Sequence[str] = QUICK_JVM_OPTIONS,
+        extra_listeners: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, not {nodes}")
+        self.extra_listeners = {
+            name: list(addresses) for name, addresses in (extra_listeners or {}).items()
+        }
+        for name, addresses in self.extra_listeners.items():
+            if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name) or name in ("PLAINTEXT", "CONTROLLER"):
+                raise ValueError(
+                    f"extra listener name {name!r}: upper-case letters, digits and _, "
+                    "other than PLAINTEXT and CONTROLLER"
+                )
+            if len(addresses) != nodes:
+                raise ValueError(
+                    f"extra listener {name!r} needs one advertised address per node "
+                    f"({nodes}), got {len(addresses)}"
+                )
         self.nodes = nodes
         self.version = version
         self.properties = dict(properties or {})
@@ -323,6 +358,14 @@ class ApacheKafka:
     def node_address(self, index: int) -> str:
         """Node ``index``'s ``host:port`` (its node id is ``index + 1``)."""
         return self._node(index).address
+
+    def listener_address(self, name: str, index: int) -> str:
+        """The ``host:port`` node ``index`` listens on for the extra listener ``name``
+        (not the advertised address: where a proxy forwards to)."""
+        node = self._node(index)
+        if name not in node.extra_ports:
+            raise KeyError(f"no extra listener {name!r} (extra_listeners=...)")
+        return f"{HOST}:{node.extra_ports[name]}"
 
     def node_log(self, index: int) -> Path:
         """The file that keeps node ``index``'s output (while the cluster runs)."""
@@ -357,18 +400,25 @@ class ApacheKafka:
             "-cp",
             f"{jars}{os.sep}*",
         ]
-        ports = _free_ports(2 * self.nodes)
-        pairs = [(ports[2 * i], ports[2 * i + 1]) for i in range(self.nodes)]
+        names = list(self.extra_listeners)
+        per_node = 2 + len(names)
+        ports = _free_ports(per_node * self.nodes)
+        pairs = [(ports[per_node * i], ports[per_node * i + 1]) for i in range(self.nodes)]
         cid = cluster_id()
         formats = []
         self._nodes = []
         for index, (port, controller_port) in enumerate(pairs):
             directory = self._base / f"node-{index + 1}"
             (directory / "data").mkdir(parents=True)
-            props = {**node_properties(index, pairs, directory / "data"), **self.properties}
+            own = {name: ports[per_node * index + 2 + i] for i, name in enumerate(names)}
+            extra = {name: (own[name], self.extra_listeners[name][index]) for name in names}
+            props = {
+                **node_properties(index, pairs, directory / "data", extra),
+                **self.properties,
+            }
             config = directory / "server.properties"
             config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-            self._nodes.append(_Node(index, port, controller_port, directory))
+            self._nodes.append(_Node(index, port, controller_port, directory, own))
             formats.append(
                 [*jvm, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)]
             )
