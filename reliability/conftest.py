@@ -1,4 +1,5 @@
-"""The three-node cluster fixture and the ``chaos_quick`` marker."""
+"""The three-node cluster (with a proxy in front of it for the members that need one)
+and the ``chaos_quick`` marker."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import pytest
 
 from asyncconsumer.testing import ApacheKafka
 
+from .proxy import Proxy
+
+NODES = 3
+PROXIED = "PROXIED"  # the listener whose advertised addresses are the proxy's ports
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -16,7 +22,29 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[ApacheKafka]:
-    """Three Apache Kafka nodes (broker + controller each) for a module's scenarios."""
-    with ApacheKafka(nodes=3) as kafka:
-        yield kafka
+def network() -> Iterator[tuple[ApacheKafka, Proxy]]:
+    """Three Apache Kafka nodes (broker + controller each) for a module's scenarios,
+    and a proxy with one port per node. Every node has a second listener, advertised
+    at its proxy port: a member that bootstraps through ``proxy.bootstrap_servers``
+    reaches every node through the proxy only; the others connect directly."""
+    proxy = Proxy(NODES).start()
+    try:
+        with ApacheKafka(nodes=NODES, extra_listeners={PROXIED: proxy.addresses}) as kafka:
+            proxy.set_upstreams([kafka.listener_address(PROXIED, i) for i in range(NODES)])
+            yield kafka, proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(network: tuple[ApacheKafka, Proxy]) -> ApacheKafka:
+    return network[0]
+
+
+@pytest.fixture
+def proxy(network: tuple[ApacheKafka, Proxy]) -> Iterator[Proxy]:
+    """The cluster's proxy, forwarding at the start of each test and again after it."""
+    proxy = network[1]
+    proxy.heal()
+    yield proxy
+    proxy.heal()
