@@ -8,10 +8,13 @@ second incarnation), so the checker tells incarnations apart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 
 from asyncconsumer.testing import ApacheKafka
 
-from .checker import TP, Event, read_log, read_logs
+from .checker import TP, BrokerSample, Event, read_log, read_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,3 +226,55 @@ def coordinator(bootstrap: str, group_id: str) -> int:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     future = admin.describe_consumer_groups([group_id])[group_id]
     return int(future.result(timeout=10).coordinator.id)
+
+
+class CommitSampler:
+    """Samples the group's committed offsets and commit metadata from the broker
+    (aiokafka's admin ``OffsetFetch``; confluent-kafka 2.16.1's ``committed()`` can
+    hand back corrupted metadata) every ``interval`` seconds, in a thread, until
+    :meth:`stop`. Answers that fail or time out (a broker down) are counted, not kept."""
+
+    def __init__(self, bootstrap: str, group_id: str, interval: float = 0.5) -> None:
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.interval = interval
+        self.samples: list[BrokerSample] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="rely-sampler", daemon=True)
+
+    def start(self) -> CommitSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[BrokerSample]:
+        self._stop.set()
+        self._thread.join(30)
+        return self.samples
+
+    def _main(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+        await admin.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    async with asyncio.timeout(5):
+                        answer = await admin.list_consumer_group_offsets(self.group_id)
+                except (Exception, TimeoutError):
+                    self.errors += 1
+                else:
+                    at = time.monotonic()
+                    offsets = {
+                        (tp.topic, tp.partition): (meta.offset, meta.metadata or "")
+                        for tp, meta in answer.items()
+                    }
+                    self.samples.append(BrokerSample(at, offsets))
+                await asyncio.sleep(self.interval)
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()

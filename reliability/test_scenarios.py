@@ -24,13 +24,29 @@ import pytest
 from asyncconsumer.testing import ApacheKafka
 
 from .checker import Report, check, duplicate_bound, handled_records
-from .harness import ROOT, Group, Member, coordinator, create_topic, leaders, offsets, unique
+from .harness import (
+    ROOT,
+    CommitSampler,
+    Group,
+    Member,
+    coordinator,
+    create_topic,
+    leaders,
+    offsets,
+    unique,
+)
 from .harness import wait_until as wait
 from .producer import SteadyProducer
 from .proxy import Proxy
 
 PARTITIONS = 6
 RATE = 1000  # records/s
+CONCURRENCY = 100  # records in flight per member with key / none ordering (scenario 9)
+# Scenario 9 (scenarios 1, 2 and 4 with key / none ordering): 500 keys and handlers that
+# take 0-200 ms (100 ms on average), so that about 30 records run at once per member
+# (bursts reach the concurrency of 100) and complete out of offset order: commits carry
+# the completed offsets above the committed one in their metadata.
+NINE: dict[str, Any] = {"keys": 500, "work_ms": 100}
 BEFORE, AFTER = 3.0, 3.0  # seconds of load before and after the fault
 RESULTS = ROOT / ".chaos-results.jsonl"
 
@@ -71,21 +87,26 @@ def scenario(
     ordering: str = "partition",
     members: int = 3,
     per_member: dict[int, dict[str, Any]] | None = None,
+    keys: int = 50,
     **settings: Any,
 ) -> Outcome:
     """Run ``fault`` under load and check the logs; see the module docstring.
     ``per_member``: settings of single members (by index), over ``settings``."""
     started = time.monotonic()
+    if ordering != "partition":
+        settings.setdefault("concurrency", CONCURRENCY)
     topic = unique("rely")
     create_topic(cluster, topic, PARTITIONS)
     group = Group(cluster, topic, unique("g"), tmp_path)
     for index in range(members):
         group.add(1, ordering=ordering, **{**settings, **(per_member or {}).get(index, {})})
     bootstrap = cluster.bootstrap_servers
+    sampler = CommitSampler(bootstrap, group.group_id)
     try:
         group.wait_assigned(PARTITIONS, 90)
+        sampler.start()
         load_started = time.monotonic()
-        producer = SteadyProducer(bootstrap, topic, rate=RATE).start()
+        producer = SteadyProducer(bootstrap, topic, rate=RATE, keys=keys).start()
         time.sleep(BEFORE)
         fault(group)
         time.sleep(AFTER)
@@ -104,17 +125,23 @@ def scenario(
             print(member.member_id, member.stderr_tail())
         raise
     finally:
+        samples = sampler.stop()
         group.stop_all()
     committed, ends = offsets(bootstrap, group.group_id, topic, PARTITIONS)
-    report = check(producer.acked, group.logs(), committed, ends, ordering)
-    # Not vacuous: the load ran, and commits were there to check.
+    report = check(producer.acked, group.logs(), committed, ends, ordering, samples)
+    # Not vacuous: the load ran, and commits were there to check, in the logs and on
+    # the broker.
     assert report.produced >= RATE * (BEFORE + AFTER) / 2, report.summary()
     assert report.commits > 0, report.summary()
+    assert report.broker_checked > 0, report.summary()
     stall = max_stall(group, stopped)
     wall = time.monotonic() - started
     figures = {
         "scenario": name,
         "ordering": ordering,
+        "concurrency": settings.get("concurrency"),
+        "keys": keys,
+        "work_ms": settings.get("work_ms", 1),
         "produced": report.produced,
         "handled": report.handled,
         "duplicates": report.duplicates,
@@ -122,6 +149,10 @@ def scenario(
         "order_violations": len(report.order_violations),
         "unsafe_commits": len(report.unsafe_commits),
         "failed_commits": report.failed_commits,
+        "broker_samples": report.broker_samples,
+        "broker_checked": report.broker_checked,
+        "metadata_checked": report.metadata_checked,
+        "broker_violations": len(report.broker_violations),
         "assignments": report.rebalances,
         "drain_s": round(drain, 2),
         "max_stall_s": round(stall, 2),
@@ -183,7 +214,7 @@ def test_the_suite_catches_members_that_lose_records(cluster: ApacheKafka, tmp_p
 
 
 @pytest.mark.parametrize(
-    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key"]
+    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key", "none"]
 )
 def test_rolling_restart_with_sigterm(cluster: ApacheKafka, tmp_path: Path, ordering: str) -> None:
     """Scenario 1: each of 3 members in turn gets SIGTERM (exit 0) and is started
@@ -196,7 +227,8 @@ def test_rolling_restart_with_sigterm(cluster: ApacheKafka, tmp_path: Path, orde
             wait(member.assigned, 60, f"{member.member_id} assigned")
             time.sleep(2.0)
 
-    outcome = scenario("rolling-restart", cluster, tmp_path, rolling, ordering)
+    nine = NINE if ordering != "partition" else {}
+    outcome = scenario("rolling-restart", cluster, tmp_path, rolling, ordering, **nine)
     assert outcome.report.problems() == []
     assert outcome.report.duplicates == 0
 
@@ -205,7 +237,7 @@ def test_rolling_restart_with_sigterm(cluster: ApacheKafka, tmp_path: Path, orde
 
 
 @pytest.mark.parametrize(
-    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key"]
+    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key", "none"]
 )
 def test_sigkill_one_member_of_three(cluster: ApacheKafka, tmp_path: Path, ordering: str) -> None:
     """Scenario 2: one member of 3 is SIGKILLed under load (not restarted); the
@@ -225,7 +257,8 @@ def test_sigkill_one_member_of_three(cluster: ApacheKafka, tmp_path: Path, order
         survivors = [m for m in group if m is not victim]
         print(f"rebalance after the kill took {wait_assigned_after(survivors, since):.1f}s")
 
-    outcome = scenario("sigkill-member", cluster, tmp_path, kill, ordering)
+    nine = NINE if ordering != "partition" else {}
+    outcome = scenario("sigkill-member", cluster, tmp_path, kill, ordering, **nine)
     assert outcome.report.problems() == []
     assert_duplicates_bounded(outcome, killed[0], None)
 
@@ -263,7 +296,7 @@ def test_scale_one_to_three_to_one(cluster: ApacheKafka, tmp_path: Path, orderin
 
 
 @pytest.mark.parametrize(
-    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key"]
+    "ordering", [pytest.param("partition", marks=pytest.mark.chaos_quick), "key", "none"]
 )
 def test_member_frozen_past_its_session_timeout(
     cluster: ApacheKafka, tmp_path: Path, ordering: str
@@ -293,7 +326,8 @@ def test_member_frozen_past_its_session_timeout(
         )
         print(f"partitions taken over after {taken:.1f}s; rejoined {rejoined:.1f}s after SIGCONT")
 
-    outcome = scenario("sigstop-member", cluster, tmp_path, freeze, ordering)
+    nine = NINE if ordering != "partition" else {}
+    outcome = scenario("sigstop-member", cluster, tmp_path, freeze, ordering, **nine)
     assert outcome.report.problems() == []
     victim, at = frozen[0]
     assert victim.incarnation == 1
