@@ -278,3 +278,55 @@ class CommitSampler:
         finally:
             with contextlib.suppress(Exception):
                 await admin.close()
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record of a dead-letter topic, by the provenance headers asyncconsumer adds."""
+
+    original: tuple[str, int, int]  # topic, partition, offset
+    attempts: int
+    exception: str  # dlq.exception.type
+    timestamp_ms: int  # when it was produced (CreateTime)
+    key: str
+    value: bytes
+
+
+def read_dead_letters(bootstrap: str, topic: str, partitions: int) -> list[DeadLetter]:
+    """Every record of ``topic`` (a dead-letter topic), read from the beginning to the
+    end offsets with a confluent-kafka consumer (no group: assigned partitions)."""
+    client = _client(bootstrap, unique("dlq-reader"))
+    try:
+        ends = {
+            p: client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+        client.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        letters: list[DeadLetter] = []
+        positions = dict.fromkeys(range(partitions), 0)
+        deadline = time.monotonic() + 60
+        while any(positions[p] < ends[p] for p in positions):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"reading {topic} timed out at {positions} of {ends}")
+            for msg in client.consume(500, timeout=1.0):
+                if msg.error():
+                    raise AssertionError(f"reading {topic}: {msg.error()}")
+                positions[msg.partition()] = msg.offset() + 1
+                headers = {k: v.decode() for k, v in msg.headers() or []}
+                letters.append(
+                    DeadLetter(
+                        (
+                            headers["dlq.original.topic"],
+                            int(headers["dlq.original.partition"]),
+                            int(headers["dlq.original.offset"]),
+                        ),
+                        int(headers["dlq.attempts"]),
+                        headers["dlq.exception.type"],
+                        msg.timestamp()[1],
+                        (msg.key() or b"").decode(),
+                        msg.value() or b"",
+                    )
+                )
+        return letters
+    finally:
+        client.close()

@@ -27,16 +27,19 @@ from .checker import Report, check, duplicate_bound, handled_records
 from .harness import (
     ROOT,
     CommitSampler,
+    DeadLetter,
     Group,
     Member,
     coordinator,
     create_topic,
     leaders,
     offsets,
+    read_dead_letters,
     unique,
 )
 from .harness import wait_until as wait
-from .producer import SteadyProducer
+from .policy import ATTEMPTS, POISON_EVERY, fate
+from .producer import Produced, SteadyProducer
 from .proxy import Proxy
 
 PARTITIONS = 6
@@ -49,6 +52,7 @@ CONCURRENCY = 100  # records in flight per member with key / none ordering (scen
 NINE: dict[str, Any] = {"keys": 500, "work_ms": 100}
 BEFORE, AFTER = 3.0, 3.0  # seconds of load before and after the fault
 RESULTS = ROOT / ".chaos-results.jsonl"
+DLQ_PARTITIONS = 3
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -63,6 +67,8 @@ class Outcome:
     alive_at_end: set[str]  # member ids still running when the group caught up
     figures: dict[str, Any]
     load_started: float
+    produced: list[Produced]
+    dead_letters: list[DeadLetter]
 
 
 def max_stall(group: Group, until: float) -> float:
@@ -88,15 +94,22 @@ def scenario(
     members: int = 3,
     per_member: dict[int, dict[str, Any]] | None = None,
     keys: int = 50,
+    rate: int = RATE,
+    policy: bool = False,
     **settings: Any,
 ) -> Outcome:
     """Run ``fault`` under load and check the logs; see the module docstring.
-    ``per_member``: settings of single members (by index), over ``settings``."""
+    ``per_member``: settings of single members (by index), over ``settings``.
+    ``policy``: scenario 8's failure policy (poison pills from the producer, failing
+    records, retries, the dead-letter topic ``<topic>.DLQ``, which is read back)."""
     started = time.monotonic()
     if ordering != "partition":
         settings.setdefault("concurrency", CONCURRENCY)
     topic = unique("rely")
     create_topic(cluster, topic, PARTITIONS)
+    if policy:
+        create_topic(cluster, f"{topic}.DLQ", DLQ_PARTITIONS)
+        settings["policy"] = 1
     group = Group(cluster, topic, unique("g"), tmp_path)
     for index in range(members):
         group.add(1, ordering=ordering, **{**settings, **(per_member or {}).get(index, {})})
@@ -106,7 +119,9 @@ def scenario(
         group.wait_assigned(PARTITIONS, 90)
         sampler.start()
         load_started = time.monotonic()
-        producer = SteadyProducer(bootstrap, topic, rate=RATE, keys=keys).start()
+        producer = SteadyProducer(
+            bootstrap, topic, rate=rate, keys=keys, poison_every=POISON_EVERY if policy else 0
+        ).start()
         time.sleep(BEFORE)
         fault(group)
         time.sleep(AFTER)
@@ -128,10 +143,18 @@ def scenario(
         samples = sampler.stop()
         group.stop_all()
     committed, ends = offsets(bootstrap, group.group_id, topic, PARTITIONS)
-    report = check(producer.acked, group.logs(), committed, ends, ordering, samples)
+    dead: list[DeadLetter] = []
+    done: dict[tuple[str, int, int], float] = {}
+    if policy:
+        dead = read_dead_letters(bootstrap, f"{topic}.DLQ", DLQ_PARTITIONS)
+        wall_to_mono = time.monotonic() - time.time()
+        for letter in dead:  # produced (CreateTime) before its record completed
+            at = letter.timestamp_ms / 1000 + wall_to_mono
+            done[letter.original] = min(done.get(letter.original, at), at)
+    report = check(producer.acked, group.logs(), committed, ends, ordering, samples, done)
     # Not vacuous: the load ran, and commits were there to check, in the logs and on
     # the broker.
-    assert report.produced >= RATE * (BEFORE + AFTER) / 2, report.summary()
+    assert report.produced >= rate * (BEFORE + AFTER) / 2, report.summary()
     assert report.commits > 0, report.summary()
     assert report.broker_checked > 0, report.summary()
     stall = max_stall(group, stopped)
@@ -160,7 +183,9 @@ def scenario(
     }
     record(figures)
     print(report.summary(), figures)
-    return Outcome(report, group, drain, stall, wall, alive, figures, load_started)
+    return Outcome(
+        report, group, drain, stall, wall, alive, figures, load_started, producer.acked, dead
+    )
 
 
 def record(figures: dict[str, Any]) -> None:
@@ -458,3 +483,74 @@ def test_broker_node_killed_and_restarted(
     for member in outcome.group:
         assert member.incarnation == 1
         assert member.member_id in outcome.alive_at_end, member.stderr_tail()
+
+
+# -- 8. poison pills, failing records, retries and a dead-letter topic, rolling restart ------
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+def test_poison_pills_and_failing_records_during_a_rolling_restart(
+    cluster: ApacheKafka, tmp_path: Path, ordering: str
+) -> None:
+    """Scenario 8: 1 % of the records cannot be decoded (poison pills) and the handler
+    fails 20 % of the others (``reliability.policy``: half of them once, half on every
+    attempt), with ``Retry(attempts=3)`` and ``on_failure="dead_letter"``, 500
+    records/s, during a rolling restart (scenario 1). Bound, per record, from the
+    logs and the dead-letter topic read back: a poison pill is dead-lettered exactly
+    once with ``dlq.attempts`` 0 and a ``DeserializationError``, and never handled; a
+    permanently failing record is dead-lettered exactly once after 3 attempts, and
+    never handled; a transiently failing record is handled exactly once (after a
+    failed attempt) and never dead-lettered; every other record is handled exactly
+    once; zero loss, order, safe commits (a dead-lettered record counts as completed
+    from its dead letter's timestamp)."""
+
+    def rolling(group: Group) -> None:
+        for member in list(group):
+            assert member.terminate(30) == 0, member.stderr_tail()
+            member.start()
+            wait(member.assigned, 60, f"{member.member_id} assigned")
+            time.sleep(2.0)
+
+    outcome = scenario(
+        "poison-and-dlq", cluster, tmp_path, rolling, ordering, rate=500, policy=True
+    )
+    report = outcome.report
+    assert report.problems() == []
+    assert report.duplicates == 0
+    logs = outcome.group.logs()
+    handled = Counter((e["t"], e["p"], e["o"]) for e in handled_records(logs))
+    failed = Counter(
+        (e["t"], e["p"], e["o"]) for events in logs.values() for e in events if e["ev"] == "fail"
+    )
+    lettered: dict[tuple[str, int, int], list[DeadLetter]] = defaultdict(list)
+    for letter in outcome.dead_letters:
+        lettered[letter.original].append(letter)
+    fates: Counter[str] = Counter()
+    wrong: list[str] = []
+    for sent in outcome.produced:
+        where = (sent.topic, sent.partition, sent.offset)
+        what = "poison" if sent.poison else fate(sent.key, sent.seq)
+        fates[what] += 1
+        letters = lettered.pop(where, [])
+        if what in ("poison", "permanent"):
+            attempts = 0 if what == "poison" else ATTEMPTS
+            exception = "DeserializationError" if what == "poison" else "PermanentFailure"
+            ok = (
+                handled[where] == 0
+                and len(letters) == 1
+                and letters[0].attempts == attempts
+                and letters[0].exception.endswith(exception)
+                and letters[0].key == sent.key
+            )
+        else:
+            ok = handled[where] == 1 and not letters
+            ok = ok and (failed[where] >= 1 if what == "transient" else failed[where] == 0)
+        if not ok:
+            wrong.append(f"{what} {where}: handled {handled[where]}, failed {failed[where]}, "
+                         f"dead letters {letters}")  # fmt: skip
+    assert wrong == []
+    assert lettered == {}, "dead letters of records nobody produced"
+    record({**outcome.figures, "fates": dict(fates), "dead_letters": len(outcome.dead_letters)})
+    print(dict(fates))
+    # Not vacuous: every fate occurred, many times.
+    assert min(fates[what] for what in ("ok", "transient", "permanent", "poison")) >= 20
