@@ -3,12 +3,17 @@ and the ``chaos_quick`` marker."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from asyncconsumer.testing import ApacheKafka
 
+from .harness import RESULTS
 from .proxy import Proxy
 
 NODES = 3
@@ -18,6 +23,42 @@ PROXIED = "PROXIED"  # the listener whose advertised addresses are the proxy's p
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "chaos_quick: the short subset of the reliability scenarios (make chaos-quick)"
+    )
+
+
+# Every run appends a start line, the scenarios' figures (``record`` in test_scenarios)
+# and an end line to .chaos-results.jsonl, all with the run's id, for reliability.figures.
+RUN = os.environ.setdefault("RELY_RUN", f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+_started = time.monotonic()
+
+
+def _append(line: dict[str, object]) -> None:
+    with RESULTS.open("a") as out:
+        out.write(json.dumps({"run": RUN, **line}) + "\n")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    options = session.config.option
+    _append(
+        {
+            "event": "start",
+            "wall": time.time(),
+            "markexpr": options.markexpr or "",
+            "keyword": options.keyword or "",
+        }
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _append(
+        {
+            "event": "end",
+            "wall": time.time(),
+            "exitstatus": int(exitstatus),
+            "tests": session.testscollected,
+            "failed": session.testsfailed,
+            "duration_s": round(time.monotonic() - _started, 1),
+        }
     )
 
 

@@ -31,6 +31,7 @@ from asyncconsumer.testing import ApacheKafka
 from .checker import TP, BrokerSample, Event, read_log, read_logs
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / ".chaos-results.jsonl"  # every run's figures, read by reliability.figures
 
 
 def unique(prefix: str) -> str:

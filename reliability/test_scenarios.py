@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import time
 from collections import Counter, defaultdict
@@ -25,7 +26,7 @@ from asyncconsumer.testing import ApacheKafka
 
 from .checker import Report, check, duplicate_bound, handled_records
 from .harness import (
-    ROOT,
+    RESULTS,
     CommitSampler,
     DeadLetter,
     Group,
@@ -51,7 +52,6 @@ CONCURRENCY = 100  # records in flight per member with key / none ordering (scen
 # the completed offsets above the committed one in their metadata.
 NINE: dict[str, Any] = {"keys": 500, "work_ms": 100}
 BEFORE, AFTER = 3.0, 3.0  # seconds of load before and after the fault
-RESULTS = ROOT / ".chaos-results.jsonl"
 DLQ_PARTITIONS = 3
 
 pytestmark = pytest.mark.timeout(300)
@@ -189,8 +189,12 @@ def scenario(
 
 
 def record(figures: dict[str, Any]) -> None:
+    """Append a test's figures to the results (a test may add to them: the lines of
+    one test are merged by ``reliability.figures``)."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    line = {"run": os.environ.get("RELY_RUN", ""), "test": test, **figures}
     with RESULTS.open("a") as out:
-        out.write(json.dumps(figures) + "\n")
+        out.write(json.dumps(line) + "\n")
 
 
 def assert_duplicates_bounded(outcome: Outcome, victim: Member, at: float | None) -> None:
