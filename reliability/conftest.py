@@ -45,6 +45,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "wall": time.time(),
             "markexpr": options.markexpr or "",
             "keyword": options.keyword or "",
+            "args": list(session.config.args),
         }
     )
 

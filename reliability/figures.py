@@ -103,10 +103,16 @@ def load(path: Path = RESULTS) -> list[dict[str, Any]]:
 
 
 def last_full_run(lines: Iterable[dict[str, Any]]) -> str | None:
-    """The id of the last run that selected every test and finished."""
+    """The id of the last run that selected every test (``make chaos``: the whole
+    ``reliability`` folder, no ``-m`` or ``-k``) and finished."""
     full, finished = [], set()
     for line in lines:
-        if line.get("event") == "start" and not line.get("markexpr") and not line.get("keyword"):
+        if (
+            line.get("event") == "start"
+            and not line.get("markexpr")
+            and not line.get("keyword")
+            and [arg.rstrip("/") for arg in line.get("args", [])] == ["reliability"]
+        ):
             full.append(line["run"])
         elif line.get("event") == "end":
             finished.add(line["run"])

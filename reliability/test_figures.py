@@ -22,10 +22,24 @@ def _figures(test: str, run: str, scenario: str, **extra: Any) -> dict[str, Any]
 
 def _results(path: Path) -> Path:
     lines = [
-        {"run": "a", "event": "start", "wall": 0, "markexpr": "", "keyword": ""},
+        {
+            "run": "a",
+            "event": "start",
+            "wall": 0,
+            "markexpr": "",
+            "keyword": "",
+            "args": ["reliability"],
+        },
         _figures("t::kill[partition]", "a", "sigkill-member", duplicates=1),
         {"run": "a", "event": "end", "exitstatus": 0, "tests": 1, "failed": 0, "duration_s": 60},
-        {"run": "b", "event": "start", "wall": 86400, "markexpr": "", "keyword": ""},
+        {
+            "run": "b",
+            "event": "start",
+            "wall": 86400,
+            "markexpr": "",
+            "keyword": "",
+            "args": ["reliability/"],
+        },
         _figures(
             "t::kill[key]",
             "b",
@@ -60,6 +74,15 @@ def _results(path: Path) -> Path:
         },
         _figures("t::roll[partition]", "c", "rolling-restart"),
         {"run": "c", "event": "end", "exitstatus": 0, "tests": 1, "failed": 0, "duration_s": 9},
+        {
+            "run": "d",
+            "event": "start",
+            "wall": 3 * 86400,
+            "markexpr": "",
+            "keyword": "",
+            "args": ["reliability/test_figures.py"],
+        },
+        {"run": "d", "event": "end", "exitstatus": 0, "tests": 3, "failed": 0, "duration_s": 1},
     ]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     return path
@@ -67,7 +90,7 @@ def _results(path: Path) -> Path:
 
 def test_the_last_full_finished_run_is_used(tmp_path: Path) -> None:
     lines = figures.load(_results(tmp_path / "r.jsonl"))
-    assert figures.last_full_run(lines) == "b"  # c is chaos-quick
+    assert figures.last_full_run(lines) == "b"  # c is chaos-quick, d one module
 
 
 def test_the_table_merges_a_tests_lines_and_orders_the_rows(tmp_path: Path) -> None:
