@@ -17,6 +17,7 @@ from ._errors import (
     DeadLetterError,
     DeserializationError,
     HandlerCancelledError,
+    PublishError,
 )
 from ._message import Message, TopicPartition
 from ._offset_store import OffsetStore
@@ -55,6 +56,7 @@ __all__ = [
     "OffsetStore",
     "Producer",
     "ProducerRecord",
+    "PublishError",
     "RecordMetadata",
     "Retry",
     "Statistics",

@@ -65,8 +65,10 @@ class ConsumerApp:
     ``max_buffered_bytes``) fetched records not started yet, and, under ``key`` /
     ``none`` ordering, ``completion_window`` records received beyond the
     partition's committable offset (a slow or retrying record holds that offset
-    while other keys go on); a partition at a bound is not fetched until it is
-    down to half.
+    while other keys go on), and, for ``publish_to`` under ``partition`` ordering
+    and batch handlers, ``completion_window`` records waiting for the broker's
+    acknowledgement of what they published; a partition at a bound is not fetched
+    until it is down to half.
 
     ``start_at`` (a timezone-aware ``datetime`` or epoch milliseconds) replays
     from a point in time: on the first assignment of each run, before the

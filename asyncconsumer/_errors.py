@@ -7,6 +7,7 @@
     ├── DeserializationError    a record's key or value could not be decoded
     ├── CommitError             the broker refused or failed an offset commit
     ├── DeadLetterError         a failed record could not be published to its dead-letter topic
+    ├── PublishError            a publish_to result's acknowledgement was cancelled
     ├── HandlerCancelledError   a handler raised CancelledError that no cancellation caused
     └── ConsumerStoppedError    the consumer was used after it stopped
 
@@ -30,6 +31,7 @@ __all__ = [
     "DeadLetterError",
     "DeserializationError",
     "HandlerCancelledError",
+    "PublishError",
 ]
 
 
@@ -70,6 +72,13 @@ class DeadLetterError(AsyncConsumerError):
     """A record that failed could not be published to its dead-letter topic; the
     app stops without committing it (it is not lost). The original failure is in
     the exception's notes, the publishing error is its ``__cause__``."""
+
+
+class PublishError(AsyncConsumerError):
+    """A record a ``publish_to`` handler returned was not acknowledged by the broker
+    for a reason without an error of its own (the producer stopped first). Like any
+    publish failure, it is a failure of the consumed record (``retry``, then
+    ``on_failure``)."""
 
 
 class HandlerCancelledError(AsyncConsumerError):

@@ -71,7 +71,8 @@ class HandlerOptions:
             _check_topic_name(name, "dead_letter_topic", self.dead_letter_topic)
         if self.delivery not in DELIVERIES:
             raise ConfigurationError(
-                f"handler {name}: delivery must be 'at_least_once' or 'at_most_once', "
+                f"handler {name}: delivery must be 'at_least_once', 'at_most_once' or "
+                "'exactly_once', "
                 f"not {self.delivery!r}"
             )
         if self.publish_to is not None:
@@ -200,6 +201,12 @@ class HandlerRegistry:
                 raise ConfigurationError(
                     f"pattern {compiled.pattern!r} already has a handler; one handler per topic"
                 )
+        if options.delivery == "exactly_once" and batch is None and mode != "partition":
+            raise ConfigurationError(
+                f"handler {name}: delivery='exactly_once' commits a partition's records in "
+                "offset order, one transaction at a time: use ordering='partition' or a "
+                f"batch handler, not ordering={mode!r}"
+            )
         value_codec = typed_value_codec(fn, value_codec, batch=batch is not None)
         if not inspect.iscoroutinefunction(fn):
             fn = self.threads.wrap(fn)  # plain ``def``: runs in a worker thread

@@ -29,7 +29,9 @@ class OffsetStore(Protocol[Tx]):
 
     async def load(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, int]:
         """The next offset to read of each of ``partitions`` that has one stored
-        (partitions without one start from the group's committed offset)."""
+        (partitions without one start from the group's committed offset). Called on
+        every assignment: a store may claim the partitions there, so that a previous
+        owner's later :meth:`store` fails (see ``SqlOffsetStore``)."""
         ...
 
     async def store(self, transaction: Tx, offsets: Mapping[TopicPartition, int]) -> None:

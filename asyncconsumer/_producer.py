@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -26,7 +27,19 @@ _OWNED = {
     "value_serializer": "keys and values are encoded by type (see asyncconsumer.encode)",
     "loop": "the running event loop is used",
     "bootstrap_servers": "the app's bootstrap_servers are used",
+    "transactional_id": "delivery='exactly_once' handlers run one transactional producer "
+    "per input partition",
 }
+
+TRANSACTION_LINGER_MS = 5
+TRANSACTION_RETRY_BACKOFF_MS = 10
+
+TRANSACTION: ContextVar[AIOKafkaProducer | None] = ContextVar(
+    "asyncconsumer_transaction", default=None
+)
+"""In the task of a ``delivery="exactly_once"`` partition lane: that partition's
+transactional producer, which the app's producer sends through (so what a handler
+sends joins the transaction)."""
 _PRODUCER_OPTIONS = frozenset(inspect.signature(AIOKafkaProducer.__init__).parameters) - {"self"}
 
 # Safer than aiokafka's acks=1: a record the producer reports as written (a
@@ -117,9 +130,30 @@ class Producer:
     def started(self) -> bool:
         return self._client is not None
 
+    @classmethod
+    def transactional(cls, base: Producer, transactional_id: str) -> Producer:
+        """A producer with ``base``'s settings and a transactional id (idempotent,
+        ``acks="all"``, as transactions require)."""
+        producer = cls(base.bootstrap_servers, **base.options)
+        producer.options.update(
+            transactional_id=transactional_id, enable_idempotence=True, acks="all"
+        )
+        # Nothing waits for a send inside a transaction (only its commit does):
+        # lingering fills the batches of a producer that serves one input partition.
+        producer.options.setdefault("linger_ms", TRANSACTION_LINGER_MS)
+        # After a commit the broker answers the next transaction's first requests
+        # with CONCURRENT_TRANSACTIONS until its markers are written; aiokafka then
+        # waits retry_backoff_ms (100 ms by default) each time.
+        producer.options.setdefault("retry_backoff_ms", TRANSACTION_RETRY_BACKOFF_MS)
+        return producer
+
     @property
     def client(self) -> AIOKafkaProducer:
-        """The running aiokafka producer (for what this class does not wrap)."""
+        """The running aiokafka producer (for what this class does not wrap). Inside
+        a ``delivery="exactly_once"`` handler: its partition's transactional producer."""
+        routed = TRANSACTION.get()
+        if routed is not None:
+            return routed
         if self._client is None:
             raise ConsumerStoppedError("the producer is not started (it runs with the app)")
         return self._client

@@ -19,13 +19,17 @@ FailurePolicy = Literal["stop", "dead_letter", "skip"]
 - ``"skip"``: it is logged and counted, then counts as completed.
 """
 
-Delivery = Literal["at_least_once", "at_most_once"]
+Delivery = Literal["at_least_once", "at_most_once", "exactly_once"]
 """``"at_least_once"`` (default): a record's offset is committed after its handler
 completed. ``"at_most_once"``: records' offsets are committed before their handler
-starts; a crash loses the records that were running or fetched."""
+starts; a crash loses the records that were running or fetched. ``"exactly_once"``:
+what the handler produces (``publish_to``, dead letters, sends through the app's
+producer) and the partition's offset are committed in one Kafka transaction, so a
+``read_committed`` reader sees each output once (Apache Kafka; ``ordering="partition"``
+or batch handlers)."""
 
 FAILURE_POLICIES = ("stop", "dead_letter", "skip")
-DELIVERIES = ("at_least_once", "at_most_once")
+DELIVERIES = ("at_least_once", "at_most_once", "exactly_once")
 
 
 @dataclass(frozen=True, slots=True)

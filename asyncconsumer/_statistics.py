@@ -35,6 +35,10 @@ class TopicStatistics(NamedTuple):
     """Failed records published to the dead-letter topic."""
     skipped: int
     """Failed records skipped (``on_failure="skip"``)."""
+    transactions: int = 0
+    """Kafka transactions committed (``delivery="exactly_once"``)."""
+    aborted_transactions: int = 0
+    """Kafka transactions aborted (their records ran again, or the app stopped)."""
 
 
 class Statistics(NamedTuple):

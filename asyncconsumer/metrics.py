@@ -51,6 +51,8 @@ _TOPIC_COUNTERS = (
     ("retried", "Failed attempts that were retried."),
     ("dead_lettered", "Failed records published to the dead-letter topic."),
     ("skipped", "Failed records skipped."),
+    ("transactions", "Kafka transactions committed (delivery='exactly_once')."),
+    ("aborted_transactions", "Kafka transactions aborted (delivery='exactly_once')."),
 )
 
 

@@ -1,7 +1,7 @@
 """Run every benchmark against one broker and print one table.
 
     python -m benchmarks.run [--broker embedded|apache-kafka] [--records 200000]
-                             [--repeat 3] [--scenarios 1,2,3,4] [--quick]
+                             [--repeat 3] [--scenarios 1,2,3,4,6,7] [--quick]
                              [--shapes 100b,json,json32] [--contenders NAME,...]
 
 Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts the broker --broker names (the
@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from . import dispatch, io_bound, latency, memory, throughput
+from . import dispatch, io_bound, latency, memory, publish, throughput
 from ._common import broker, c_extension_loaded
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -170,7 +170,7 @@ async def main() -> int:
     )
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--scenarios", default="1,2,3,4,7", help="which to run, e.g. 3 or 1,2")
+    parser.add_argument("--scenarios", default="1,2,3,4,6,7", help="which to run, e.g. 3 or 1,2")
     parser.add_argument(
         "--shapes",
         default="all",
@@ -239,11 +239,18 @@ async def main() -> int:
                 seconds=10.0 if args.quick else memory.SECONDS,
                 mode="stalled",
             )
+        if "6" in scenarios:
+            print("\n6. consume, transform, produce (publish_to) ...", flush=True)
+            results["publish"] = await publish.run(
+                bootstrap, args.records, args.repeat, transactions=results["broker"] != "embedded"
+            )
         if "5" in scenarios:
             print("\n5. latency at a steady 5,000 records/s ...", flush=True)
             seconds = 5.0 if args.quick else latency.SECONDS
             results["latency"] = await latency.run(bootstrap, seconds=seconds, repeat=args.repeat)
     report(results)
+    if "publish" in results:
+        publish.report(results["publish"])
     if "latency" in results:
         latency.report(results["latency"])
     out = anyio.Path(RESULTS)

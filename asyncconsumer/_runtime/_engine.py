@@ -45,7 +45,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
 from .._config import ConsumerSettings
-from .._errors import CommitError, ConsumerStoppedError
+from .._errors import AsyncConsumerError, CommitError, ConsumerStoppedError
 from .._offset_store import OffsetStore
 from .._seeking import SeekTarget, lookup_offsets
 from .._statistics import Statistics
@@ -59,6 +59,7 @@ from ._pipeline import CounterMap, Middleware, Processor, compose
 from ._rebalance import RebalanceAdapter, RebalanceHook
 from ._report import describe_start, describe_stop, totals, warn_missing_topics
 from ._snapshot import snapshot
+from ._transactions import PartitionTransactions
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -448,6 +449,7 @@ class Engine(LaneOwner):
                     self._lanes[tp] = lane = self._make_lane(tp, self._registry.resolve(tp.topic))
                     new.append(lane)
             await self._skip_completed([lane for lane in new if isinstance(lane, KeyedLane)])
+            await self._start_transactions([lane for lane in new if lane.txn is not None])
             if self._start_at is not None and tps:
                 when, self._start_at = self._start_at, None
                 await self.seek_to(when, tps)
@@ -482,6 +484,19 @@ class Engine(LaneOwner):
         return processor
 
     def _make_lane(self, tp: TopicPartition, spec: HandlerSpec) -> Lane:
+        lane = self._new_lane(tp, spec)
+        if spec.delivery == "exactly_once":
+            assert self._producer is not None
+            lane.txn = PartitionTransactions(
+                tp,
+                self._producer,
+                self.settings.group_id or "",
+                self.counters[tp.topic],
+                interval=self.settings.commit_interval,
+            )
+        return lane
+
+    def _new_lane(self, tp: TopicPartition, spec: HandlerSpec) -> Lane:
         offsets = self._book.track(tp)
         bound, name = self._bound, spec.name
         ahead = spec.delivery == "at_most_once"
@@ -524,6 +539,40 @@ class Engine(LaneOwner):
             wait_for_skip=True,  # records fetched meanwhile wait for _skip_completed
         )
 
+    async def _start_transactions(self, lanes: list[Lane]) -> None:
+        """Start the transactional producers of newly assigned ``exactly_once``
+        partitions, which fences their previous owners, then read the partitions'
+        committed offsets again and resume there: a transaction the previous owner
+        committed after aiokafka read them is not run twice (see _transactions)."""
+        if not lanes:
+            return
+        refused: list[KafkaError] = []
+
+        async def start(txn: PartitionTransactions) -> None:
+            try:
+                await txn.start()
+            except KafkaError as exc:
+                refused.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for lane in lanes:
+                assert lane.txn is not None
+                tg.start_soon(start, lane.txn)
+        if refused:
+            raise AsyncConsumerError(
+                "delivery='exactly_once' needs a broker with transactions: starting the "
+                f"transactional producers of {sorted(lane.tp for lane in lanes)} failed with "
+                f"{refused[0]!r}"
+            ) from refused[0]
+        committed = await self._client()._coordinator.fetch_committed_offsets(
+            [lane.tp for lane in lanes]
+        )
+        for lane in lanes:
+            meta = committed.get(lane.tp)
+            if meta is not None and meta.offset >= 0 and self._lanes.get(lane.tp) is lane:
+                self.seek(lane.tp, meta.offset)
+                lane.offsets.committed = meta.offset
+
     async def _skip_completed(self, lanes: list[KeyedLane]) -> None:
         """Read which records above the committed offsets already completed
         (the previous owner wrote them into the commit metadata). Until this
@@ -556,6 +605,20 @@ class Engine(LaneOwner):
 
     def lane_drained(self, lane: Lane) -> None:
         self._unpause(lane)
+
+    def lane_rewind(self, lane: Lane, offset: int) -> None:
+        if self._lanes.get(lane.tp) is lane:
+            self.seek(lane.tp, offset)
+
+    def lane_fenced(self, lane: Lane) -> None:
+        # The partition is another member's now: rejoin, which revokes it here.
+        if self.client is not None:
+            self.client._coordinator.request_rejoin()
+
+    async def lane_committed(self, lane: Lane, offset: int, seconds: float) -> None:
+        self.observers.committed(seconds, None)
+        for hook in self._on_commit:
+            await hook({lane.tp: offset}, None)
 
     def _unpause(self, lane: Lane) -> None:
         if not lane.paused:
@@ -601,6 +664,12 @@ class Engine(LaneOwner):
                 lane.cancel()
         for lane in lanes:
             await lane.done.wait()
+        for lane in lanes:
+            if lane.txn is not None:
+                try:
+                    await lane.txn.close()
+                except Exception as exc:
+                    log.warning("closing the transactional producer of %s: %r", lane.tp, exc)
 
     def _describe_running(self) -> list[str]:
         described = []

@@ -17,19 +17,26 @@ for a retry, the lane waits the backoff without holding up other partitions.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._errors import DeserializationError
+from .._errors import DeserializationError, PublishError
+from .._producer import TRANSACTION
 from ._offsets import PartitionOffsets
-from ._pipeline import Processor
+from ._pipeline import Acknowledgement, Processor, abandon
+from ._transactions import FENCED
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord, TopicPartition
     from anyio.abc import TaskGroup
+
+    from .._message import Message
+    from ._transactions import PartitionTransactions
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -43,6 +50,12 @@ __all__ = [
 
 
 DEFAULT_WINDOW = 10_000
+
+log = logging.getLogger("asyncconsumer")
+
+# A transaction that aborts this many times in a row from the same offset stops the
+# app with its error (a record whose output the broker refuses every time).
+MAX_TRANSACTION_FAILURES = 3
 
 
 class BufferBound:
@@ -83,6 +96,15 @@ class LaneOwner:
         """The lane's buffer fell to its low-water mark while fetching was paused."""
         raise NotImplementedError
 
+    def lane_rewind(self, lane: Lane, offset: int) -> None:
+        """The lane's transaction aborted: fetch its partition again from ``offset``."""
+
+    def lane_fenced(self, lane: Lane) -> None:
+        """Another member's producer fenced the lane's: the partition is not ours."""
+
+    async def lane_committed(self, lane: Lane, offset: int, seconds: float) -> None:
+        """The lane's transaction committed ``offset`` (it took ``seconds``)."""
+
 
 class Lane:
     """The state every lane has, and the interface the engine uses."""
@@ -101,6 +123,7 @@ class Lane:
         "processor",
         "started",
         "tp",
+        "txn",
     )
 
     def __init__(
@@ -129,6 +152,9 @@ class Lane:
         self.started = False
         self.closed = False
         self.paused = False
+        # delivery="exactly_once": the partition's transactions (the lane commits
+        # them; ``offsets.completed`` moves only when one commits).
+        self.txn: PartitionTransactions | None = None
 
     @property
     def buffered(self) -> int:
@@ -136,8 +162,13 @@ class Lane:
         raise NotImplementedError
 
     def running(self) -> Sequence[int]:
-        """Offsets of the records whose handler is running."""
+        """Offsets of the records whose handler is running (or, for ``publish_to``
+        under partition ordering, whose output awaits the broker's acknowledgement)."""
         raise NotImplementedError
+
+    def in_flight(self) -> int:
+        """How many records :meth:`running` lists (cheaper)."""
+        return len(self.running())
 
     def push(self, records: list[ConsumerRecord]) -> bool:
         """Queue fetched records (in offset order); return whether the lane is full."""
@@ -184,10 +215,78 @@ class Lane:
             self._owner.lane_drained(self)
 
 
-class PartitionLane(Lane):
-    """One worker task runs the partition's records one at a time, in offset order."""
+class _Unacked:
+    """Records a partition lane has handled whose published results the broker has not
+    acknowledged yet: ``publish_to`` is pipelined, so the lane goes on with the next
+    record meanwhile. They complete in offset order as their acknowledgements arrive
+    (one callback per acknowledgement, no task)."""
 
-    __slots__ = ("_gen", "_interrupt", "_records", "_waiting", "_wakeup", "current", "scope")
+    __slots__ = ("attempt", "count", "error", "gen", "lane", "left", "msgs", "records")
+
+    def __init__(
+        self,
+        lane: PartitionLane,
+        records: list[ConsumerRecord],
+        msgs: list[Message[Any]] | None,
+        attempt: int,
+        sent: list[Acknowledgement],
+    ) -> None:
+        self.lane = lane
+        self.records = records
+        self.msgs = msgs  # a batch's decoded messages, for when it must run again
+        self.attempt = attempt
+        # How many records count as handled once acknowledged (without a publish the
+        # processor counted them already).
+        self.count = (len(msgs) if msgs is not None else len(records)) if sent else 0
+        self.gen = lane._gen
+        self.error: Exception | None = None
+        self.left = len(sent)
+        for future in sent:
+            future.add_done_callback(self)
+        sent.clear()
+
+    def __call__(self, future: Acknowledgement) -> None:
+        if future.cancelled():
+            error: BaseException | None = PublishError(
+                "the acknowledgement of a published record was cancelled (the producer stopped)"
+            )
+        else:
+            error = future.exception()
+        if error is not None and self.error is None:
+            self.error = error if isinstance(error, Exception) else PublishError(repr(error))
+        self.left -= 1
+        if self.left == 0 and self.gen == self.lane._gen:
+            self.lane._acknowledged()
+
+
+class PartitionLane(Lane):
+    """One worker task runs the partition's records one at a time, in offset order.
+
+    What a ``publish_to`` handler returns is sent without waiting for the broker's
+    acknowledgement: the next record starts at once, and a record completes (its
+    offset becomes committable) only when it and every record before it are
+    acknowledged. At most ``bound.window`` records wait for acknowledgements. If one
+    fails, the lane waits for the others, applies the failure policy to the record it
+    belongs to (a retry runs the handler and publishes again), then runs every later
+    record again, in offset order: each record's last output follows the last output
+    of the record before it, as if the publishes had been awaited one by one.
+    """
+
+    __slots__ = (
+        "_ack_failed",
+        "_ack_waiting",
+        "_gen",
+        "_interrupt",
+        "_records",
+        "_sent",
+        "_unacked",
+        "_unacked_records",
+        "_unsettled",
+        "_waiting",
+        "_wakeup",
+        "current",
+        "scope",
+    )
 
     def __init__(
         self,
@@ -218,13 +317,31 @@ class PartitionLane(Lane):
         # an outer cancellation still gets a graceful drain.
         self.scope = anyio.CancelScope(shield=True)
         self.current: ConsumerRecord | None = None
+        # publish_to pipelining: the acknowledgements of the record running now, the
+        # records waiting for theirs (in offset order), how many of those still wait.
+        self._sent: list[Acknowledgement] = []
+        self._unacked: deque[_Unacked] = deque()
+        self._unacked_records = 0
+        self._unsettled = 0
+        self._ack_failed = False
+        self._ack_waiting = False
 
     @property
     def buffered(self) -> int:
         return len(self._records)
 
     def running(self) -> Sequence[int]:
-        return () if self.current is None else (self.current.offset,)
+        if not self._unacked:
+            return () if self.current is None else (self.current.offset,)
+        return self._unacked_offsets([] if self.current is None else [self.current.offset])
+
+    def in_flight(self) -> int:
+        return (self.current is not None) + self._unacked_records
+
+    def _unacked_offsets(self, offsets: list[int]) -> list[int]:
+        """``offsets`` plus those of the records waiting for acknowledgements."""
+        offsets.extend(r.offset for entry in self._unacked for r in entry.records)
+        return offsets
 
     def push(self, records: list[ConsumerRecord]) -> bool:
         self._records.extend(records)
@@ -248,6 +365,12 @@ class PartitionLane(Lane):
         self._gen += 1  # a record in flight now must not move ``completed``
         self.offsets.completed = offset
         self._interrupt.set()  # a record in backoff is abandoned now, not retried
+        # Records waiting for acknowledgements are not completed any more either.
+        self._unacked.clear()
+        self._unacked_records = 0
+        self._unsettled = 0
+        self._ack_failed = False
+        self._wake()
 
     def close(self) -> None:
         self.closed = True
@@ -255,17 +378,26 @@ class PartitionLane(Lane):
         self.discard_buffered()
         if not self.started:
             self.done.set()
-        elif self._waiting:
-            self._waiting = False
-            self._wakeup.set()
+        else:
+            self._wake()
 
     def cancel(self) -> None:
         self.scope.cancel()
+
+    def _wake(self) -> None:
+        if self._waiting or self._ack_waiting:
+            self._waiting = self._ack_waiting = False
+            self._wakeup.set()
 
     async def _wait_for_records(self) -> None:
         self._drained()
         self._wakeup = anyio.Event()
         self._waiting = True
+        await self._wakeup.wait()
+
+    async def _wait_for_acks(self) -> None:
+        self._wakeup = anyio.Event()
+        self._ack_waiting = True
         await self._wakeup.wait()
 
     async def _backoff(self, delay: float, gen: int) -> bool:
@@ -278,6 +410,184 @@ class PartitionLane(Lane):
             await interrupt.wait()
         return not self.closed and gen == self._gen
 
+    # -- publish_to pipelining -------------------------------------------------------
+
+    def _finish(
+        self, records: list[ConsumerRecord], msgs: list[Message[Any]] | None, attempt: int
+    ) -> None:
+        """``records`` are done with: complete them now, or after the acknowledgements
+        of what they (or records before them) published."""
+        sent = self._sent
+        if sent or self._unacked:
+            if sent:
+                self._unsettled += 1
+            self._unacked.append(_Unacked(self, records, msgs, attempt, sent))
+            self._unacked_records += len(records)
+        elif not self.commit_ahead:
+            self.offsets.completed = records[-1].offset + 1
+
+    def _acknowledged(self) -> None:
+        """Every acknowledgement of one waiting entry is in: complete the records that
+        are now acknowledged with everything before them."""
+        self._unsettled -= 1
+        unacked = self._unacked
+        last: _Unacked | None = None
+        count = 0
+        while unacked:
+            head = unacked[0]
+            if head.left:
+                break
+            if head.error is not None:
+                self._ack_failed = True
+                break
+            last = unacked.popleft()
+            count += last.count
+            self._unacked_records -= len(last.records)
+        if last is not None and not self.commit_ahead:
+            self.offsets.completed = last.records[-1].offset + 1
+        if count:
+            self.processor.counters[self.tp.topic].handled += count
+        if self._ack_failed or (
+            self._ack_waiting and (not self._unsettled or len(unacked) <= self.bound.low_window)
+        ):
+            self._wake()
+
+    async def _wait_or_redo(self) -> None:
+        """The window of unacknowledged records is full, or an acknowledgement failed."""
+        if not self._ack_failed or self._unsettled:
+            await self._wait_for_acks()
+            return
+        await self._redo()
+        self.current = None  # (after a failure it names the record: see run)
+
+    async def _redo(self) -> None:
+        entries = list(self._unacked)
+        self._unacked.clear()
+        self._unacked_records = 0
+        self._ack_failed = False
+        gen = self._gen
+        head = entries[0]
+        assert head.error is not None
+        self._begin(head)
+        delay = await self.processor.failed(self._live(head), head.error, head.attempt)
+        attempt = head.attempt
+        for entry in entries:
+            if entry is not head:
+                if self.closed:
+                    return  # not completed: the partition's next owner runs them
+                self._begin(entry)
+                attempt = 1
+                delay = await self._attempt(entry, attempt)
+            while delay is not None and await self._backoff(delay, gen):
+                attempt += 1
+                delay = await self._attempt(entry, attempt)
+            if delay is not None or gen != self._gen:
+                abandon(self._sent)
+                return
+            self._finish(entry.records, entry.msgs, attempt)
+
+    def _begin(self, entry: _Unacked) -> None:
+        """``entry`` runs again (what a failure would name)."""
+        self.current = entry.records[0]
+
+    def _live(self, entry: _Unacked) -> list[ConsumerRecord]:
+        return entry.records
+
+    async def _attempt(self, entry: _Unacked, attempt: int) -> float | None:
+        return await self.processor.process(entry.records[0], attempt, self._sent)
+
+    async def _settled(self) -> None:
+        """Closed: wait for the acknowledgements of what was handled (after a failed
+        one nothing more completes: the partition's next owner runs those records)."""
+        while self._unsettled and not self._ack_failed:
+            await self._wait_for_acks()
+
+    # -- delivery="exactly_once" -----------------------------------------------------
+
+    async def _transaction_done(self, next_offset: int, count: int) -> None:
+        txn = self.txn
+        assert txn is not None
+        if txn.completed(next_offset, count, self._sent):
+            await self._commit_transaction()
+
+    async def _commit_idle_transaction(self) -> None:
+        """Nothing to run: commit the open transaction once it is due, unless records
+        arrive first."""
+        txn = self.txn
+        assert txn is not None
+        with anyio.move_on_after(txn.remaining()):
+            await self._wait_for_records()
+        if not self._records:
+            await self._commit_transaction()
+
+    async def _commit_transaction(self) -> None:
+        txn = self.txn
+        assert txn is not None
+        started = time.monotonic()
+        try:
+            offset = await txn.commit()
+        except FENCED as exc:
+            self._fenced(exc)
+            return
+        except Exception as exc:
+            await self._abort_transaction(exc)
+            return
+        self.offsets.committed = self.offsets.completed = offset
+        await self._owner.lane_committed(self, offset, time.monotonic() - started)
+
+    async def _abort_transaction(self, exc: Exception) -> None:
+        """The transaction could not commit: abort it and run its records again
+        (from its first offset: nothing of it was applied)."""
+        txn = self.txn
+        assert txn is not None
+        log.warning(
+            "the transaction of %s[%d] from offset %d failed and was aborted; its records "
+            "run again: %r",
+            self.tp.topic,
+            self.tp.partition,
+            txn.first,
+            exc,
+        )
+        try:
+            await txn.abort()
+        except FENCED as fenced:
+            self._fenced(fenced)
+            return
+        if txn.failures >= MAX_TRANSACTION_FAILURES:
+            exc.add_note(
+                f"asyncconsumer: the transaction from offset {txn.first} aborted "
+                f"{txn.failures} times in a row"
+            )
+            raise exc
+        if not self.closed:
+            self._owner.lane_rewind(self, txn.first)
+
+    def _fenced(self, exc: BaseException) -> None:
+        log.error(
+            "%s[%d]: this member's transactional producer was fenced (%r): another member "
+            "owns the partition now; its open transaction is aborted and the member rejoins",
+            self.tp.topic,
+            self.tp.partition,
+            exc,
+        )
+        assert self.txn is not None
+        self.txn.open = False
+        self.closed = True
+        self.discard_buffered()
+        self._owner.lane_fenced(self)
+
+    async def _abort_on_failure(self) -> None:
+        """The lane fails (``on_failure="stop"``): its open transaction's outputs must
+        vanish and its offsets stay uncommitted."""
+        txn = self.txn
+        if txn is not None and txn.open:
+            try:
+                await txn.abort()
+            except Exception as exc:
+                log.warning("aborting the transaction of %s failed: %r", self.tp, exc)
+
+    # -- the worker ------------------------------------------------------------------
+
     async def run(self) -> None:
         self.started = True
         records = self._records
@@ -285,32 +595,59 @@ class PartitionLane(Lane):
         process = self.processor.process
         count_bytes = self.count_bytes
         track = not self.commit_ahead
+        unacked = self._unacked
+        window = self.bound.window
+        txn = self.txn
+        sent = self._sent if self.processor.publish_to is not None or txn else None
+        if txn is not None:
+            TRANSACTION.set(txn.client)  # the app's producer sends in the transaction
         record: ConsumerRecord | None = None
         try:
             with self.scope:
                 while not self.closed:
+                    if unacked and (self._ack_failed or len(unacked) >= window):
+                        await self._wait_or_redo()
+                        continue
                     if not records:
-                        await self._wait_for_records()
+                        if txn is not None and txn.open:
+                            await self._commit_idle_transaction()
+                        else:
+                            await self._wait_for_records()
                         continue
                     record = records.popleft()
                     if count_bytes:
                         self.buffered_bytes -= size_of(record)
                     self.current = record
                     gen = self._gen
-                    delay = await process(record)
+                    if txn is not None and not txn.open:
+                        await txn.begin(record.offset)
+                    delay = await process(record, 1, sent)
                     attempt = 1
                     while delay is not None and await self._backoff(delay, gen):
                         attempt += 1
-                        delay = await process(record, attempt)
-                    if delay is None and gen == self._gen and track:
-                        offsets.completed = record.offset + 1
+                        delay = await process(record, attempt, sent)
+                    if delay is None and gen == self._gen:
+                        if txn is not None:
+                            self.current = None
+                            await self._transaction_done(record.offset + 1, 1)
+                        elif sent or unacked:
+                            self._finish([record], None, attempt)
+                        elif track:
+                            offsets.completed = record.offset + 1
+                    else:
+                        abandon(sent)
                     self.current = None
                     if self.paused:
                         self._drained()
+                await self._settled()
+                if txn is not None and txn.open:
+                    await self._commit_transaction()
         except Exception as exc:
-            assert record is not None
+            failed = self.current if self.current is not None else record
+            assert failed is not None
             self.closed = True
-            self._owner.lane_failed(self, record, exc)
+            await self._abort_on_failure()
+            self._owner.lane_failed(self, failed, exc)
         finally:
             self.current = None
             self.done.set()
@@ -349,20 +686,48 @@ class BatchLane(PartitionLane):
         self._batch: list[ConsumerRecord] = []
 
     def running(self) -> Sequence[int]:
-        return [r.offset for r in self._batch]
+        offsets = [r.offset for r in self._batch]
+        return self._unacked_offsets(offsets) if self._unacked else offsets
+
+    def in_flight(self) -> int:
+        return len(self._batch) + self._unacked_records
+
+    def _live(self, entry: _Unacked) -> list[ConsumerRecord]:
+        assert entry.msgs is not None
+        return Processor.live(entry.records, entry.msgs)
+
+    def _begin(self, entry: _Unacked) -> None:
+        self._batch = entry.records
+
+    async def _attempt(self, entry: _Unacked, attempt: int) -> float | None:
+        assert entry.msgs is not None
+        if not entry.msgs:
+            return None
+        return await self.processor.process_batch(entry.records, entry.msgs, attempt, self._sent)
 
     async def run(self) -> None:
         self.started = True
         records = self._records
-        offsets = self.offsets
         processor = self.processor
         max_records = self.max_records
-        track = not self.commit_ahead
+        unacked = self._unacked
+        window = self.bound.window
+        txn = self.txn
+        sent = self._sent if processor.publish_to is not None or txn else None
+        if txn is not None:
+            TRANSACTION.set(txn.client)  # the app's producer sends in the transaction
         try:
             with self.scope:
                 while not self.closed:
+                    if unacked and (self._ack_failed or len(unacked) >= window):
+                        await self._wait_or_redo()
+                        self._batch = []
+                        continue
                     if not records:
-                        await self._wait_for_records()
+                        if txn is not None and txn.open:
+                            await self._commit_idle_transaction()
+                        else:
+                            await self._wait_for_records()
                         continue
                     if len(records) < max_records and self.max_wait > 0:
                         with anyio.move_on_after(self.max_wait):
@@ -380,19 +745,30 @@ class BatchLane(PartitionLane):
                     if self.count_bytes:
                         self.buffered_bytes -= sum(map(size_of, batch))
                     gen = self._gen
+                    if txn is not None and not txn.open:
+                        await txn.begin(batch[0].offset)
                     msgs = await processor.decode_batch(batch)
-                    delay = await processor.process_batch(batch, msgs) if msgs else None
+                    delay = await processor.process_batch(batch, msgs, 1, sent) if msgs else None
                     attempt = 1
                     while delay is not None and await self._backoff(delay, gen):
                         attempt += 1
-                        delay = await processor.process_batch(batch, msgs, attempt)
-                    if delay is None and gen == self._gen and track:
-                        offsets.completed = batch[-1].offset + 1
+                        delay = await processor.process_batch(batch, msgs, attempt, sent)
+                    if delay is None and gen == self._gen:
+                        if txn is not None:
+                            await self._transaction_done(batch[-1].offset + 1, len(batch))
+                        else:
+                            self._finish(batch, msgs, attempt)
+                    else:
+                        abandon(sent)
                     self._batch = []
                     if self.paused:
                         self._drained()
+                await self._settled()
+                if txn is not None and txn.open:
+                    await self._commit_transaction()
         except Exception as exc:
             self.closed = True
+            await self._abort_on_failure()
             # A batch fails as a whole: the partition resumes at its first record
             # (or at the record that could not be decoded, which the error names).
             failed = self._batch[0]

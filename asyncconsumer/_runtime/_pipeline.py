@@ -41,16 +41,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DLQ_HEADERS",
+    "Acknowledgement",
     "CallNext",
     "CounterMap",
     "Handler",
     "Middleware",
     "Processor",
     "TopicCounters",
+    "abandon",
     "compose",
 ]
 
 log = logging.getLogger("asyncconsumer")
+
+Acknowledgement: TypeAlias = "asyncio.Future[Any]"
+"""What the producer's ``send`` returns: resolved once the broker acknowledged the
+record (or with the error that it could not be written)."""
 
 Handler: TypeAlias = Callable[[Any], Awaitable[Any]]
 """A registered handler: it takes a :class:`Message` (or, for batch handlers, a list
@@ -95,6 +101,8 @@ class TopicCounters:
     retried: int = 0
     dead_lettered: int = 0
     skipped: int = 0
+    transactions: int = 0
+    aborted_transactions: int = 0
 
 
 def compose(handler: Handler, middleware: Sequence[Middleware]) -> CallNext:
@@ -161,12 +169,19 @@ class Processor:
 
     # -- one record ----------------------------------------------------------------
 
-    async def process(self, record: ConsumerRecord, attempt: int = 1) -> float | None:
+    async def process(
+        self, record: ConsumerRecord, attempt: int = 1, sent: list[Acknowledgement] | None = None
+    ) -> float | None:
         """Run attempt number ``attempt`` for ``record``.
 
         Returns ``None`` when the record is done with (handled, dead-lettered or
         skipped: it counts as completed), or the seconds to wait before the next
         attempt. Raises the error to stop on (``on_failure="stop"``).
+
+        With ``sent`` (a partition lane that pipelines ``publish_to``), what the
+        record publishes is not awaited: the acknowledgements are appended to
+        ``sent`` and the caller completes the record (and counts it handled) once
+        they arrive; a failed one goes back through :meth:`failed`.
         """
         try:
             msg = self.decode(record)
@@ -183,12 +198,18 @@ class Processor:
                     result = await self.call(msg)
                 finally:
                     observe(record.topic, perf_counter() - started)
-            if result is not None and self.publish_to is not None:
-                await self._publish(record.key, (result,))
+            if (
+                result is not None
+                and self.publish_to is not None
+                and await self._publish(record.key, (result,), sent)
+            ):
+                return None  # handled once acknowledged
         except Exception as exc:
-            return await self._failed((record,), exc, attempt)
+            abandon(sent)
+            return await self.failed((record,), exc, attempt)
         except asyncio.CancelledError as exc:
-            return await self._failed((record,), _stray(exc, record), attempt)
+            abandon(sent)
+            return await self.failed((record,), _stray(exc, record), attempt)
         self.counters[record.topic].handled += 1
         return None
 
@@ -211,7 +232,11 @@ class Processor:
         return msgs
 
     async def process_batch(
-        self, records: list[ConsumerRecord], msgs: list[Message[Any]], attempt: int = 1
+        self,
+        records: list[ConsumerRecord],
+        msgs: list[Message[Any]],
+        attempt: int = 1,
+        sent: list[Acknowledgement] | None = None,
     ) -> float | None:
         """Like :meth:`process`, for the decoded ``msgs`` of ``records`` as one call.
         A batch succeeds or fails as a whole."""
@@ -230,20 +255,32 @@ class Processor:
                     raise TypeError(
                         f"a publish_to batch handler must return a list of values, not {result!r}"
                     )
-                await self._publish(None, result)
+                if await self._publish(None, result, sent):
+                    return None  # handled once acknowledged
         except (Exception, asyncio.CancelledError) as exc:
+            abandon(sent)
             if isinstance(exc, asyncio.CancelledError):
                 exc = _stray(exc, records[0])
-            live = {m.offset for m in msgs}
-            return await self._failed([r for r in records if r.offset in live], exc, attempt)
+            return await self.failed(self.live(records, msgs), exc, attempt)
         self.counters[records[0].topic].handled += len(msgs)
         return None
 
+    @staticmethod
+    def live(records: list[ConsumerRecord], msgs: list[Message[Any]]) -> list[ConsumerRecord]:
+        """The records of a batch that were decoded (the others went their own way)."""
+        if len(msgs) == len(records):
+            return records
+        decoded = {m.offset for m in msgs}
+        return [r for r in records if r.offset in decoded]
+
     # -- failures --------------------------------------------------------------------
 
-    async def _failed(
+    async def failed(
         self, records: Sequence[ConsumerRecord], exc: Exception, attempt: int
     ) -> float | None:
+        """Attempt number ``attempt`` of ``records`` failed with ``exc``: the seconds
+        to wait before the next attempt, or ``None`` once the failure policy is
+        applied (dead-lettered or skipped); raises ``exc`` to stop."""
         retry = self.retry
         if retry.allows(exc, attempt):
             delay = retry.backoff.delay(attempt)
@@ -330,11 +367,15 @@ class Processor:
             error.add_note(f"asyncconsumer: the record had failed with {exc!r}")
             raise error from send_error
 
-    async def _publish(self, key: bytes | None, results: Iterable[object]) -> None:
+    async def _publish(
+        self, key: bytes | None, results: Iterable[object], sent: list[Acknowledgement] | None
+    ) -> bool:
+        """Send ``results`` to ``publish_to``. Without ``sent`` wait for their
+        acknowledgements; with it, append them there and return whether any was sent."""
         assert self.producer is not None
         assert self.publish_to is not None
         client = self.producer.client
-        futures = []
+        futures = [] if sent is None else sent
         for result in results:
             if result is None:
                 continue
@@ -350,8 +391,25 @@ class Processor:
                 )
             else:
                 futures.append(await client.send(self.publish_to, encode(result), key))
-        for future in futures:
-            await future
+        if sent is None:
+            for future in futures:
+                await future
+            return False
+        return bool(sent)
+
+
+def abandon(sent: list[Acknowledgement] | None) -> None:
+    """Forget the acknowledgements of a failed attempt (it runs again or gives up):
+    their outcome no longer matters, but their errors must not go unretrieved."""
+    if sent:
+        for future in sent:
+            future.add_done_callback(_retrieve)
+        sent.clear()
+
+
+def _retrieve(future: Acknowledgement) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _stray(cancelled: asyncio.CancelledError, record: ConsumerRecord) -> Exception:

@@ -34,7 +34,7 @@ def snapshot(
         stats = handlers.get(lane.handler_name, _NO_STATS)
         handlers[lane.handler_name] = HandlerStatistics(
             partitions=stats.partitions + 1,
-            in_flight=stats.in_flight + len(lane.running()),
+            in_flight=stats.in_flight + lane.in_flight(),
             buffered=stats.buffered + lane.buffered,
         )
     return Statistics(
@@ -67,6 +67,8 @@ def snapshot(
                 retried=c.retried,
                 dead_lettered=c.dead_lettered,
                 skipped=c.skipped,
+                transactions=c.transactions,
+                aborted_transactions=c.aborted_transactions,
             )
             for topic, c in counters.items()
         },

@@ -212,3 +212,25 @@ async def test_on_assign_error_stops_app_before_any_record_and_lifespan_wraps_ru
     # No record ran: lanes start only after on_assign returned. The stop still
     # revoked the partitions, inside the lifespan.
     assert events == ["lifespan enter", "on_assign", "on_revoke", "lifespan exit"]
+
+
+async def test_exactly_once_on_a_broker_without_transactions_stops_with_a_clear_error(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    if kafka_broker.is_apache_kafka:
+        pytest.skip("Apache Kafka has transactions (tests/integration/test_exactly_once.py)")
+    from asyncconsumer import AsyncConsumerError
+
+    topic = await topics.create("eos-embedded")
+    out = await topics.create("eos-embedded-out")
+    app = ConsumerApp(
+        bootstrap_servers=kafka_broker.bootstrap_servers, group_id=unique("g-eos-embedded")
+    )
+
+    @app.handler(topic, publish_to=out, delivery="exactly_once")
+    async def handle(msg: Message[bytes]) -> bytes:
+        return msg.value
+
+    with pytest.raises(AsyncConsumerError, match="needs a broker with transactions"):
+        with anyio.fail_after(60):
+            await app.run()

@@ -384,3 +384,61 @@ async def test_publish_to_keeps_the_consumed_key_for_a_producer_record_without_o
         (None, b"5")
     ]
     assert all(dict(r.headers) == {"enriched": b"yes"} for r in results[:5])
+
+
+@pytest.mark.apache_kafka  # the embedded broker does not enforce max.message.bytes
+async def test_a_publish_the_broker_refuses_takes_the_failure_path_of_its_record(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    """publish_to is pipelined: the records after one whose output the broker refuses
+    have run already when the refusal arrives. That record still goes through retry
+    and on_failure, every later record runs again after it, and the commit covers all."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("pipe-in")
+    out = unique("pipe-out")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(out, 1, 1, topic_configs={"max.message.bytes": "20000"})]
+        )
+    finally:
+        await admin.close()
+    await aproduce(bootstrap, topic, [(b"k", b"%d" % i) for i in range(10)], 0)
+    group = unique("g-pipe")
+    app = make_app(bootstrap, group)
+    calls: list[int] = []
+
+    @app.handler(
+        topic,
+        publish_to=out,
+        retry=Retry(attempts=2, backoff=Backoff.constant(0.05)),
+        on_failure="dead_letter",
+    )
+    async def handle(msg: Message[bytes]) -> bytes:
+        calls.append(msg.offset)
+        # larger than the producer's batches (16 KiB): it travels alone, as in production
+        return b"x" * 30_000 if msg.offset == 5 else msg.value
+
+    async with app:
+        dead = await read_topic(bootstrap, topic + ".DLQ", 1)
+        await wait_until(
+            lambda: app.statistics().completed.get(TopicPartition(topic, 0)) == 10,
+            what="every record completed",
+        )
+    results = await read_topic(bootstrap, out, 9)
+    headers = dict(dead[0].headers)
+    assert headers["dlq.original.offset"] == b"5"
+    assert b"TooLarge" in headers["dlq.exception.type"]
+    assert headers["dlq.attempts"] == b"2"
+    assert calls.count(5) == 2
+    published = [int(r.value) for r in results]
+    # every record but 5 was published, each record's last output after the one before
+    assert set(published) == set(range(10)) - {5}
+    last = {value: i for i, value in enumerate(published)}
+    assert [v for v in sorted(last, key=last.__getitem__)] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert (await committed_offsets(bootstrap, group, [TopicPartition(topic, 0)])) == {
+        TopicPartition(topic, 0): 10
+    }

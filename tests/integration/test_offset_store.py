@@ -111,3 +111,41 @@ async def test_sigkills_neither_lose_nor_duplicate_a_result(
     assert set(written.values()) == {1}  # none twice
     assert await store.load(list(ends)) == ends
     assert await committed_offsets(bootstrap, group, ends) == ends  # Kafka caught up at stop
+
+
+async def test_a_member_that_lost_the_partition_cannot_store_one_more_result(
+    database: tuple[str, AsyncEngine],
+) -> None:
+    """A zombie (a member frozen past its session timeout whose partition went to
+    another member, then resumed) finishes the record it was handling: its result
+    must not be applied, since the partition's new owner handles that record too."""
+    from asyncconsumer import Message, TopicPartition
+    from asyncconsumer.integrations.sqlalchemy import FencedError
+
+    _, engine = database
+    tp = TopicPartition("orders", 0)
+    group, name = unique("g-fence"), unique("fenced").replace("-", "_")
+    results = Table(name, MetaData(), Column("offset", Integer))
+    async with engine.begin() as conn:
+        await conn.run_sync(results.metadata.create_all)
+    zombie, heir = SqlOffsetStore(engine, group_id=group), SqlOffsetStore(engine, group_id=group)
+    await zombie.create_table()
+
+    def msg(offset: int) -> Message[bytes]:
+        return Message(tp.topic, tp.partition, offset, None, b"", (), 0)
+
+    async def handle(store: SqlOffsetStore, offset: int) -> None:
+        async with store.transaction(msg(offset)) as conn:
+            await conn.execute(results.insert().values(offset=offset))
+
+    assert await zombie.load([tp]) == {}
+    await handle(zombie, 0)
+    assert await heir.load([tp]) == {tp: 1}  # the rebalance: the heir claims the partition
+    with pytest.raises(FencedError, match="claimed by another member"):
+        await handle(zombie, 1)  # the zombie wakes up and finishes record 1
+    await handle(heir, 1)
+    await handle(heir, 2)
+    async with engine.connect() as conn:
+        written = [o for (o,) in (await conn.execute(select(results.c.offset))).all()]
+    assert sorted(written) == [0, 1, 2]  # record 1 once: the zombie's write rolled back
+    assert await heir.load([tp]) == {tp: 3}

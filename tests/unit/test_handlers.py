@@ -150,3 +150,37 @@ def test_a_pattern_that_matches_its_own_output_topic_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="feed them back"):
         app().handler(pattern=r"orders.*", publish_to="orders.enriched")(noop)
     app().handler(pattern=r"orders.*", publish_to="enriched.orders")(noop)  # fine
+
+
+@pytest.mark.parametrize("ordering", ["key", "none"])
+def test_exactly_once_needs_records_completed_in_offset_order(ordering: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"exactly_once.*ordering='partition'"):
+        app().handler("t", ordering=ordering, delivery="exactly_once")(noop)  # type: ignore[arg-type]
+    app().handler("t", delivery="exactly_once")(noop)
+    app().batch_handler("t", delivery="exactly_once")(noop)
+
+
+def test_the_transactional_id_belongs_to_exactly_once() -> None:
+    with pytest.raises(ConfigurationError, match=r"transactional_id.*exactly_once"):
+        ConsumerApp(
+            bootstrap_servers="127.0.0.1:9",
+            group_id="g",
+            producer_options={"transactional_id": "mine"},
+        )
+
+
+async def test_inside_a_transaction_the_apps_producer_sends_through_it() -> None:
+    from asyncconsumer._producer import TRANSACTION, Producer
+
+    producer = Producer("127.0.0.1:9")
+    transactional = Producer.transactional(producer, "asyncconsumer.g.t.0")
+    assert transactional.options["transactional_id"] == "asyncconsumer.g.t.0"
+    assert transactional.options["enable_idempotence"] is True
+    routed: Any = object()
+    token = TRANSACTION.set(routed)
+    try:
+        assert producer.client is routed
+    finally:
+        TRANSACTION.reset(token)
+    with pytest.raises(Exception, match="not started"):
+        _ = producer.client

@@ -1,0 +1,165 @@
+"""Kafka transactions for ``delivery="exactly_once"`` handlers (consume-transform-produce).
+
+What a partition's records produce (``publish_to``, dead letters, sends through the
+app's producer inside the handler) and the partition's next offset are committed in
+one Kafka transaction, so a ``read_committed`` reader sees each output once whatever
+crashes or rebalances happen. One transaction spans many records: it commits when it
+holds ``max_records`` records, when ``interval`` (the app's ``commit_interval``) has
+passed since it began, when the partition has nothing more to run for that long, and
+before the partition is revoked or the app stops.
+
+Zombie fencing: one transactional producer per input partition, with the transactional
+id ``asyncconsumer.{group}.{topic}.{partition}``. This is the model before KIP-447:
+aiokafka implements only version 0 of ``TxnOffsetCommit``, which carries no consumer
+group generation, so the broker cannot fence by generation. Starting the producer
+(``InitProducerId``) bumps the id's epoch: the partition's previous owner, if it still
+runs (frozen past its session timeout, then resumed), can no longer send or commit, and
+its open transaction is aborted. The new owner starts its producer *before* it reads
+the partition's committed offset, so it resumes after every transaction its
+predecessor committed and redoes every one that was aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    ProducerFenced,
+    TransactionalIdAuthorizationFailed,
+)
+
+from .._producer import Producer
+from ._pipeline import abandon
+
+if TYPE_CHECKING:
+    from aiokafka.producer import AIOKafkaProducer
+    from aiokafka.structs import TopicPartition
+
+    from ._pipeline import Acknowledgement, TopicCounters
+
+__all__ = ["FENCED", "PartitionTransactions", "transactional_id"]
+
+log = logging.getLogger("asyncconsumer")
+
+# The producer's epoch moved on: another member owns the partition now.
+FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
+
+DEFAULT_MAX_RECORDS = 10_000
+
+
+def transactional_id(group_id: str, tp: TopicPartition) -> str:
+    return f"asyncconsumer.{group_id}.{tp.topic}.{tp.partition}"
+
+
+class PartitionTransactions:
+    """The transactions of one input partition, run by its lane."""
+
+    __slots__ = (
+        "began",
+        "counters",
+        "failures",
+        "first",
+        "group_id",
+        "interval",
+        "max_records",
+        "next_offset",
+        "open",
+        "pending",
+        "producer",
+        "records",
+        "tp",
+    )
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        base: Producer,
+        group_id: str,
+        counters: TopicCounters,
+        *,
+        interval: float,
+        max_records: int = DEFAULT_MAX_RECORDS,
+    ) -> None:
+        self.tp = tp
+        self.group_id = group_id
+        self.producer = Producer.transactional(base, transactional_id(group_id, tp))
+        self.counters = counters
+        self.interval = interval
+        self.max_records = max_records
+        self.open = False
+        self.began = 0.0
+        self.records = 0
+        self.first = -1  # the offset of the transaction's first record
+        self.next_offset = -1  # the offset after its last completed record
+        # What the transaction's records published: aiokafka commits a transaction
+        # even if a record of it was refused, so the commit checks these first.
+        self.pending: list[Acknowledgement] = []
+        self.failures = 0  # aborts in a row of a transaction beginning at ``first``
+
+    @property
+    def client(self) -> AIOKafkaProducer:
+        return self.producer.client
+
+    async def start(self) -> None:
+        """``InitProducerId``: fences the partition's previous owner (see the module)."""
+        await self.producer.start()
+
+    async def close(self) -> None:
+        """Stop the producer (an open transaction is aborted by the broker, or by the
+        next owner's start)."""
+        self.open = False
+        await self.producer.stop()
+
+    async def begin(self, offset: int) -> None:
+        if offset != self.first:
+            self.failures = 0
+        await self.client.begin_transaction()
+        self.open = True
+        self.began = time.monotonic()
+        self.records = 0
+        self.first = offset
+
+    def completed(self, next_offset: int, count: int, sent: list[Acknowledgement]) -> bool:
+        """Records up to ``next_offset`` are done, having published ``sent``; return
+        whether to commit now."""
+        if sent:
+            self.pending.extend(sent)
+            sent.clear()
+        self.next_offset = next_offset
+        self.records += count
+        return self.records >= self.max_records or time.monotonic() - self.began >= self.interval
+
+    def remaining(self) -> float:
+        """Seconds until the open transaction is due."""
+        return max(0.0, self.began + self.interval - time.monotonic())
+
+    async def commit(self) -> int:
+        """Commit the partition's next offset and every output in one transaction;
+        return that offset. Raises what the broker answered (the caller aborts)."""
+        client = self.client
+        offset = self.next_offset
+        pending, self.pending = self.pending, []
+        if pending:
+            await asyncio.wait(pending)
+            for future in pending:
+                error = None if future.cancelled() else future.exception()
+                if error is not None:
+                    raise error
+        await client.send_offsets_to_transaction({self.tp: offset}, self.group_id)
+        await client.commit_transaction()
+        self.open = False
+        self.failures = 0
+        self.counters.transactions += 1
+        return offset
+
+    async def abort(self) -> None:
+        """Abort the open transaction: its outputs vanish, its offset stays uncommitted."""
+        self.open = False
+        self.failures += 1
+        self.counters.aborted_transactions += 1
+        abandon(self.pending)
+        await self.client.abort_transaction()

@@ -1,0 +1,269 @@
+"""``delivery="exactly_once"`` on Apache Kafka: what a handler produces and the
+offsets it consumed commit in one transaction. A ``read_committed`` reader sees each
+output once across stops, failures, SIGKILLs, a second member, and a member frozen
+past its session timeout (a zombie: its transaction must not commit)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import pytest
+from aiokafka import AIOKafkaConsumer
+from anyio.abc import Process
+
+from asyncconsumer import ConsumerApp, Message, TopicPartition
+from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
+
+from .conftest import Topics, aproduce, committed_offsets, describe_partitions, unique
+
+pytestmark = pytest.mark.apache_kafka  # the embedded broker has no transactions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Boom(Exception):
+    pass
+
+
+async def read_all(
+    bootstrap: str, topic: str, *, committed: bool = True, settle: float = 1.0
+) -> list[bytes]:
+    """Every record of ``topic`` (read until nothing new comes for ``settle`` seconds),
+    as ``read_committed`` or ``read_uncommitted`` sees it."""
+    partitions = await describe_partitions(bootstrap, topic)
+    client = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
+    await client.start()
+    try:
+        tps = [TopicPartition(topic, int(p["partition"])) for p in partitions]
+        client.assign(tps)
+        await client.seek_to_beginning(*tps)
+        found: list[bytes] = []
+        quiet = 0.0
+        while quiet < settle:
+            batches = await client.getmany(timeout_ms=200)
+            got = [r.value for records in batches.values() for r in records]
+            found.extend(v for v in got if v is not None)
+            quiet = 0.0 if got else quiet + 0.2
+        return found
+    finally:
+        await client.stop()
+
+
+def make_app(bootstrap: str, group: str, **options: Any) -> ConsumerApp:
+    options.setdefault("commit_interval", 0.2)
+    return ConsumerApp(
+        bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", **options
+    )
+
+
+async def test_outputs_dead_letters_and_offsets_commit_together(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("eos-in", partitions=2)
+    out = await topics.create("eos-out", partitions=2)
+    produced = await aproduce(bootstrap, topic, [(b"k%d" % i, b"%d" % i) for i in range(300)])
+    ends = {tp: max(offsets) + 1 for tp, offsets in produced.items()}
+    group = unique("g-eos")
+    app = make_app(bootstrap, group)
+    commits: list[dict[TopicPartition, int]] = []
+
+    @app.on_commit
+    async def committed(offsets: dict[TopicPartition, int], error: object) -> None:
+        commits.append(offsets)
+
+    @app.handler(topic, publish_to=out, on_failure="dead_letter", delivery="exactly_once")
+    async def handle(msg: Message[bytes]) -> bytes:
+        if msg.value == b"7":
+            raise Boom("seven")
+        await app.producer.send(out, b"extra-" + msg.value)  # joins the transaction too
+        return msg.value
+
+    async with app:
+        with anyio.fail_after(60):
+            while app.statistics().completed != ends:
+                await anyio.sleep(0.05)
+        stats = app.statistics().topics[topic]
+
+    outputs = Counter(await read_all(bootstrap, out))
+    expected = {b"%d" % i for i in range(300)} - {b"7"}
+    assert {v for v in outputs if not v.startswith(b"extra-")} == expected
+    assert len([v for v in outputs if v.startswith(b"extra-")]) == 299
+    assert set(outputs.values()) == {1}
+    dead = await read_all(bootstrap, topic + ".DLQ")
+    assert dead == [b"7"]
+    assert await committed_offsets(bootstrap, group, ends) == ends
+    assert stats.transactions >= 2
+    assert stats.aborted_transactions == 0
+    assert {tp for c in commits for tp in c} == set(ends)
+
+
+async def test_a_stop_aborts_the_open_transaction(
+    kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("eos-stop")
+    out = await topics.create("eos-stop-out")
+    await aproduce(bootstrap, topic, [(b"k", b"%d" % i) for i in range(50)], 0)
+    group = unique("g-eos-stop")
+    app = make_app(bootstrap, group, commit_interval=30.0)  # one transaction, open
+
+    @app.handler(topic, publish_to=out, delivery="exactly_once")
+    async def handle(msg: Message[bytes]) -> bytes:
+        if msg.offset == 30:
+            raise Boom("stop here")
+        return msg.value
+
+    with pytest.raises(Boom):
+        with anyio.fail_after(60):
+            await app.run()
+
+    # Records 0-29 were published in the transaction the failure aborted: a
+    # read_committed reader sees none of them, and their offsets are not committed.
+    assert await read_all(bootstrap, out) == []
+    assert len(await read_all(bootstrap, out, committed=False)) == 30
+    assert await committed_offsets(bootstrap, group, [TopicPartition(topic, 0)]) == {
+        TopicPartition(topic, 0): None
+    }
+    assert app._counters[topic].aborted_transactions == 1
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[IO[bytes]]:
+    """Where the members' output goes (the zombie test reads it)."""
+    with (tmp_path / "members.log").open("wb") as file:
+        yield file
+
+
+async def spawn(env: dict[str, str], log: IO[bytes]) -> Process:
+    """A member: ``asyncconsumer run tests.integration.txn_app:app``."""
+    return await anyio.open_process(
+        [sys.executable, "-m", "asyncconsumer", "run", "tests.integration.txn_app:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_sigkills_and_a_second_member_leave_exactly_one_output_per_record(
+    kafka_broker: KafkaTestBroker, topics: Topics, log: IO[bytes]
+) -> None:
+    records = 8000
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("eos-kill", partitions=4)
+    out = await topics.create("eos-kill-out", partitions=4)
+    produced = await aproduce(bootstrap, topic, [(b"k%d" % i, b"v") for i in range(records)])
+    ends = {tp: max(offsets) + 1 for tp, offsets in produced.items()}
+    group = unique("g-eos-kill")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TXN_GROUP": group,
+        "TXN_TOPIC": topic,
+        "TXN_OUT": out,
+        "TXN_SLOW": "0.0005",  # about 2,000 records/s: the kills land mid-stream
+    }
+
+    async def committed_total() -> int:
+        found = await committed_offsets(bootstrap, group, ends)
+        return sum(offset or 0 for offset in found.values())
+
+    async def wait_committed(at_least: int, timeout: float = 60) -> None:
+        with anyio.fail_after(timeout):
+            while await committed_total() < at_least:
+                await anyio.sleep(0.1)
+
+    for kill_at in (records // 8, records // 4, records // 2):
+        async with await spawn(env, log) as proc:
+            await wait_committed(kill_at)
+            await anyio.sleep(0.15)  # inside a transaction
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+    # Two members share the partitions, then one leaves (a rebalance mid-stream).
+    async with await spawn(env, log) as first:
+        async with await spawn(env, log) as second:
+            await wait_committed(records * 3 // 4)
+            second.send_signal(signal.SIGTERM)
+            with anyio.fail_after(60):
+                assert await second.wait() == 0
+        await wait_committed(records, timeout=120)
+        first.send_signal(signal.SIGTERM)
+        with anyio.fail_after(60):
+            assert await first.wait() == 0
+
+    outputs = Counter(await read_all(bootstrap, out))
+    expected = {b"%d:%d" % (tp.partition, o) for tp, end in ends.items() for o in range(end)}
+    assert set(outputs) == expected  # none lost
+    assert set(outputs.values()) == {1}  # none twice
+    assert await committed_offsets(bootstrap, group, ends) == ends
+    # The kills aborted open transactions: read_uncommitted sees their outputs too
+    # (so the test did catch transactions open, and they did not count).
+    assert len(await read_all(bootstrap, out, committed=False)) > records
+
+
+async def test_a_frozen_member_cannot_commit_its_transaction_after_the_takeover(
+    kafka_broker: KafkaTestBroker, topics: Topics, log: IO[bytes], tmp_path: Path
+) -> None:
+    records = 200
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("eos-zombie")
+    out = await topics.create("eos-zombie-out")
+    await aproduce(bootstrap, topic, [(b"k", b"v") for _ in range(records)], 0)
+    tp = TopicPartition(topic, 0)
+    group = unique("g-eos-zombie")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TXN_GROUP": group,
+        "TXN_TOPIC": topic,
+        "TXN_OUT": out,
+        "TXN_SLOW": "0.02",
+        "TXN_COMMIT_INTERVAL": "1.0",  # transactions of about 50 records
+        "TXN_SESSION_TIMEOUT_MS": "3000",
+    }
+    async with await spawn(env, log) as zombie:
+        with anyio.fail_after(60):
+            while ((await committed_offsets(bootstrap, group, [tp]))[tp] or 0) < 50:
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.3)  # a transaction is open, with records in it
+        zombie.send_signal(signal.SIGSTOP)
+        try:
+            async with await spawn(env, log) as heir:
+                # the heir joins once the zombie's session expired, fences it, and
+                # finishes the partition
+                with anyio.fail_after(90):
+                    while (await committed_offsets(bootstrap, group, [tp]))[tp] != records:
+                        await anyio.sleep(0.1)
+                zombie.send_signal(signal.SIGCONT)
+                await anyio.sleep(5)  # the zombie wakes with its transaction open
+                heir.send_signal(signal.SIGTERM)
+                with anyio.fail_after(60):
+                    assert await heir.wait() == 0
+        finally:
+            zombie.send_signal(signal.SIGCONT)
+            zombie.send_signal(signal.SIGTERM)
+            with anyio.fail_after(60):
+                await zombie.wait()
+
+    outputs = Counter(await read_all(bootstrap, out))
+    assert set(outputs) == {b"0:%d" % o for o in range(records)}
+    assert set(outputs.values()) == {1}
+    assert (await committed_offsets(bootstrap, group, [tp]))[tp] == records
+    log.flush()
+    text = (tmp_path / "members.log").read_text()
+    assert "fenced" in text  # the zombie's producer found out
