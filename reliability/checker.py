@@ -24,9 +24,8 @@ and the broker's committed and end offsets.
 
 from __future__ import annotations
 
-import itertools
 import json
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -353,20 +352,56 @@ def duplicate_bound(events: list[Event], at: float | None = None) -> int:
 
 
 def check_commit_regressions(members: Mapping[str, list[Event]]) -> list[str]:
-    """Successful commits of a partition, by any member, in time order, must never
-    move its committed offset backwards (a late commit of a member that lost it)."""
-    commits: dict[TP, list[tuple[float, int, str]]] = defaultdict(list)
+    """No successful commit may move a partition's committed offset backwards (a late
+    commit of a member that lost the partition).
+
+    The ``on_commit`` hook runs when the answer is in, which may be long after the
+    broker applied the commit (a member frozen between sending the request and reading
+    the answer logs it after its thaw). So a commit of offset ``c`` is placed in time by
+    an interval: it was requested after the member handled, in the same ownership, the
+    highest record below ``c`` it handled (its records below ``c`` were complete), and
+    applied before it was logged. A commit is a regression when another commit of a
+    higher offset was logged (applied) before that lower bound. Commits whose order
+    cannot be told from the logs are left to the broker-side check, which samples the
+    committed offsets themselves (:func:`check_broker_samples`)."""
+    commits: dict[TP, list[tuple[float, float | None, int, str]]] = defaultdict(list)
     for member, events in members.items():
+        handled: dict[TP, tuple[list[int], dict[int, float]]] = {}  # in the current epoch
         for event in events:
-            if event["ev"] == "commit" and event["error"] is None:
+            kind = event["ev"]
+            if kind in ("assign", "revoke"):
+                handled = {}
+            elif kind == "rec":
+                tp = (event["t"], event["p"])
+                if tp not in handled:
+                    handled[tp] = ([], {})
+                ordered, times = handled[tp]
+                if event["o"] not in times:
+                    insort(ordered, event["o"])
+                times[event["o"]] = event["mono"]
+            elif kind == "commit" and event["error"] is None:
                 for topic, partition, offset in event["offsets"]:
-                    commits[(topic, partition)].append((event["mono"], offset, member))
+                    ordered, times = handled.get((topic, partition), ([], {}))
+                    below = bisect_left(ordered, offset)
+                    requested_after = times[ordered[below - 1]] if below else None
+                    commits[(topic, partition)].append(
+                        (event["mono"], requested_after, offset, member)
+                    )
     regressions = []
     for (topic, partition), seen in commits.items():
         seen.sort()
-        for (_, before, who), (_, after, member) in itertools.pairwise(seen):
-            if after < before:
+        logged = [at for at, _, _, _ in seen]
+        highest: list[tuple[int, str]] = []  # the highest offset logged up to each commit
+        for _, _, offset, member in seen:
+            top = highest[-1] if highest else (-1, "")
+            highest.append(max(top, (offset, member)))
+        for _, requested_after, offset, member in seen:
+            if requested_after is None:
+                continue
+            before = bisect_left(logged, requested_after)
+            if before and highest[before - 1][0] > offset:
+                higher, who = highest[before - 1]
                 regressions.append(
-                    f"{member} committed {topic}[{partition}]@{after} after {who}'s @{before}"
+                    f"{member} committed {topic}[{partition}]@{offset} after {who}'s @{higher}"
                 )
     return regressions

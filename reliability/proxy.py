@@ -192,8 +192,8 @@ class Proxy:
                 await self._open.wait()
                 if not data:
                     break
+                self.forwarded += len(data)  # before the peer can see it
                 writer.write(data)
-                self.forwarded += len(data)
                 await writer.drain()
             if writer.can_write_eof():
                 writer.write_eof()

@@ -142,6 +142,10 @@ def scenario(
     finally:
         samples = sampler.stop()
         group.stop_all()
+        with (tmp_path / "broker-samples.jsonl").open("w") as out:  # for a post-mortem
+            for sample in samples:
+                offsets_ = {f"{t}[{p}]": v for (t, p), v in sample.offsets.items()}
+                out.write(json.dumps({"mono": sample.mono, "offsets": offsets_}) + "\n")
     committed, ends = offsets(bootstrap, group.group_id, topic, PARTITIONS)
     dead: list[DeadLetter] = []
     done: dict[tuple[str, int, int], float] = {}
