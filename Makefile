@@ -52,7 +52,7 @@ integration-embedded: $(STAMP)
 ## chaos: the reliability suite (reliability/, not part of `make test`): members killed,
 ## stopped, cut off by a proxy and restarted, broker nodes killed, poison pills, sustained
 ## load, on a 3-node Apache Kafka; a checker proves no loss, order, safe commits and bounded
-## duplicates from the logs and the broker (about 12 minutes); then
+## duplicates from the logs and the broker (about 9 minutes); then
 ## `python -m reliability.figures --write` puts its figures into docs/reliability.md
 chaos: $(STAMP)
 	$(BIN)/python -m pytest reliability -p no:cacheprovider $(ARGS)

@@ -159,8 +159,8 @@ def _seen(figures: dict[str, Any]) -> str:
         return (
             f"; seen: {_n(fates.get('ok', 0))} handled at once, "
             f"{_n(fates.get('transient', 0))} after a retry, "
-            f"{_n(fates.get('permanent', 0))} and {_n(fates.get('poison', 0))} poison "
-            f"pills dead-lettered"
+            f"{_n(fates.get('permanent', 0))} failing ones and "
+            f"{_n(fates.get('poison', 0))} poison pills dead-lettered"
         )
     if figures["scenario"] == "self-test-loss":
         return f"; seen: {_n(figures['lost'])} lost"
