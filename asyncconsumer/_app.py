@@ -29,6 +29,7 @@ from ._runtime._rebalance import RebalanceHook
 from ._seeking import Timestamp, timestamp_ms
 from ._statistics import Statistics
 from ._threads import DEFAULT_MAX_THREADS
+from ._transport import Transport
 
 if TYPE_CHECKING:
     from .metrics import ConsumerMetrics
@@ -82,6 +83,10 @@ class ConsumerApp:
     has offsets for are sought there (after ``start_at``, before ``on_assign``).
     Handlers store them in their own transactions; they must complete in order
     (``ordering="partition"`` or batch handlers).
+
+    ``bootstrap_servers="memory://<name>"`` runs against the
+    :class:`~asyncconsumer.testing.MemoryKafka` of that name; in tests,
+    :class:`~asyncconsumer.testing.TestClient` does that for you.
 
     ``kafka_options`` are passed to :class:`aiokafka.AIOKafkaConsumer`
     (``max_poll_records``, ``fetch_max_wait_ms``, ``session_timeout_ms``,
@@ -173,6 +178,10 @@ class ConsumerApp:
         self._metrics: ConsumerMetrics | None = None  # asyncconsumer.metrics.instrument()
         self._state: State = "idle"
         self._error: BaseException | None = None
+        # Set by asyncconsumer.testing.TestClient: the clients' transport (None: the
+        # one bootstrap_servers selects) and a factor on retry backoffs.
+        self._transport: Transport | None = None
+        self._backoff_scale = 1.0
 
     # -- registration ----------------------------------------------------------
 
@@ -341,7 +350,10 @@ class ConsumerApp:
             producer=self._producer,
             counters=self._counters,
             observers=self._observers,
+            transport=self._transport,
+            backoff_scale=self._backoff_scale,
         )
+        self._producer._transport = self._transport
         if self._stop_early:
             engine.request_stop()
         failure: Exception | None = None

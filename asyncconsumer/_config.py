@@ -1,19 +1,15 @@
-"""Settings shared by ConsumerApp and Consumer, and the aiokafka client they build."""
+"""Settings shared by ConsumerApp and Consumer, and the consumer client they build."""
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer
-
-from . import _aiokafka_compat
 from ._errors import ConfigurationError
+from ._transport import ConsumerClient, Transport, transport_for
+from ._transport._aiokafka import CONSUMER_OPTIONS
 
 __all__ = ["ConsumerSettings", "OffsetReset"]
-
-_aiokafka_compat.install()  # before any client exists
 
 OffsetReset = Literal["earliest", "latest", "none"]
 
@@ -26,13 +22,7 @@ _OWNED = {
     "value_deserializer": "use value_codec=",
     "loop": "the running event loop is used",
 }
-_KAFKA_OPTIONS = frozenset(inspect.signature(AIOKafkaConsumer.__init__).parameters) - {
-    "self",
-    "topics",
-    "bootstrap_servers",
-    "group_id",
-    "auto_offset_reset",
-}
+_KAFKA_OPTIONS = CONSUMER_OPTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +88,13 @@ class ConsumerSettings:
         ms: float = self.kafka_options.get("request_timeout_ms", 40_000)
         return ms / 1000
 
-    def build_client(self) -> AIOKafkaConsumer:
-        """Create (not start) the aiokafka consumer. Must run inside the event loop."""
-        try:
-            return AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=self.group_id,
-                auto_offset_reset=self.auto_offset_reset,
-                enable_auto_commit=False,
-                **self.kafka_options,
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"invalid Kafka consumer settings: {exc}") from exc
+    def build_client(self, transport: Transport | None = None) -> ConsumerClient:
+        """Create (not start) the consumer client: aiokafka's, or the ``transport``'s
+        (by default the one ``bootstrap_servers`` selects). Must run inside the event loop."""
+        if transport is None:
+            transport = transport_for(self.bootstrap_servers)
+        return transport.consumer(
+            group_id=self.group_id,
+            auto_offset_reset=self.auto_offset_reset,
+            options=self.kafka_options,
+        )

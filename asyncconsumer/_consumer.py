@@ -12,7 +12,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import ConsumerStoppedError as AioConsumerStoppedError
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
@@ -21,10 +20,10 @@ from ._codecs import CodecSpec, resolve_codec
 from ._config import ConsumerSettings, OffsetReset
 from ._errors import CommitError, ConfigurationError, ConsumerStoppedError, DeserializationError
 from ._message import Message, make_decoder
-from ._runtime._client import stop_client
 from ._runtime._offsets import OffsetBook, PartitionOffsets
 from ._runtime._rebalance import RebalanceAdapter, RebalanceHook
 from ._seeking import SeekTarget, Timestamp, lookup_offsets, timestamp_ms
+from ._transport import ConsumerClient
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -48,6 +47,9 @@ class Consumer:
     ``commit_interval`` seconds, before partitions are revoked, and on close.
     Leaving ``async with`` normally counts the last record as processed;
     leaving it by an exception does not.
+
+    ``bootstrap_servers="memory://<name>"`` consumes from the
+    :class:`~asyncconsumer.testing.MemoryKafka` of that name (tests).
 
     A record that cannot be decoded raises :class:`~asyncconsumer.DeserializationError`
     from the loop and stays the partition's next record (it is not skipped): to
@@ -123,7 +125,7 @@ class Consumer:
         )
         self._on_assign = on_assign
         self._on_revoke = on_revoke
-        self._client: AIOKafkaConsumer | None = None
+        self._client: ConsumerClient | None = None
         self._book = OffsetBook(self.settings.commit_timeout)
         self._pending: deque[tuple[TopicPartition, list[ConsumerRecord]]] = deque()
         self._batch: list[ConsumerRecord] = _EMPTY
@@ -189,7 +191,7 @@ class Consumer:
                     await self._on_revoke(assigned)
             finally:
                 self._client_stopped = True
-                await stop_client(client)
+                await client.stop()
 
     async def __aenter__(self) -> Consumer:
         await self.start()
@@ -406,18 +408,15 @@ class Consumer:
 
     async def committed(self, partition: TopicPartition) -> int | None:
         """The group's committed offset of ``partition`` as the broker has it."""
-        offset: int | None = await self._require_client().committed(partition)
-        return offset
+        return await self._require_client().committed(partition)
 
     async def position(self, partition: TopicPartition) -> int:
         """The offset of the next record the client will fetch (not yield) for ``partition``."""
-        offset: int = await self._require_client().position(partition)
-        return offset
+        return await self._require_client().position(partition)
 
     def highwater(self, partition: TopicPartition) -> int | None:
         """The partition's end offset as of the last fetch response (``None`` before one)."""
-        offset: int | None = self._require_client().highwater(partition)
-        return offset
+        return self._require_client().highwater(partition)
 
     # -- rebalance ---------------------------------------------------------------------
 
@@ -490,7 +489,7 @@ class Consumer:
         if self._held:
             self._held = [held for held in self._held if held[2] not in drop]
 
-    def _require_client(self) -> AIOKafkaConsumer:
+    def _require_client(self) -> ConsumerClient:
         if self._client is None or self._client_stopped:
             raise ConsumerStoppedError(
                 "the consumer is not running: use `async with Consumer(...)`"

@@ -1,20 +1,20 @@
-"""The app's producer: :class:`Producer` (aiokafka's, started with the app) and
+"""The app's producer: :class:`Producer` (a producer client, started with the app) and
 :class:`ProducerRecord` (what a ``publish_to`` handler may return)."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from ._errors import ConfigurationError, ConsumerStoppedError
+from ._transport import ProducerClient, Transport, transport_for
+from ._transport._aiokafka import PRODUCER_OPTIONS
 
 __all__ = ["Headers", "Producer", "ProducerRecord", "RecordMetadata", "encode"]
 
@@ -34,13 +34,13 @@ _OWNED = {
 TRANSACTION_LINGER_MS = 5
 TRANSACTION_RETRY_BACKOFF_MS = 10
 
-TRANSACTION: ContextVar[AIOKafkaProducer | None] = ContextVar(
+TRANSACTION: ContextVar[ProducerClient | None] = ContextVar(
     "asyncconsumer_transaction", default=None
 )
 """In the task of a ``delivery="exactly_once"`` partition lane: that partition's
 transactional producer, which the app's producer sends through (so what a handler
 sends joins the transaction)."""
-_PRODUCER_OPTIONS = frozenset(inspect.signature(AIOKafkaProducer.__init__).parameters) - {"self"}
+_PRODUCER_OPTIONS = PRODUCER_OPTIONS
 
 # Safer than aiokafka's acks=1: a record the producer reports as written (a
 # dead-lettered one, for example) survives the loss of the partition leader.
@@ -124,7 +124,9 @@ class Producer:
     def __init__(self, bootstrap_servers: str | list[str], **options: Any) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.options = check_producer_options(options)
-        self._client: AIOKafkaProducer | None = None
+        self._client: ProducerClient | None = None
+        # The transport that makes the client; None: the one bootstrap_servers selects.
+        self._transport: Transport | None = None
 
     @property
     def started(self) -> bool:
@@ -135,6 +137,7 @@ class Producer:
         """A producer with ``base``'s settings and a transactional id (idempotent,
         ``acks="all"``, as transactions require)."""
         producer = cls(base.bootstrap_servers, **base.options)
+        producer._transport = base._transport
         producer.options.update(
             transactional_id=transactional_id, enable_idempotence=True, acks="all"
         )
@@ -148,11 +151,13 @@ class Producer:
         return producer
 
     @property
-    def client(self) -> AIOKafkaProducer:
-        """The running aiokafka producer (for what this class does not wrap). Inside
-        a ``delivery="exactly_once"`` handler: its partition's transactional producer."""
+    def client(self) -> ProducerClient:
+        """The running producer client (for what this class does not wrap): aiokafka's
+        ``AIOKafkaProducer``, or a :class:`~asyncconsumer.testing.MemoryKafka`'s. Inside
+        a ``delivery="exactly_once"`` handler: its partition's transactional producer
+        (a producer with a transactional id of its own keeps its own client)."""
         routed = TRANSACTION.get()
-        if routed is not None:
+        if routed is not None and "transactional_id" not in self.options:
             return routed
         if self._client is None:
             raise ConsumerStoppedError("the producer is not started (it runs with the app)")
@@ -161,10 +166,8 @@ class Producer:
     async def start(self) -> None:
         if self._client is not None:
             raise RuntimeError("the producer is already started")
-        try:
-            client = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.options)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"invalid Kafka producer settings: {exc}") from exc
+        transport = self._transport or transport_for(self.bootstrap_servers)
+        client = transport.producer(self.options)
         try:
             await client.start()
         except BaseException:
@@ -193,7 +196,7 @@ class Producer:
         Keys and values are encoded by type (:func:`encode`): bytes as they are,
         ``str`` as UTF-8, anything else as JSON.
         """
-        future: asyncio.Future[RecordMetadata] = await self.client.send(
+        return await self.client.send(
             topic,
             encode(value),
             key=encode(key),
@@ -201,7 +204,6 @@ class Producer:
             timestamp_ms=timestamp_ms,
             headers=encode_headers(headers),
         )
-        return future
 
     async def send_and_wait(
         self,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
+
+if TYPE_CHECKING:
+    from ._transport import ConsumerClient
 
 __all__ = ["SeekTarget", "Timestamp", "lookup_offsets", "timestamp_ms"]
 
@@ -40,19 +42,21 @@ def timestamp_ms(when: Timestamp) -> int:
 
 
 async def lookup_offsets(
-    client: AIOKafkaConsumer, tps: Sequence[TopicPartition], target: SeekTarget
+    client: ConsumerClient, tps: Sequence[TopicPartition], target: SeekTarget
 ) -> dict[TopicPartition, int]:
     """The offset of each partition's beginning, end, or first record whose
     timestamp is at or after ``target`` milliseconds (the end when there is none)."""
     if not tps:
         return {}
     if target == "beginning":
-        offsets: dict[TopicPartition, int] = await client.beginning_offsets(list(tps))
-        return offsets
+        return await client.beginning_offsets(list(tps))
     if target == "end":
-        offsets = await client.end_offsets(list(tps))
-        return offsets
+        return await client.end_offsets(list(tps))
     found = await client.offsets_for_times({tp: target for tp in tps})
     past = [tp for tp in tps if found.get(tp) is None]
     ends = await client.end_offsets(past) if past else {}
-    return {tp: ends[tp] if tp in ends else found[tp].offset for tp in tps}
+    offsets: dict[TopicPartition, int] = {}
+    for tp in tps:
+        hit = found.get(tp)
+        offsets[tp] = ends[tp] if hit is None else hit.offset
+    return offsets

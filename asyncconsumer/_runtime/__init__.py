@@ -1,7 +1,7 @@
 """The machinery behind :class:`~asyncconsumer.ConsumerApp` and :class:`~asyncconsumer.Consumer`.
 
 - ``_offsets``: what has been processed and committed, per partition, and the commit call;
-- ``_rebalance``: the adapter that turns aiokafka's rebalance callbacks into ours,
+- ``_rebalance``: the adapter that turns the client's rebalance callbacks into ours,
   so that no error raised in them is swallowed;
 - ``_lanes``: one long-lived worker per assigned partition that runs its records
   in offset order (the place where ordering modes plug in);

@@ -13,13 +13,17 @@ One anyio task group owns everything that runs::
 What a lane does with a record (decode, middleware, handler, publish, retries,
 dead-letter / skip / stop) is the handler's :class:`~._pipeline.Processor`.
 
-Rebalances arrive from aiokafka's coordinator through :class:`RebalanceAdapter`:
+The engine talks to Kafka through a :class:`~asyncconsumer._transport.ConsumerClient`
+(aiokafka's, or a MemoryKafka's in tests). Rebalances arrive from the client's
+coordinator through :class:`RebalanceAdapter`:
 
 - revoke: close the revoked lanes (buffered records dropped), wait for their
   in-flight records (``drain_timeout``), cancel what is still running, commit
   their completed offsets, then run the user's ``on_revoke`` hooks;
 - assign: create lanes, run the user's ``on_assign`` hooks (which may seek),
-  then start the lanes.
+  then start the lanes. Records the client hands out for a newly assigned
+  partition before its lane exists are not dropped: the partition is sought back
+  to them and paused until the lane exists.
 
 Stop (``stop()``, an error, or cancellation of ``run``): stop fetching, drain
 every lane within ``shutdown_timeout``, cancel the rest, commit, run
@@ -40,7 +44,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
@@ -49,7 +52,7 @@ from .._errors import AsyncConsumerError, CommitError, ConsumerStoppedError
 from .._offset_store import OffsetStore
 from .._seeking import SeekTarget, lookup_offsets
 from .._statistics import Statistics
-from ._client import Reachability, stop_client
+from .._transport import ConsumerClient, Reachability, Transport
 from ._concurrent import KeyedLane, WorkerPool
 from ._lanes import DEFAULT_WINDOW, BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
@@ -94,8 +97,12 @@ class Engine(LaneOwner):
         producer: Producer | None = None,
         counters: CounterMap | None = None,
         observers: Observers | None = None,
+        transport: Transport | None = None,
+        backoff_scale: float = 1.0,
     ) -> None:
         self.settings = settings
+        self._transport = transport  # None: the one bootstrap_servers selects
+        self._backoff_scale = backoff_scale  # retry backoffs x this (TestClient: 0)
         self._registry = registry
         self._on_assign = on_assign
         self._on_revoke = on_revoke
@@ -115,7 +122,7 @@ class Engine(LaneOwner):
         self._poll_records: int = (
             settings.kafka_options.get("max_poll_records") or max_buffered_records
         )
-        self.client: AIOKafkaConsumer | None = None
+        self.client: ConsumerClient | None = None
         self.failure: BaseException | None = None
         self._lanes: dict[TopicPartition, Lane] = {}
         self._draining: set[Lane] = set()  # lanes a revoke or the stop is draining
@@ -133,6 +140,9 @@ class Engine(LaneOwner):
         self._poll_scope: anyio.CancelScope | None = None
         self._full: set[TopicPartition] = set()  # lanes at their bound: not polled
         self._client_paused: set[TopicPartition] = set()
+        # Assigned partitions whose records reached the fetch loop before their lane
+        # existed: sought back to those records and paused until _on_assigned.
+        self._awaiting_lane: set[TopicPartition] = set()
         # Whether the member's requests get answers (health: the cluster check).
         self.reachability = Reachability()
         self.liveness = LivenessMonitor(
@@ -210,8 +220,8 @@ class Engine(LaneOwner):
     # -- lifecycle -----------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        client = self.client = self.settings.build_client()
-        self.reachability.watch(client)
+        client = self.client = self.settings.build_client(self._transport)
+        client.watch(self.reachability)
         started, before, subscribed = time.monotonic(), totals(self.counters), False
         try:
             await client.start()
@@ -238,7 +248,7 @@ class Engine(LaneOwner):
                         await self._shutdown()
                     tg.cancel_scope.cancel()
         finally:
-            await stop_client(client)  # leaves the group
+            await client.stop()  # leaves the group
             if subscribed:
                 report = describe_stop(
                     self.settings.group_id,
@@ -325,8 +335,11 @@ class Engine(LaneOwner):
                     ahead: list[tuple[Lane, list[ConsumerRecord]]] | None = None
                     for tp, records in batches.items():
                         lane = lanes.get(tp)
-                        if lane is None or lane.closed:
-                            continue  # revoked meanwhile: the next owner fetches them
+                        if lane is None:
+                            self._no_lane_yet(tp, records)
+                            continue
+                        if lane.closed:
+                            continue  # stopping, or revoked: not committed past them
                         counters[tp.topic].fetched += len(records)
                         if lane.commit_ahead:
                             ahead = ahead or []
@@ -340,6 +353,20 @@ class Engine(LaneOwner):
                     await anyio.lowlevel.checkpoint()
         except Exception as exc:
             self.fail(exc)
+
+    def _no_lane_yet(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        """Records of a partition without a lane. If it was revoked meanwhile, the
+        next owner fetches them. If it is still assigned, the client assigned it
+        before calling ``_on_assigned`` (which may wait for the lock): the client's
+        position has passed these records, and dropping them would let a later
+        commit skip them. Seek back to the first and pause the partition until its
+        lane exists."""
+        client = self._client()
+        if self._closing or tp not in client.assignment():
+            return
+        client.seek(tp, records[0].offset)
+        client.pause(tp)
+        self._awaiting_lane.add(tp)
 
     def _push(self, lane: Lane, records: list[ConsumerRecord]) -> None:
         if lane.push(records) and not lane.paused:
@@ -430,6 +457,7 @@ class Engine(LaneOwner):
                 return
             self._full.difference_update(tps)
             self._client_paused.difference_update(tps)
+            self._awaiting_lane.difference_update(tps)
             owned = [lane.tp for lane in lanes]
             await self._drain(lanes, self.settings.rebalance_drain_timeout)
             try:
@@ -448,6 +476,7 @@ class Engine(LaneOwner):
                 if tp not in self._lanes:
                     self._lanes[tp] = lane = self._make_lane(tp, self._registry.resolve(tp.topic))
                     new.append(lane)
+            self._resume_awaiting(tps)
             await self._skip_completed([lane for lane in new if isinstance(lane, KeyedLane)])
             await self._start_transactions([lane for lane in new if lane.txn is not None])
             if self._start_at is not None and tps:
@@ -465,6 +494,15 @@ class Engine(LaneOwner):
                 lane.start(self._tg)
         self._rebalance_ended()
 
+    def _resume_awaiting(self, tps: list[TopicPartition]) -> None:
+        """The partitions held back for want of a lane have one now: fetch them again.
+        (Those not in ``tps`` were revoked before their lane came: forgotten.)"""
+        waiting, self._awaiting_lane = self._awaiting_lane, set()
+        resume = [tp for tp in tps if tp in waiting]
+        if resume:
+            with contextlib.suppress(IllegalStateError):  # revoked meanwhile
+                self._client().resume(*resume)
+
     def _processor(self, spec: HandlerSpec) -> Processor:
         processor = self._processors.get(spec.name)
         if processor is None:
@@ -480,6 +518,7 @@ class Engine(LaneOwner):
                 group_id=self.settings.group_id or "",
                 counters=self.counters,
                 timing=self.observers.timing,
+                backoff_scale=self._backoff_scale,
             )
         return processor
 
@@ -564,9 +603,7 @@ class Engine(LaneOwner):
                 f"transactional producers of {sorted(lane.tp for lane in lanes)} failed with "
                 f"{refused[0]!r}"
             ) from refused[0]
-        committed = await self._client()._coordinator.fetch_committed_offsets(
-            [lane.tp for lane in lanes]
-        )
+        committed = await self._client().committed_metadata([lane.tp for lane in lanes])
         for lane in lanes:
             meta = committed.get(lane.tp)
             if meta is not None and meta.offset >= 0 and self._lanes.get(lane.tp) is lane:
@@ -581,10 +618,7 @@ class Engine(LaneOwner):
             return
         committed = {}
         try:
-            # aiokafka's public committed() drops the metadata.
-            committed = await self._client()._coordinator.fetch_committed_offsets(
-                [lane.tp for lane in lanes]
-            )
+            committed = await self._client().committed_metadata([lane.tp for lane in lanes])
         except KafkaError as exc:
             log.warning("cannot read commit metadata, completed records may run again: %r", exc)
         finally:
@@ -613,7 +647,7 @@ class Engine(LaneOwner):
     def lane_fenced(self, lane: Lane) -> None:
         # The partition is another member's now: rejoin, which revokes it here.
         if self.client is not None:
-            self.client._coordinator.request_rejoin()
+            self.client.request_rejoin()
 
     async def lane_committed(self, lane: Lane, offset: int, seconds: float) -> None:
         self.observers.committed(seconds, None)
@@ -688,7 +722,7 @@ class Engine(LaneOwner):
         for hook in hooks:
             await hook(list(tps))
 
-    def _client(self) -> AIOKafkaConsumer:
+    def _client(self) -> ConsumerClient:
         if self.client is None:
             raise ConsumerStoppedError("the app is not running")
         return self.client

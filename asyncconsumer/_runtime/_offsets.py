@@ -18,13 +18,18 @@ import zlib
 from collections import deque
 from collections.abc import Iterable
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
 import anyio
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import IllegalStateError, KafkaError
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from .._errors import CommitError
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+
+    from .._transport import ConsumerClient
 
 __all__ = [
     "CompletionTracker",
@@ -195,7 +200,7 @@ class OffsetBook:
 
     async def commit(
         self,
-        client: AIOKafkaConsumer,
+        client: ConsumerClient,
         tps: Iterable[TopicPartition] | None = None,
         *,
         revoking: bool = False,
@@ -203,7 +208,8 @@ class OffsetBook:
         """Commit what is processed but not committed yet; return what was committed.
 
         ``revoking``: called from a revoke callback, where the member still owns
-        the partitions until it rejoins. ``commit_timeout`` bounds the call: aiokafka
+        the partitions until it rejoins (the client commits even if its subscription
+        changed meanwhile). ``commit_timeout`` bounds the call: aiokafka
         retries retriable errors (coordinator unavailable, ...) without end.
 
         Raises :class:`CommitError` when the broker refuses (for example because
@@ -215,18 +221,7 @@ class OffsetBook:
             return {}
         with anyio.move_on_after(self.commit_timeout) as scope:
             try:
-                try:
-                    await client.commit(offsets)
-                except IllegalStateError:
-                    if not revoking:
-                        raise
-                    # A pattern subscription that matched a new topic replaces
-                    # aiokafka's subscription object before the rejoin, and
-                    # commit() then refuses ("No partitions assigned") although
-                    # the member still owns these partitions for this generation.
-                    # The coordinator's commit is what aiokafka itself uses
-                    # before a rejoin; it does not look at the assignment.
-                    await client._coordinator.commit_offsets(None, offsets)
+                await client.commit(offsets, revoking=revoking)
             except KafkaError as exc:
                 raise CommitError(f"offset commit failed: {exc!r}", _plain(offsets)) from exc
         if scope.cancelled_caught:

@@ -124,6 +124,7 @@ class Processor:
     """Decode, call, publish and apply the failure policy for one handler's records."""
 
     __slots__ = (
+        "backoff_scale",
         "call",
         "counters",
         "dead_letter_topic",
@@ -151,6 +152,7 @@ class Processor:
         group_id: str = "",
         counters: CounterMap | None = None,
         timing: HandlerTiming | None = None,
+        backoff_scale: float = 1.0,
     ) -> None:
         if (on_failure == "dead_letter" or publish_to is not None) and producer is None:
             raise ValueError("dead-lettering and publish_to need a producer")
@@ -163,6 +165,7 @@ class Processor:
         self.publish_to = publish_to
         self.producer = producer
         self.group_id = group_id
+        self.backoff_scale = backoff_scale  # retry delays x this (tests: 0, at once)
         self.counters = counters if counters is not None else CounterMap()
         # The timing's observe(topic, seconds), bound once: it runs per record.
         self.observe = timing.observe if timing is not None else None
@@ -283,7 +286,7 @@ class Processor:
         applied (dead-lettered or skipped); raises ``exc`` to stop."""
         retry = self.retry
         if retry.allows(exc, attempt):
-            delay = retry.backoff.delay(attempt)
+            delay = retry.backoff.delay(attempt) * self.backoff_scale
             self.counters[records[0].topic].retried += len(records)
             log.warning(
                 "%s failed on %s (attempt %d of %d): %r; retrying in %.2fs",

@@ -1,4 +1,4 @@
-"""Adapter from aiokafka's rebalance listener to asyncconsumer's owners.
+"""Adapter from the client's rebalance listener to asyncconsumer's owners.
 
 aiokafka logs and swallows any exception raised by a listener. The adapter
 hands every exception to the owner's ``on_error`` instead, so that a failing
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
 __all__ = ["RebalanceAdapter", "RebalanceHook"]
@@ -18,7 +17,9 @@ RebalanceHook = Callable[[list[TopicPartition]], Awaitable[None]]
 """A user rebalance hook: ``async def hook(partitions: list[TopicPartition]) -> None``."""
 
 
-class RebalanceAdapter(ConsumerRebalanceListener):  # type: ignore[misc]
+class RebalanceAdapter:
+    """A :class:`~asyncconsumer._transport.RebalanceListener` that never raises."""
+
     def __init__(
         self,
         on_revoked: RebalanceHook,

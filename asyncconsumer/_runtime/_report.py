@@ -7,11 +7,11 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 import anyio
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from .._config import ConsumerSettings
 from .._handlers import HandlerSpec
+from .._transport import ConsumerClient
 from ._pipeline import CounterMap
 
 __all__ = ["Totals", "describe_start", "describe_stop", "totals", "warn_missing_topics"]
@@ -84,7 +84,7 @@ def describe_stop(
 
 
 async def warn_missing_topics(
-    client: AIOKafkaConsumer, topics: Sequence[str], after: float = 30.0
+    client: ConsumerClient, topics: Sequence[str], after: float = 30.0
 ) -> None:
     """Once, ``after`` seconds into the run: warn about each subscribed topic that
     has no partitions in the cluster's metadata (a typo, on a broker that does not

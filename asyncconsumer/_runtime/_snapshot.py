@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from .._statistics import HandlerStatistics, Statistics, TopicStatistics
-from ._client import Reachability
+from .._transport import ConsumerClient, Reachability
 from ._lanes import Lane
 from ._liveness import LivenessMonitor
 from ._pipeline import CounterMap
@@ -20,7 +19,7 @@ _NO_STATS = HandlerStatistics(partitions=0, in_flight=0, buffered=0)
 
 def snapshot(
     lanes: Mapping[TopicPartition, Lane],
-    client: AIOKafkaConsumer | None,
+    client: ConsumerClient | None,
     counters: CounterMap,
     liveness: LivenessMonitor,
     reachability: Reachability,
@@ -77,7 +76,7 @@ def snapshot(
 
 
 def _highwater(
-    lanes: Mapping[TopicPartition, Lane], client: AIOKafkaConsumer | None
+    lanes: Mapping[TopicPartition, Lane], client: ConsumerClient | None
 ) -> dict[TopicPartition, int]:
     # The fetch responses' high watermark: the broker's ListOffsets may be
     # wrong (see the embedded broker's gaps), this one is not.

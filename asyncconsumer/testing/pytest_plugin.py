@@ -1,4 +1,4 @@
-"""pytest plugin: a Kafka-protocol broker for the test session.
+"""pytest plugin: a Kafka-protocol broker for the test session, and ``memory_kafka``.
 
 The session's broker (``kafka_session_broker``) is, in order:
 
@@ -39,6 +39,7 @@ from typing import Any, Literal, cast
 
 import pytest
 
+from .._transport._memory import MemoryKafka
 from ._apache import ApacheKafka
 from ._broker import EmbeddedBroker, create_topic
 from ._jars import DEFAULT_VERSION, find_tools
@@ -301,6 +302,14 @@ def apache_kafka_broker(
     if missing is not None:
         pytest.skip(f"needs Apache Kafka, and none can be had here: {missing}")
     return _broker(pytestconfig, "apache-kafka")
+
+
+@pytest.fixture
+def memory_kafka() -> MemoryKafka:
+    """A new :class:`~asyncconsumer.testing.MemoryKafka` for this test: pass it to
+    ``TestClient(app, memory_kafka)``, or ``memory_kafka.bootstrap_servers``
+    (``memory://<name>``) to a ``Consumer`` or ``ConsumerApp``."""
+    return MemoryKafka()
 
 
 @pytest.fixture

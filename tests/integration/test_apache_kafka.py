@@ -259,7 +259,7 @@ async def test_a_restarted_coordinator_does_not_lose_the_committed_offset() -> N
     """Right after a restart the group coordinator answers OffsetFetch with a
     request-level COORDINATOR_LOAD_IN_PROGRESS; aiokafka alone reads that as "no
     committed offset" and resets to ``auto_offset_reset`` (asyncconsumer patches it:
-    ``_aiokafka_compat``). Several restarts, as the loading window is short."""
+    ``_transport/_aiokafka.py``). Several restarts, as the loading window is short."""
     topic, group = unique("ak-load"), unique("g-ak-load")
     tp = TopicPartition(topic, 0)
     async with ApacheKafka() as kafka:

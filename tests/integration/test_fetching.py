@@ -25,7 +25,7 @@ async def test_a_backlog_is_not_held_behind_a_long_poll_of_an_idle_partition(
     records waited in aiokafka's buffer; after 0.1 s aiokafka fetched partition 1
     alone, a long poll of ``fetch_max_wait_ms``, and partition 0, taken meanwhile,
     waited for it to end: once per response (37 s here instead of 2). Now fetches
-    wait only briefly while fetched records are unconsumed (``_aiokafka_compat``).
+    wait only briefly while fetched records are unconsumed (``_transport/_aiokafka.py``).
     """
     bootstrap = kafka_broker.bootstrap_servers
     topic = await topics.create("backlog", partitions=2)

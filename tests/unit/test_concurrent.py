@@ -2,18 +2,25 @@
 
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+from aiokafka.structs import OffsetAndMetadata
 
 from asyncconsumer import Message, TopicPartition
+from asyncconsumer._config import ConsumerSettings
+from asyncconsumer._handlers import HandlerRegistry
 from asyncconsumer._message import make_decoder
 from asyncconsumer._runtime._concurrent import KeyedLane, WorkerPool
+from asyncconsumer._runtime._engine import Engine
 from asyncconsumer._runtime._lanes import BufferBound, Lane, LaneOwner
-from asyncconsumer._runtime._offsets import PartitionOffsets
+from asyncconsumer._runtime._offsets import PartitionOffsets, encode_completed
 from asyncconsumer._runtime._pipeline import Processor
+from asyncconsumer._transport._memory import MemoryConsumer
+from asyncconsumer.testing import MemoryKafka
 
 TP = TopicPartition("t", 0)
 
@@ -241,22 +248,25 @@ async def test_buffer_drains_to_low_water_resumes() -> None:
     assert owner.drained == 1
 
 
+async def committed_with_metadata(kafka: MemoryKafka) -> MemoryConsumer:
+    """A member of group "g" of ``kafka``, which has committed offset 40 of TP with
+    41 and 44 completed above it (in the commit metadata, as a previous owner would)."""
+    client = MemoryConsumer(kafka, group_id="g", auto_offset_reset="earliest")
+    kafka.create_topic(TP.topic, TP.partition + 1)
+    await client.commit({TP: OffsetAndMetadata(40, encode_completed(40, {41, 44}))}, revoking=True)
+    return client
+
+
 async def test_engine_reads_completed_offsets_from_commit_metadata_on_assign() -> None:
-    from aiokafka.structs import OffsetAndMetadata
-
-    from asyncconsumer._config import ConsumerSettings
-    from asyncconsumer._handlers import HandlerRegistry
-    from asyncconsumer._runtime._engine import Engine
-    from asyncconsumer._runtime._offsets import encode_completed
-
-    class Coordinator:
-        async def fetch_committed_offsets(self, tps: list[TopicPartition]) -> Any:
-            return {tp: OffsetAndMetadata(40, encode_completed(40, {41, 44})) for tp in tps}
-
+    kafka = MemoryKafka()
     engine = Engine(
-        ConsumerSettings("127.0.0.1:9"), HandlerRegistry(), [], [], max_buffered_records=10
+        ConsumerSettings(kafka.bootstrap_servers),
+        HandlerRegistry(),
+        [],
+        [],
+        max_buffered_records=10,
     )
-    engine.client = SimpleNamespace(_coordinator=Coordinator())
+    engine.client = await committed_with_metadata(kafka)
     handled: list[int] = []
 
     async def handler(msg: Message[Any]) -> None:
@@ -439,19 +449,18 @@ async def test_a_lane_holds_records_until_its_skip_set_is_known() -> None:
 
 
 async def test_the_engine_runs_no_record_before_the_commit_metadata_is_read() -> None:
-    from aiokafka.structs import OffsetAndMetadata
-
-    from asyncconsumer._config import ConsumerSettings
-    from asyncconsumer._handlers import HandlerRegistry
-    from asyncconsumer._runtime._engine import Engine
-    from asyncconsumer._runtime._offsets import encode_completed
-
     release = anyio.Event()
 
-    class Coordinator:
-        async def fetch_committed_offsets(self, tps: list[TopicPartition]) -> Any:
+    class Slow(MemoryConsumer):
+        async def committed_metadata(
+            self, partitions: Sequence[TopicPartition]
+        ) -> dict[TopicPartition, OffsetAndMetadata]:
             await release.wait()  # the fetch loop goes on meanwhile
-            return {tp: OffsetAndMetadata(40, encode_completed(40, {41, 44})) for tp in tps}
+            return await super().committed_metadata(partitions)
+
+    kafka = MemoryKafka()
+    client = await committed_with_metadata(kafka)
+    slow = Slow(kafka, group_id="g", auto_offset_reset="earliest")
 
     handled: list[int] = []
 
@@ -460,8 +469,11 @@ async def test_the_engine_runs_no_record_before_the_commit_metadata_is_read() ->
 
     registry = HandlerRegistry()
     registry.add(handler, ("t",), None, None, None, ordering="none")
-    engine = Engine(ConsumerSettings("127.0.0.1:9"), registry, [], [], max_buffered_records=10)
-    engine.client = SimpleNamespace(_coordinator=Coordinator())
+    engine = Engine(
+        ConsumerSettings(kafka.bootstrap_servers), registry, [], [], max_buffered_records=10
+    )
+    assert client.kafka is slow.kafka
+    engine.client = slow
     async with anyio.create_task_group() as tg:
         engine._tg = tg
         tg.start_soon(engine._on_assigned, [TP])

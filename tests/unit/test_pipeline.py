@@ -5,6 +5,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from asyncconsumer import (
     DLQ_HEADERS,
@@ -21,6 +22,7 @@ from asyncconsumer import (
 from asyncconsumer._message import make_decoder
 from asyncconsumer._producer import Producer, check_producer_options
 from asyncconsumer._runtime._pipeline import Processor, compose
+from asyncconsumer.testing import MemoryKafka
 
 
 def record(offset: int = 0, value: bytes = b"v", key: bytes | None = b"k") -> Any:
@@ -35,24 +37,20 @@ def record(offset: int = 0, value: bytes = b"v", key: bytes | None = b"k") -> An
     )
 
 
-class FakeClient:
-    def __init__(self, fail: bool = False) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.fail = fail
-
-    async def send(self, topic: str, value: Any, key: Any = None, **kw: Any) -> Any:
-        if self.fail:
-            raise RuntimeError("broker gone")
-        self.sent.append({"topic": topic, "value": value, "key": key, **kw})
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
-
-
-def producer(client: Any) -> Producer:
-    p = Producer("127.0.0.1:1")
-    p._client = client
+async def producer(kafka: MemoryKafka) -> Producer:
+    """The app's producer, started, on ``kafka`` (what it produced: ``sent(kafka, topic)``)."""
+    p = Producer(kafka.bootstrap_servers)
+    await p.start()
     return p
+
+
+def sent(kafka: MemoryKafka, *topics: str) -> list[Message[bytes]]:
+    """What was produced to ``topics``, topic by topic, in offset order."""
+    return [
+        Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers), r.timestamp)
+        for topic in topics
+        for r in kafka.records(topic)
+    ]
 
 
 # -- policies ----------------------------------------------------------------------
@@ -174,24 +172,24 @@ async def test_dead_letter_keeps_key_value_and_headers_and_adds_provenance() -> 
     async def handler(msg: Message[Any]) -> None:
         raise ValueError("x" * 5000)
 
-    client = FakeClient()
+    kafka = MemoryKafka()
     p = Processor(
         handler,
         make_decoder(None, None),
         name="svc.handle",
         on_failure="dead_letter",
-        producer=producer(client),
+        producer=await producer(kafka),
         group_id="g1",
         retry=Retry(attempts=2, backoff=Backoff.constant(0)),
     )
     assert await p.process(record(7), 1) == 0
     assert await p.process(record(7), 2) is None
-    [sent] = client.sent
-    assert (sent["topic"], sent["value"], sent["key"]) == ("t.DLQ", b"v", b"k")
-    headers = dict(sent["headers"])
+    [dead] = sent(kafka, "t.DLQ")
+    assert (dead.value, dead.key) == (b"v", b"k")
+    headers = dict(dead.headers)
     assert set(DLQ_HEADERS) <= set(headers)
     assert headers["trace"] == b"1"
-    assert [k for k, _ in sent["headers"]].count("dlq.attempts") == 1  # old one replaced
+    assert [k for k, _ in dead.headers].count("dlq.attempts") == 1  # old one replaced
     assert headers["dlq.original.topic"] == b"t"
     assert headers["dlq.original.partition"] == b"2"
     assert headers["dlq.original.offset"] == b"7"
@@ -212,20 +210,19 @@ async def test_an_undecodable_record_is_not_retried() -> None:
         nonlocal calls
         calls += 1
 
-    client = FakeClient()
+    kafka = MemoryKafka()
     p = Processor(
         handler,
         make_decoder(None, lambda b: b.decode("ascii")),
         on_failure="dead_letter",
         dead_letter_topic="poison",
-        producer=producer(client),
+        producer=await producer(kafka),
         retry=Retry(attempts=5),
     )
     assert await p.process(record(value=b"\xff"), 1) is None
     assert calls == 0
-    [sent] = client.sent
-    assert sent["topic"] == "poison"
-    headers = dict(sent["headers"])
+    [dead] = sent(kafka, "poison")
+    headers = dict(dead.headers)
     assert headers["dlq.attempts"] == b"0"
     assert headers["dlq.exception.type"] == b"asyncconsumer._errors.DeserializationError"
 
@@ -243,15 +240,18 @@ async def test_a_dead_letter_that_cannot_be_published_stops_with_both_errors() -
     async def handler(msg: Message[Any]) -> None:
         raise ValueError("original")
 
+    kafka = MemoryKafka()
+    kafka.fail_next_send()  # the broker does not acknowledge it in time
     p = Processor(
         handler,
         make_decoder(None, None),
         on_failure="dead_letter",
-        producer=producer(FakeClient(fail=True)),
+        producer=await producer(kafka),
     )
     with pytest.raises(DeadLetterError) as info:
         await p.process(record(), 1)
-    assert isinstance(info.value.__cause__, RuntimeError)
+    assert isinstance(info.value.__cause__, KafkaTimeoutError)
+    assert sent(kafka, "t.DLQ") == []
     assert any("original" in note for note in info.value.__notes__)
 
 
@@ -261,11 +261,13 @@ async def test_publish_to_keeps_the_key_or_takes_a_producer_record() -> None:
     async def handler(msg: Message[Any]) -> Any:
         return results.pop(0)
 
-    client = FakeClient()
-    p = Processor(handler, make_decoder(None, None), publish_to="out", producer=producer(client))
+    kafka = MemoryKafka()
+    p = Processor(
+        handler, make_decoder(None, None), publish_to="out", producer=await producer(kafka)
+    )
     for i in range(3):
         assert await p.process(record(i), 1) is None
-    assert [(s["topic"], s["value"], s["key"]) for s in client.sent] == [
+    assert [(m.topic, m.value, m.key) for m in sent(kafka, "out", "other")] == [
         ("out", b"text", b"k"),
         ("other", b'{"n":1}', b"k2"),
     ]
@@ -279,20 +281,21 @@ async def test_a_batch_leaves_out_its_poison_pills_and_fails_as_a_whole() -> Non
         seen.append([m.offset for m in msgs])
         raise ValueError("batch")
 
-    client = FakeClient()
+    kafka = MemoryKafka()
     p = Processor(
         handler,
         make_decoder(None, lambda b: b.decode("ascii")),
         on_failure="dead_letter",
-        producer=producer(client),
+        producer=await producer(kafka),
     )
     batch = [record(0), record(1, value=b"\xff"), record(2)]
     msgs = await p.decode_batch(batch)
     assert [m.offset for m in msgs] == [0, 2]
-    assert [dict(s["headers"])["dlq.original.offset"] for s in client.sent] == [b"1"]
+    assert [dict(m.headers)["dlq.original.offset"] for m in sent(kafka, "t.DLQ")] == [b"1"]
     assert await p.process_batch(batch, msgs, 1) is None
     assert seen == [[0, 2]]
-    assert [dict(s["headers"])["dlq.original.offset"] for s in client.sent] == [b"1", b"0", b"2"]
+    offsets = [dict(m.headers)["dlq.original.offset"] for m in sent(kafka, "t.DLQ")]
+    assert offsets == [b"1", b"0", b"2"]
     c = p.counters["t"]
     assert (c.failed, c.dead_lettered, c.handled) == (3, 3, 0)
 
@@ -353,12 +356,12 @@ async def test_a_stray_cancelled_error_is_a_failure_of_the_record() -> None:
     assert isinstance(info.value.__cause__, asyncio.CancelledError)
     assert "nothing cancelled it" in str(info.value)
 
-    client = FakeClient()
+    kafka = MemoryKafka()
     dead_letters = Processor(
-        handler, make_decoder(None, None), on_failure="dead_letter", producer=producer(client)
+        handler, make_decoder(None, None), on_failure="dead_letter", producer=await producer(kafka)
     )
     assert await dead_letters.process(record(), 1) is None
-    assert dict(client.sent[0]["headers"])["dlq.exception.type"] == (
+    assert dict(sent(kafka, "t.DLQ")[0].headers)["dlq.exception.type"] == (
         b"asyncconsumer._errors.HandlerCancelledError"
     )
 
@@ -402,11 +405,13 @@ async def test_a_producer_record_without_a_key_keeps_the_consumed_key() -> None:
     async def handler(msg: Message[Any]) -> Any:
         return results.pop(0)
 
-    client = FakeClient()
-    p = Processor(handler, make_decoder(None, None), publish_to="out", producer=producer(client))
+    kafka = MemoryKafka()
+    p = Processor(
+        handler, make_decoder(None, None), publish_to="out", producer=await producer(kafka)
+    )
     for i in range(4):
         assert await p.process(record(i, key=b"consumed"), 1) is None
-    assert [(s["value"], s["key"]) for s in client.sent] == [
+    assert [(m.value, m.key) for m in sent(kafka, "out")] == [
         (b"a", b"consumed"),
         (b"b", b"consumed"),
         (b"c", None),

@@ -16,6 +16,8 @@ def test_testing_exports() -> None:
         "ApacheKafka",
         "ApacheKafkaUnavailableError",
         "EmbeddedBroker",
+        "MemoryKafka",
+        "TestClient",
         "create_topic",
     }
 

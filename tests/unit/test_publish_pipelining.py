@@ -4,7 +4,7 @@ and a record completes only when it and every record before it are acknowledged.
 
 import asyncio
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -81,7 +81,7 @@ def processor(
     on_failure: FailurePolicy = "stop",
 ) -> Processor:
     producer = Producer("127.0.0.1:1")
-    producer._client = client
+    producer._client = cast(Any, client)  # a ProducerClient whose acks the test holds
     return Processor(
         handler,
         make_decoder(None, None),

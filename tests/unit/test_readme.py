@@ -71,3 +71,41 @@ def test_the_readme_links_to_every_concept_page() -> None:
     linked = set(re.findall(r"\]\(docs/([a-z-]+\.md)", README))
     pages = set(PAGES) - {"index.md", "changelog.md"}
     assert pages <= linked, sorted(pages - linked)
+
+
+def example(page: str, defines: str) -> str:
+    """The python block of ``page`` that defines ``defines``."""
+    found: list[str] = [b for name, b in BLOCKS if name == page and f"def {defines}(" in b]
+    assert len(found) == 1, f"{page}: {len(found)} blocks define {defines}"
+    return found[0]
+
+
+async def test_the_documented_test_client_example_runs() -> None:
+    namespace: dict[str, object] = {}
+    exec(compile(example("docs/testing.md", "test_orders"), "<docs/testing.md>", "exec"), namespace)
+    test = namespace["test_orders"]
+    assert callable(test)
+    await test()
+    assert namespace["handled"] == [{"id": 1}, {"id": 2}]
+
+
+async def test_the_documented_memory_kafka_example_runs() -> None:
+    from asyncconsumer.testing import MemoryKafka
+
+    namespace: dict[str, object] = {}
+    exec(
+        compile(example("docs/testing.md", "test_async_for"), "<docs/testing.md>", "exec"),
+        namespace,
+    )
+    test = namespace["test_async_for"]
+    assert callable(test)
+    await test(MemoryKafka())
+
+
+async def test_the_readme_testing_example_runs_against_the_first_consumer() -> None:
+    namespace: dict[str, object] = {"__name__": "orders_service"}  # not __main__: no run()
+    exec(compile(example("README.md", "handle"), "<README.md>", "exec"), namespace)
+    exec(compile(example("README.md", "test_handle"), "<README.md>", "exec"), namespace)
+    test = namespace["test_handle"]
+    assert callable(test)
+    await test()

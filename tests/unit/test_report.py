@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import anyio
 import pytest
 
 from asyncconsumer._runtime._report import warn_missing_topics
-
-
-class FakeClient:
-    def partitions_for_topic(self, topic: str) -> set[int] | None:
-        return {0, 1} if topic == "orders" else None
+from asyncconsumer._transport._memory import MemoryConsumer
+from asyncconsumer.testing import MemoryKafka
 
 
 async def test_a_subscribed_topic_the_cluster_lacks_is_named_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    client: Any = FakeClient()
+    kafka = MemoryKafka()
+    kafka.create_topic("orders", 2)
+    client = MemoryConsumer(kafka, group_id=None, auto_offset_reset="earliest")
     with caplog.at_level(logging.WARNING, logger="asyncconsumer"), anyio.fail_after(5):
         await warn_missing_topics(client, ["orders", "ordesr"], after=0.01)
     warnings = [r.getMessage() for r in caplog.records]

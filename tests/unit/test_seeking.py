@@ -1,13 +1,13 @@
 """Seek targets: times in milliseconds, the look-up of beginning, end and times."""
 
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
 import pytest
-from aiokafka.structs import OffsetAndTimestamp
 
 from asyncconsumer import ConfigurationError, ConsumerApp, TopicPartition
 from asyncconsumer._seeking import lookup_offsets, timestamp_ms
+from asyncconsumer._transport._memory import MemoryConsumer
+from asyncconsumer.testing import MemoryKafka
 
 T0, T1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -27,14 +27,14 @@ def test_timestamp_ms_takes_aware_datetimes_and_epoch_milliseconds() -> None:
 
 
 async def test_a_time_after_the_last_record_goes_to_the_end() -> None:
-    class Client:
-        async def offsets_for_times(self, query: dict[TopicPartition, int]) -> Any:
-            assert query == {T0: 1000, T1: 1000}
-            return {T0: OffsetAndTimestamp(7, 1200), T1: None}
-
-        async def end_offsets(self, tps: list[TopicPartition]) -> Any:
-            assert tps == [T1]
-            return {T1: 42}
-
-    assert await lookup_offsets(Client(), [T0, T1], 1000) == {T0: 7, T1: 42}
-    assert await lookup_offsets(Client(), [], 1000) == {}
+    kafka = MemoryKafka()
+    kafka.create_topic("t", 2)
+    for offset in range(10):  # t[0]: timestamps 500, 600, ... 1400
+        kafka.publish("t", b"v", partition=0, timestamp_ms=500 + 100 * offset)
+    for _ in range(42):  # t[1]: all before 1000
+        kafka.publish("t", b"v", partition=1, timestamp_ms=900)
+    client = MemoryConsumer(kafka, group_id=None, auto_offset_reset="earliest")
+    assert await lookup_offsets(client, [T0, T1], 1000) == {T0: 5, T1: 42}
+    assert await lookup_offsets(client, [T0, T1], "beginning") == {T0: 0, T1: 0}
+    assert await lookup_offsets(client, [T0, T1], "end") == {T0: 10, T1: 42}
+    assert await lookup_offsets(client, [], 1000) == {}
