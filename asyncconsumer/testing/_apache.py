@@ -83,16 +83,30 @@ def cluster_id() -> str:
 
 
 def node_properties(
-    index: int, ports: Sequence[tuple[int, int]], log_dir: str | os.PathLike[str]
+    index: int,
+    ports: Sequence[tuple[int, int]],
+    log_dir: str | os.PathLike[str],
+    extra_listeners: Mapping[str, tuple[int, str]] | None = None,
 ) -> dict[str, str]:
     """``server.properties`` of node ``index`` (node id ``index + 1``) of a cluster
     whose nodes listen on ``ports`` (``(client, controller)`` each); every node is
     broker and controller. Settings are Kafka's defaults except what makes tests
     fast and a small cluster consistent: replication of the internal topics and the
     default replication factor equal to the node count (min ISR 2 from 3 nodes), no
-    initial rebalance delay, session timeouts down to 1 s, a small cleaner buffer."""
+    initial rebalance delay, session timeouts down to 1 s, a small cleaner buffer.
+
+    ``extra_listeners``: more PLAINTEXT listeners of this node, by name, each
+    ``(port, advertised "host:port")``; clients that bootstrap through one of them
+    are given the advertised addresses of that listener on every node."""
     nodes = len(ports)
     port, controller_port = ports[index]
+    extra = dict(extra_listeners or {})
+    listeners = [f"PLAINTEXT://{HOST}:{port}", f"CONTROLLER://{HOST}:{controller_port}"]
+    listeners += [f"{name}://{HOST}:{own}" for name, (own, _) in extra.items()]
+    advertised = [f"PLAINTEXT://{HOST}:{port}"]
+    advertised += [f"{name}://{address}" for name, (_, address) in extra.items()]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    protocols += [f"{name}:PLAINTEXT" for name in extra]
     replicas = str(nodes)
     min_isr = "2" if nodes >= 3 else "1"
     voters = ",".join(f"{i + 1}@{HOST}:{c}" for i, (_, c) in enumerate(ports))
@@ -100,11 +114,11 @@ def node_properties(
         "process.roles": "broker,controller",
         "node.id": str(index + 1),
         "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "listeners": ",".join(listeners),
+        "advertised.listeners": ",".join(advertised),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(protocols),
         "log.dirs": str(log_dir),
         "default.replication.factor": replicas,
         "min.insync.replicas": min_isr,
@@ -177,27 +191,22 @@ class BrokerSecurity:
 
 
 def security_properties(
-    port: int,
-    controller_port: int,
+    base: Mapping[str, str],
     sasl_port: int,
     ssl_port: int,
     security: BrokerSecurity,
     certificates: CertificateFiles,
 ) -> dict[str, str]:
-    """What a node with :class:`BrokerSecurity` adds to (and overrides in)
-    :func:`node_properties`: the ``SASL_SSL`` and ``SSL`` (mutual TLS) listeners."""
+    """What a node with :class:`BrokerSecurity` adds to its :func:`node_properties`
+    (``base``): the ``SASL_SSL`` and ``SSL`` (mutual TLS) listeners, beside the others."""
     plain_users = " ".join(f'user_{name}="{password}"' for name, password in security.users.items())
     scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    secured = f"SASL_SSL://{HOST}:{sasl_port},SSL://{HOST}:{ssl_port}"
     props = {
-        "listeners": (
-            f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port},"
-            f"SASL_SSL://{HOST}:{sasl_port},SSL://{HOST}:{ssl_port}"
-        ),
-        "advertised.listeners": (
-            f"PLAINTEXT://{HOST}:{port},SASL_SSL://{HOST}:{sasl_port},SSL://{HOST}:{ssl_port}"
-        ),
+        "listeners": f"{base['listeners']},{secured}",
+        "advertised.listeners": f"{base['advertised.listeners']},{secured}",
         "listener.security.protocol.map": (
-            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL"
+            f"{base['listener.security.protocol.map']},SASL_SSL:SASL_SSL,SSL:SSL"
         ),
         "sasl.enabled.mechanisms": ",".join([*SCRAM_MECHANISMS, "PLAIN"]),
         "listener.name.sasl_ssl.plain.sasl.jaas.config": (
@@ -332,6 +341,7 @@ class _Node:
     directory: Path
     sasl_port: int | None = None
     ssl_port: int | None = None
+    extra_ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     out: IO[bytes] | None = field(default=None, repr=False)
 
@@ -376,7 +386,12 @@ class ApacheKafka:
             app = ConsumerApp(bootstrap_servers=kafka.bootstrap_servers, group_id="g")
 
     The jars are resolved with Maven the first time (see ``_jars``). ``properties``
-    override or add broker settings on every node. ``jvm_options`` go to every Java
+    override or add broker settings on every node. ``extra_listeners`` adds named
+    PLAINTEXT listeners to every node, each advertised at the addresses given (one
+    per node, in node order): a client that bootstraps through a listener is given
+    that listener's advertised addresses of every node, so a proxy in front of the
+    cluster lists its own ports there (:meth:`listener_address` gives the port each
+    node really listens on, for the proxy to forward to). ``jvm_options`` go to every Java
     process after the heap settings (default :data:`QUICK_JVM_OPTIONS`: quick starts,
     little CPU; ``()`` for the JVM's defaults). ``start()``/``stop()`` (or
     ``with``) block, for scripts. Raises :class:`ApacheKafkaUnavailableError` when
@@ -406,9 +421,24 @@ class ApacheKafka:
         log_level: str = "WARN",
         jvm_options: Sequence[str] = QUICK_JVM_OPTIONS,
         security: BrokerSecurity | None = None,
+        extra_listeners: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, not {nodes}")
+        self.extra_listeners = {
+            name: list(addresses) for name, addresses in (extra_listeners or {}).items()
+        }
+        for name, addresses in self.extra_listeners.items():
+            if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name) or name in ("PLAINTEXT", "CONTROLLER"):
+                raise ValueError(
+                    f"extra listener name {name!r}: upper-case letters, digits and _, "
+                    "other than PLAINTEXT and CONTROLLER"
+                )
+            if len(addresses) != nodes:
+                raise ValueError(
+                    f"extra listener {name!r} needs one advertised address per node "
+                    f"({nodes}), got {len(addresses)}"
+                )
         self.nodes = nodes
         self.version = version
         self.properties = dict(properties or {})
@@ -489,6 +519,14 @@ class ApacheKafka:
         """Node ``index``'s ``host:port`` (its node id is ``index + 1``)."""
         return self._node(index).address
 
+    def listener_address(self, name: str, index: int) -> str:
+        """The ``host:port`` node ``index`` listens on for the extra listener ``name``
+        (not the advertised address: where a proxy forwards to)."""
+        node = self._node(index)
+        if name not in node.extra_ports:
+            raise KeyError(f"no extra listener {name!r} (extra_listeners=...)")
+        return f"{HOST}:{node.extra_ports[name]}"
+
     def node_log(self, index: int) -> Path:
         """The file that keeps node ``index``'s output (while the cluster runs)."""
         return self._node(index).log_path
@@ -522,7 +560,9 @@ class ApacheKafka:
             "-cp",
             f"{jars}{os.sep}*",
         ]
-        per_node = 2 if self.security is None else 4
+        names = list(self.extra_listeners)
+        secured = 0 if self.security is None else 2
+        per_node = 2 + len(names) + secured
         ports = _free_ports(per_node * self.nodes)
         pairs = [(ports[per_node * i], ports[per_node * i + 1]) for i in range(self.nodes)]
         if self.security is not None:
@@ -533,20 +573,18 @@ class ApacheKafka:
         for index, (port, controller_port) in enumerate(pairs):
             directory = self._base / f"node-{index + 1}"
             (directory / "data").mkdir(parents=True)
-            props = node_properties(index, pairs, directory / "data")
-            node = _Node(index, port, controller_port, directory)
+            own = {name: ports[per_node * index + 2 + i] for i, name in enumerate(names)}
+            extra = {name: (own[name], self.extra_listeners[name][index]) for name in names}
+            props = node_properties(index, pairs, directory / "data", extra)
+            node = _Node(index, port, controller_port, directory, extra_ports=own)
             scram: list[str] = []
             if self.security is not None:
                 assert self._certificates is not None
-                node.sasl_port, node.ssl_port = ports[per_node * index + 2 : per_node * index + 4]
+                first = per_node * index + 2 + len(names)
+                node.sasl_port, node.ssl_port = ports[first], ports[first + 1]
                 props.update(
                     security_properties(
-                        port,
-                        controller_port,
-                        node.sasl_port,
-                        node.ssl_port,
-                        self.security,
-                        self._certificates,
+                        props, node.sasl_port, node.ssl_port, self.security, self._certificates
                     )
                 )
                 scram = self.security.scram_arguments()

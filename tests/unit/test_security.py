@@ -31,7 +31,7 @@ from asyncconsumer._transport._refusals import (
 )
 from asyncconsumer.cli import configure, security_from
 from asyncconsumer.testing import BrokerSecurity, make_certificates
-from asyncconsumer.testing._apache import security_properties
+from asyncconsumer.testing._apache import node_properties, security_properties
 
 SECRET = "s3cr3t-Pw"
 
@@ -396,7 +396,7 @@ def test_broker_security_repr_and_scram_arguments(tmp_path: Path, certs) -> None
         "--add-scram",
         f"SCRAM-SHA-256=[name=alice,password={SECRET}]",
     ]
-    props = security_properties(1, 2, 3, 4, security, certs)
+    props = security_properties(node_properties(0, [(1, 2)], "/data"), 3, 4, security, certs)
     assert props["listeners"] == (
         "PLAINTEXT://127.0.0.1:1,CONTROLLER://127.0.0.1:2,SASL_SSL://127.0.0.1:3,SSL://127.0.0.1:4"
     )
