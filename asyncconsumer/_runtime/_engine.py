@@ -599,24 +599,27 @@ class Engine(LaneOwner):
         committed after aiokafka read them is not run twice (see _transactions)."""
         if not lanes:
             return
-        refused: list[KafkaError] = []
+        failed: list[Exception] = []
 
         async def start(txn: PartitionTransactions) -> None:
             try:
                 await txn.start()
-            except KafkaError as exc:
-                refused.append(exc)
+            except Exception as exc:  # reported once, below, not as an ExceptionGroup
+                failed.append(exc)
 
         async with anyio.create_task_group() as tg:
             for lane in lanes:
                 assert lane.txn is not None
                 tg.start_soon(start, lane.txn)
-        if refused:
-            raise AsyncConsumerError(
-                "delivery='exactly_once' needs a broker with transactions: starting the "
-                f"transactional producers of {sorted(lane.tp for lane in lanes)} failed with "
-                f"{refused[0]!r}"
-            ) from refused[0]
+        if failed:
+            exc = failed[0]
+            if isinstance(exc, KafkaError):  # what a broker without transactions answers
+                raise AsyncConsumerError(
+                    "delivery='exactly_once' needs a broker with transactions: starting the "
+                    f"transactional producers of {sorted(lane.tp for lane in lanes)} failed "
+                    f"with {exc!r}"
+                ) from exc
+            raise exc  # AuthenticationError, ConfigurationError: clear as they are
         committed = await self._client().committed_metadata([lane.tp for lane in lanes])
         for lane in lanes:
             meta = committed.get(lane.tp)

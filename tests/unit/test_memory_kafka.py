@@ -386,3 +386,31 @@ async def test_a_transactional_producer_that_cannot_abort_is_replaced_and_the_re
     assert not broken  # the abort did fail once
     assert outputs == [b"0!", b"1!", b"2!", b"3!", b"4!"]
     assert stats.aborted_transactions == 1
+
+
+async def test_a_transactional_producer_that_cannot_start_stops_the_app_with_its_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, the error came out of the task group that starts the producers as an
+    ExceptionGroup."""
+    from asyncconsumer import AuthenticationError
+    from asyncconsumer._transport._memory import MemoryProducer
+
+    original = MemoryProducer.start
+
+    async def start(self: MemoryProducer) -> None:
+        if self.transactional_id is not None:
+            raise AuthenticationError("b:1", "SASL authentication failed")
+        await original(self)
+
+    monkeypatch.setattr(MemoryProducer, "start", start)
+    kafka = MemoryKafka()
+    app = ConsumerApp(bootstrap_servers="127.0.0.1:9092", group_id="g")
+
+    @app.handler("in", delivery="exactly_once", publish_to="out")
+    async def handle(msg: Message[bytes]) -> bytes:
+        return msg.value
+
+    with pytest.raises(AuthenticationError, match="SASL authentication failed"):
+        async with TestClient(app, kafka):
+            await anyio.sleep(1)
