@@ -50,12 +50,14 @@ integration-embedded: $(STAMP)
 	ASYNCCONSUMER_TEST_BROKER=embedded $(BIN)/python -m pytest tests/integration -m "not apache_kafka" $(PARALLEL) $(ARGS)
 
 ## chaos: the reliability suite (reliability/, not part of `make test`): members killed,
-## stopped and restarted, broker nodes killed, on a 3-node Apache Kafka; a checker proves
-## no loss, order, safe commits and bounded duplicates from the logs (several minutes)
+## stopped, cut off by a proxy and restarted, broker nodes killed, poison pills, sustained
+## load, on a 3-node Apache Kafka; a checker proves no loss, order, safe commits and bounded
+## duplicates from the logs and the broker (about 9 minutes); then
+## `python -m reliability.figures --write` puts its figures into docs/reliability.md
 chaos: $(STAMP)
 	$(BIN)/python -m pytest reliability -p no:cacheprovider $(ARGS)
 
-## chaos-quick: the checker's own tests and one case of each scenario (about 3 minutes)
+## chaos-quick: the suite's own tests and one case of scenarios 1, 2, 4, 5, 6 (about 3 minutes)
 chaos-quick: $(STAMP)
 	$(BIN)/python -m pytest reliability -p no:cacheprovider -m chaos_quick $(ARGS)
 

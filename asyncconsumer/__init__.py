@@ -11,6 +11,7 @@ from ._codecs import Codec, CodecSpec
 from ._consumer import Consumer
 from ._errors import (
     AsyncConsumerError,
+    AuthenticationError,
     CommitError,
     ConfigurationError,
     ConsumerStoppedError,
@@ -25,6 +26,7 @@ from ._producer import Headers, Producer, ProducerRecord, RecordMetadata, encode
 from ._retry import Backoff, Delivery, FailurePolicy, Retry
 from ._run import run
 from ._runtime._pipeline import DLQ_HEADERS, CallNext, Middleware
+from ._security import SASL, TLS, SaslMechanism, Security
 from ._seeking import Timestamp
 from ._share import ShareConsumer, ShareGroupError, ShareMessage
 from ._statistics import HandlerStatistics, Statistics, TopicStatistics
@@ -33,7 +35,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DLQ_HEADERS",
+    "SASL",
+    "TLS",
     "AsyncConsumerError",
+    "AuthenticationError",
     "Backoff",
     "CallNext",
     "Codec",
@@ -60,6 +65,8 @@ __all__ = [
     "PublishError",
     "RecordMetadata",
     "Retry",
+    "SaslMechanism",
+    "Security",
     "ShareConsumer",
     "ShareGroupError",
     "ShareMessage",

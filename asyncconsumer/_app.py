@@ -26,6 +26,7 @@ from ._runtime._lanes import DEFAULT_WINDOW
 from ._runtime._observe import Observers
 from ._runtime._pipeline import CounterMap, Middleware
 from ._runtime._rebalance import RebalanceHook
+from ._security import Security, split_security_options
 from ._seeking import Timestamp, timestamp_ms
 from ._share._runner import ShareHandlerSpec, ShareRuntime
 from ._share._runner import make_spec as make_share_spec
@@ -90,9 +91,17 @@ class ConsumerApp:
     :class:`~asyncconsumer.testing.MemoryKafka` of that name; in tests,
     :class:`~asyncconsumer.testing.TestClient` does that for you.
 
+    ``security`` (a :class:`~asyncconsumer.Security`: TLS, SASL) secures every
+    connection the app makes: its consumer and its producer. aiokafka's own security
+    options (``security_protocol``, ``ssl_context``, ``sasl_*``) still work instead,
+    and apply to the producer too unless ``producer_options`` has its own; giving
+    both ``security`` and them is a :class:`~asyncconsumer.ConfigurationError`.
+    A broker that refuses the credentials or the TLS handshake makes ``run()`` raise
+    :class:`~asyncconsumer.AuthenticationError` (see docs/security.md).
+
     ``kafka_options`` are passed to :class:`aiokafka.AIOKafkaConsumer`
     (``max_poll_records``, ``fetch_max_wait_ms``, ``session_timeout_ms``,
-    ``isolation_level``, ``client_id``, security settings, ...).
+    ``isolation_level``, ``client_id``, ...).
     """
 
     def __init__(
@@ -113,6 +122,7 @@ class ConsumerApp:
         lifespan: Lifespan | None = None,
         middleware: Sequence[Middleware] = (),
         producer_options: Mapping[str, Any] | None = None,
+        security: Security | None = None,
         **kafka_options: Any,
     ) -> None:
         if not group_id:
@@ -131,6 +141,7 @@ class ConsumerApp:
             shutdown_timeout=shutdown_timeout,
             drain_timeout=drain_timeout,
             kafka_options=kafka_options,
+            security=security,
         )
         if max_buffered_bytes is not None and (
             not isinstance(max_buffered_bytes, int) or max_buffered_bytes < 1
@@ -162,7 +173,11 @@ class ConsumerApp:
                     f"middleware must be callables `async (msg, call_next)`, not {layer!r}"
                 )
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
-        self._producer = Producer(bootstrap_servers, **(producer_options or {}))
+        producer_options = dict(producer_options or {})
+        if security is None and not split_security_options(producer_options):
+            # The consumer's raw security options secure the producer as well.
+            producer_options.update(split_security_options(kafka_options))
+        self._producer = Producer(bootstrap_servers, security=security, **producer_options)
         self._lifespan = lifespan
         if not isinstance(max_threads, int) or max_threads < 1:
             raise ConfigurationError(f"max_threads must be an int >= 1, not {max_threads!r}")

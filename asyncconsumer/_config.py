@@ -6,10 +6,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._errors import ConfigurationError
+from ._security import Security, check_security, redact_options
 from ._transport import ConsumerClient, Transport, transport_for
 from ._transport._aiokafka import CONSUMER_OPTIONS
 
-__all__ = ["ConsumerSettings", "OffsetReset"]
+__all__ = ["REFUSED_COMMIT_TIMEOUT", "ConsumerSettings", "OffsetReset"]
+
+# How long the final commit may take once the cluster refused a connection for good
+# (AuthenticationError): it may still pass over a connection opened before; a new one
+# cannot be had, so waiting for commit_timeout would only delay the stop.
+REFUSED_COMMIT_TIMEOUT = 5.0
 
 OffsetReset = Literal["earliest", "latest", "none"]
 
@@ -25,9 +31,10 @@ _OWNED = {
 _KAFKA_OPTIONS = CONSUMER_OPTIONS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class ConsumerSettings:
-    """Validated consumer settings. ``kafka_options`` go to aiokafka unchanged."""
+    """Validated consumer settings. ``kafka_options`` go to aiokafka unchanged;
+    ``security`` adds aiokafka's security options (it excludes the raw ones)."""
 
     bootstrap_servers: str | list[str]
     group_id: str | None = None
@@ -36,6 +43,17 @@ class ConsumerSettings:
     shutdown_timeout: float = 30.0
     drain_timeout: float | None = None
     kafka_options: dict[str, Any] = field(default_factory=dict)
+    security: Security | None = None
+
+    def __repr__(self) -> str:
+        # Never a password: the raw aiokafka options may hold one.
+        return (
+            f"ConsumerSettings(bootstrap_servers={self.bootstrap_servers!r}, "
+            f"group_id={self.group_id!r}, auto_offset_reset={self.auto_offset_reset!r}, "
+            f"commit_interval={self.commit_interval!r}, "
+            f"shutdown_timeout={self.shutdown_timeout!r}, drain_timeout={self.drain_timeout!r}, "
+            f"kafka_options={redact_options(self.kafka_options)!r}, security={self.security!r})"
+        )
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
@@ -65,6 +83,7 @@ class ConsumerSettings:
                     f"unknown Kafka consumer option {name!r} "
                     "(see aiokafka.AIOKafkaConsumer for the accepted names)"
                 )
+        check_security(self.security, self.kafka_options, "the consumer")
 
     @property
     def rebalance_drain_timeout(self) -> float:
@@ -93,8 +112,9 @@ class ConsumerSettings:
         (by default the one ``bootstrap_servers`` selects). Must run inside the event loop."""
         if transport is None:
             transport = transport_for(self.bootstrap_servers)
+        secured = self.security.kafka_options() if self.security is not None else {}
         return transport.consumer(
             group_id=self.group_id,
             auto_offset_reset=self.auto_offset_reset,
-            options=self.kafka_options,
+            options={**self.kafka_options, **secured},
         )

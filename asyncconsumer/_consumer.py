@@ -17,11 +17,18 @@ from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
 from ._codecs import CodecSpec, resolve_codec
-from ._config import ConsumerSettings, OffsetReset
-from ._errors import CommitError, ConfigurationError, ConsumerStoppedError, DeserializationError
+from ._config import REFUSED_COMMIT_TIMEOUT, ConsumerSettings, OffsetReset
+from ._errors import (
+    AuthenticationError,
+    CommitError,
+    ConfigurationError,
+    ConsumerStoppedError,
+    DeserializationError,
+)
 from ._message import Message, make_decoder
 from ._runtime._offsets import OffsetBook, PartitionOffsets
 from ._runtime._rebalance import RebalanceAdapter, RebalanceHook
+from ._security import Security
 from ._seeking import SeekTarget, Timestamp, lookup_offsets, timestamp_ms
 from ._transport import ConsumerClient
 
@@ -54,6 +61,12 @@ class Consumer:
     A record that cannot be decoded raises :class:`~asyncconsumer.DeserializationError`
     from the loop and stays the partition's next record (it is not skipped): to
     go past it, ``consumer.seek(TopicPartition(e.topic, e.partition), e.offset + 1)``.
+
+    ``security`` (a :class:`~asyncconsumer.Security`) secures the connections, or
+    aiokafka's own security options in ``kafka_options`` do (not both). A broker
+    that refuses the credentials or the TLS handshake raises
+    :class:`~asyncconsumer.AuthenticationError` from :meth:`start` (or from the loop,
+    when it happens on a later connection) instead of being retried.
     """
 
     def __init__(
@@ -70,6 +83,7 @@ class Consumer:
         drain_timeout: float | None = None,
         on_assign: RebalanceHook | None = None,
         on_revoke: RebalanceHook | None = None,
+        security: Security | None = None,
         **kafka_options: Any,
     ) -> None:
         modes = [
@@ -118,6 +132,7 @@ class Consumer:
             commit_interval=commit_interval,
             drain_timeout=drain_timeout,
             kafka_options=kafka_options,
+            security=security,
         )
         self._decode = make_decoder(
             resolve_codec(key_codec, what="key_codec"),
@@ -150,7 +165,13 @@ class Consumer:
         if self._client is not None:
             raise RuntimeError("this consumer was already started")
         client = self._client = self.settings.build_client()
-        await client.start()
+        try:
+            await client.start()
+        except BaseException:
+            self._closed = self._client_stopped = True
+            await client.stop()
+            raise
+        client.on_refused(self._fail)  # a later connection refused for good
         if self._partitions is not None:
             client.assign(self._partitions)
             for tp in self._partitions:
@@ -180,8 +201,13 @@ class Consumer:
                 if commit_last:
                     self._mark_last_processed()
                 if self.settings.group_id is not None:
+                    # Refused for good: no new connection; do not wait commit_timeout.
+                    refused = isinstance(self._error, AuthenticationError)
                     try:
-                        await self._book.commit(client)
+                        with anyio.fail_after(REFUSED_COMMIT_TIMEOUT if refused else None):
+                            await self._book.commit(client)
+                    except TimeoutError:
+                        log.error("commit on close impossible: the cluster refuses the connection")
                     except CommitError as exc:
                         log.error(
                             "commit on close failed, records will be delivered again: %s", exc

@@ -7,6 +7,7 @@
     ├── DeserializationError    a record's key or value could not be decoded
     ├── CommitError             the broker refused or failed an offset commit
     ├── DeadLetterError         a failed record could not be published to its dead-letter topic
+    ├── AuthenticationError     a broker refused the client's credentials or TLS handshake
     ├── PublishError            a publish_to result's acknowledgement was cancelled
     ├── HandlerCancelledError   a handler raised CancelledError that no cancellation caused
     └── ConsumerStoppedError    the consumer was used after it stopped
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncConsumerError",
+    "AuthenticationError",
     "CommitError",
     "ConfigurationError",
     "ConsumerStoppedError",
@@ -72,6 +74,27 @@ class DeadLetterError(AsyncConsumerError):
     """A record that failed could not be published to its dead-letter topic; the
     app stops without committing it (it is not lost). The original failure is in
     the exception's notes, the publishing error is its ``__cause__``."""
+
+
+class AuthenticationError(AsyncConsumerError):
+    """A connection to ``broker`` (``host:port``) failed for a reason that retrying
+    does not cure: the SASL credentials were refused (a wrong password or an unknown
+    user), the broker's certificate is not trusted, the broker refused the client's
+    certificate, or the broker closed the connection during the handshake (usually a
+    plaintext client on a TLS listener, or the other way round). ``cause`` says which,
+    in words; the message names the broker and the cause, never a secret.
+
+    Raised by ``start()`` (and ``ConsumerApp.run()``) instead of retrying; the
+    aiokafka error it was detected from is the ``__cause__``.
+    """
+
+    def __init__(self, broker: str, cause: str) -> None:
+        self.broker = broker
+        self.cause = cause
+        super().__init__(f"cannot connect to the Kafka broker {broker}: {cause}")
+
+    def __reduce__(self) -> tuple[type[AuthenticationError], tuple[str, str]]:
+        return type(self), (self.broker, self.cause)
 
 
 class PublishError(AsyncConsumerError):

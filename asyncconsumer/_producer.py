@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 from aiokafka.structs import RecordMetadata
 
 from ._errors import ConfigurationError, ConsumerStoppedError
+from ._security import Security, check_security, redact_options
 from ._transport import ProducerClient, Transport, transport_for
 from ._transport._aiokafka import PRODUCER_OPTIONS
 
@@ -118,15 +119,31 @@ class Producer:
     ``options`` go to :class:`aiokafka.AIOKafkaProducer`: ``acks`` (default
     ``"all"``), ``linger_ms``, ``max_batch_size``, ``compression_type``,
     ``enable_idempotence``, ``request_timeout_ms`` (how long a send is retried),
-    ``retry_backoff_ms``, ``client_id``, security settings, ...
+    ``retry_backoff_ms``, ``client_id``, ...; ``security`` (a
+    :class:`~asyncconsumer.Security`) secures the connections, or aiokafka's own
+    security options do (not both).
     """
 
-    def __init__(self, bootstrap_servers: str | list[str], **options: Any) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str],
+        *,
+        security: Security | None = None,
+        **options: Any,
+    ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.options = check_producer_options(options)
+        check_security(security, self.options, "the producer")
+        self.security = security
         self._client: ProducerClient | None = None
         # The transport that makes the client; None: the one bootstrap_servers selects.
         self._transport: Transport | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Producer(bootstrap_servers={self.bootstrap_servers!r}, "
+            f"security={self.security!r}, options={redact_options(self.options)!r})"
+        )
 
     @property
     def started(self) -> bool:
@@ -135,8 +152,8 @@ class Producer:
     @classmethod
     def transactional(cls, base: Producer, transactional_id: str) -> Producer:
         """A producer with ``base``'s settings and a transactional id (idempotent,
-        ``acks="all"``, as transactions require)."""
-        producer = cls(base.bootstrap_servers, **base.options)
+        ``acks="all"``, as transactions require), secured as ``base`` is."""
+        producer = cls(base.bootstrap_servers, security=base.security, **base.options)
         producer._transport = base._transport
         producer.options.update(
             transactional_id=transactional_id, enable_idempotence=True, acks="all"
@@ -154,9 +171,10 @@ class Producer:
     def client(self) -> ProducerClient:
         """The running producer client (for what this class does not wrap): aiokafka's
         ``AIOKafkaProducer``, or a :class:`~asyncconsumer.testing.MemoryKafka`'s. Inside
-        a ``delivery="exactly_once"`` handler: its partition's transactional producer."""
+        a ``delivery="exactly_once"`` handler: its partition's transactional producer
+        (a producer with a transactional id of its own keeps its own client)."""
         routed = TRANSACTION.get()
-        if routed is not None:
+        if routed is not None and "transactional_id" not in self.options:
             return routed
         if self._client is None:
             raise ConsumerStoppedError("the producer is not started (it runs with the app)")
@@ -166,7 +184,8 @@ class Producer:
         if self._client is not None:
             raise RuntimeError("the producer is already started")
         transport = self._transport or transport_for(self.bootstrap_servers)
-        client = transport.producer(self.options)
+        secured = self.security.kafka_options() if self.security is not None else {}
+        client = transport.producer({**self.options, **secured})
         try:
             await client.start()
         except BaseException:

@@ -20,6 +20,14 @@ from ._app import ConsumerApp
 from ._errors import ConfigurationError
 from ._logging import configure_logging
 from ._run import run
+from ._security import (
+    SASL,
+    SASL_MECHANISMS,
+    SECURITY_PROTOCOLS,
+    TLS,
+    Security,
+    split_security_options,
+)
 from .testing._jars import DEFAULT_VERSION as DEFAULT_KAFKA_VERSION
 
 __all__ = ["ENV_PREFIX", "RUN_OPTIONS", "configure", "load_app", "main"]
@@ -89,6 +97,21 @@ def _timestamp(text: str) -> datetime:
     return when
 
 
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.upper() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, not {text!r}")
+        return text.upper()
+
+    return parse
+
+
+def _path(text: str) -> str:
+    if not text:
+        raise ValueError("an empty path")
+    return text
+
+
 RUN_OPTIONS = (
     Option(
         "bootstrap_servers",
@@ -111,6 +134,43 @@ RUN_OPTIONS = (
     ),
     Option("metrics_port", _port, "serve /metrics, /health/live, /health/ready on this port"),
     Option("metrics_host", str, "address the metrics port listens on (default 0.0.0.0)"),
+    Option(
+        "security_protocol",
+        _choice(SECURITY_PROTOCOLS),
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default: SASL_SSL with a SASL user, "
+        "SSL with only TLS files)",
+    ),
+    Option("ssl_cafile", _path, "CA certificates (PEM) that signed the brokers' certificates"),
+    Option("ssl_certfile", _path, "client certificate (PEM) for mutual TLS"),
+    Option("ssl_keyfile", _path, "the client certificate's private key (PEM)"),
+    Option(
+        "sasl_mechanism", _choice(SASL_MECHANISMS), "SCRAM-SHA-512 (default), SCRAM-SHA-256, PLAIN"
+    ),
+    Option("sasl_username", str, "SASL user name"),
+    Option(
+        "sasl_password_file",
+        _path,
+        f"a file holding the SASL password (or set {ENV_PREFIX}SASL_PASSWORD; "
+        "never on the command line)",
+    ),
+)
+# Secrets come from the environment (or a file), never from the command line, where
+# `ps` shows them.
+SECRET_ENVS = {
+    "sasl_password": ENV_PREFIX + "SASL_PASSWORD",
+    "ssl_key_password": ENV_PREFIX + "SSL_KEY_PASSWORD",
+}
+SECURITY_OPTIONS = frozenset(
+    {
+        "security_protocol",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "sasl_mechanism",
+        "sasl_username",
+        "sasl_password_file",
+        *SECRET_ENVS,
+    }
 )
 _SETTINGS = frozenset(
     {
@@ -137,7 +197,75 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]
                 raise SystemExit(f"error: {name}: {exc}") from exc
         if value is not None:
             values[option.name] = value
+    for name, variable in SECRET_ENVS.items():
+        if env.get(variable):
+            values[name] = env[variable]
     return values
+
+
+def security_from(values: Mapping[str, Any]) -> Security | None:
+    """The :class:`~asyncconsumer.Security` the ``run`` options describe (``None`` when
+    they name none). Raises :class:`~asyncconsumer.ConfigurationError`."""
+    if not SECURITY_OPTIONS & values.keys():
+        return None
+    sasl_given = [
+        n for n in ("sasl_mechanism", "sasl_username", "sasl_password_file") if n in values
+    ]
+    if "sasl_password" in values:
+        sasl_given.append(SECRET_ENVS["sasl_password"])
+    tls_given = [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if n in values]
+    if "ssl_key_password" in values:
+        tls_given.append(SECRET_ENVS["ssl_key_password"])
+    protocol = values.get("security_protocol")
+    if protocol is None:
+        protocol = "SASL_SSL" if sasl_given else "SSL"
+    if protocol in ("PLAINTEXT", "SSL") and sasl_given:
+        raise ConfigurationError(
+            f"security protocol {protocol} has no SASL: {', '.join(sasl_given)} "
+            "given (use SASL_SSL or SASL_PLAINTEXT)"
+        )
+    if protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and tls_given:
+        raise ConfigurationError(
+            f"security protocol {protocol} has no TLS: {', '.join(tls_given)} given "
+            "(use SSL or SASL_SSL)"
+        )
+    tls = None
+    if protocol in ("SSL", "SASL_SSL"):
+        tls = TLS(
+            cafile=values.get("ssl_cafile"),
+            certfile=values.get("ssl_certfile"),
+            keyfile=values.get("ssl_keyfile"),
+            password=values.get("ssl_key_password"),
+        )
+    sasl = None
+    if protocol in ("SASL_SSL", "SASL_PLAINTEXT"):
+        username = values.get("sasl_username")
+        if not username:
+            raise ConfigurationError(f"security protocol {protocol} needs --sasl-username")
+        password = values.get("sasl_password")
+        if "sasl_password_file" in values:
+            if password is not None:
+                raise ConfigurationError(
+                    f"give --sasl-password-file or {SECRET_ENVS['sasl_password']}, not both"
+                )
+            password = _read_secret(values["sasl_password_file"])
+        if not password:
+            raise ConfigurationError(
+                f"security protocol {protocol} needs a password: --sasl-password-file "
+                f"or {SECRET_ENVS['sasl_password']}"
+            )
+        sasl = SASL(username, password, values.get("sasl_mechanism", "SCRAM-SHA-512"))
+    return Security(sasl=sasl, tls=tls)
+
+
+def _read_secret(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigurationError(f"cannot read the password file {path!r}: {reason}") from None
+    return text.rstrip("\r\n")
 
 
 def configure(app: ConsumerApp, values: Mapping[str, Any]) -> None:
@@ -156,6 +284,19 @@ def configure(app: ConsumerApp, values: Mapping[str, Any]) -> None:
         app.max_buffered_records = values["max_buffered_records"]
     if "start_at" in values:
         app.start_at = values["start_at"]
+    security = security_from(values)
+    if security is not None:
+        # Replaces whatever secured the app's clients in its code.
+        options = app.settings.kafka_options
+        kept = {k: v for k, v in options.items() if k not in split_security_options(options)}
+        app.settings = dataclasses.replace(app.settings, kafka_options=kept, security=security)
+        producer = app.producer
+        producer.options = {
+            k: v
+            for k, v in producer.options.items()
+            if k not in split_security_options(producer.options)
+        }
+        producer.security = security
 
 
 def load_app(target: str) -> ConsumerApp:

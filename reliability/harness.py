@@ -8,10 +8,13 @@ second incarnation), so the checker tells incarnations apart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,9 +28,10 @@ from confluent_kafka.admin import AdminClient
 
 from asyncconsumer.testing import ApacheKafka
 
-from .checker import TP, Event, read_log, read_logs
+from .checker import TP, BrokerSample, Event, read_log, read_logs
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / ".chaos-results.jsonl"  # every run's figures, read by reliability.figures
 
 
 def unique(prefix: str) -> str:
@@ -223,3 +227,107 @@ def coordinator(bootstrap: str, group_id: str) -> int:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     future = admin.describe_consumer_groups([group_id])[group_id]
     return int(future.result(timeout=10).coordinator.id)
+
+
+class CommitSampler:
+    """Samples the group's committed offsets and commit metadata from the broker
+    (aiokafka's admin ``OffsetFetch``; confluent-kafka 2.16.1's ``committed()`` can
+    hand back corrupted metadata) every ``interval`` seconds, in a thread, until
+    :meth:`stop`. Answers that fail or time out (a broker down) are counted, not kept."""
+
+    def __init__(self, bootstrap: str, group_id: str, interval: float = 0.5) -> None:
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.interval = interval
+        self.samples: list[BrokerSample] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="rely-sampler", daemon=True)
+
+    def start(self) -> CommitSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[BrokerSample]:
+        self._stop.set()
+        self._thread.join(30)
+        return self.samples
+
+    def _main(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+        await admin.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    async with asyncio.timeout(5):
+                        answer = await admin.list_consumer_group_offsets(self.group_id)
+                except (Exception, TimeoutError):
+                    self.errors += 1
+                else:
+                    at = time.monotonic()
+                    offsets = {
+                        (tp.topic, tp.partition): (meta.offset, meta.metadata or "")
+                        for tp, meta in answer.items()
+                    }
+                    self.samples.append(BrokerSample(at, offsets))
+                await asyncio.sleep(self.interval)
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record of a dead-letter topic, by the provenance headers asyncconsumer adds."""
+
+    original: tuple[str, int, int]  # topic, partition, offset
+    attempts: int
+    exception: str  # dlq.exception.type
+    timestamp_ms: int  # when it was produced (CreateTime)
+    key: str
+    value: bytes
+
+
+def read_dead_letters(bootstrap: str, topic: str, partitions: int) -> list[DeadLetter]:
+    """Every record of ``topic`` (a dead-letter topic), read from the beginning to the
+    end offsets with a confluent-kafka consumer (no group: assigned partitions)."""
+    client = _client(bootstrap, unique("dlq-reader"))
+    try:
+        ends = {
+            p: client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+        client.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        letters: list[DeadLetter] = []
+        positions = dict.fromkeys(range(partitions), 0)
+        deadline = time.monotonic() + 60
+        while any(positions[p] < ends[p] for p in positions):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"reading {topic} timed out at {positions} of {ends}")
+            for msg in client.consume(500, timeout=1.0):
+                if msg.error():
+                    raise AssertionError(f"reading {topic}: {msg.error()}")
+                positions[msg.partition()] = msg.offset() + 1
+                headers = {k: v.decode() for k, v in msg.headers() or []}
+                letters.append(
+                    DeadLetter(
+                        (
+                            headers["dlq.original.topic"],
+                            int(headers["dlq.original.partition"]),
+                            int(headers["dlq.original.offset"]),
+                        ),
+                        int(headers["dlq.attempts"]),
+                        headers["dlq.exception.type"],
+                        msg.timestamp()[1],
+                        (msg.key() or b"").decode(),
+                        msg.value() or b"",
+                    )
+                )
+        return letters
+    finally:
+        client.close()

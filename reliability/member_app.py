@@ -11,7 +11,9 @@ handler's mean await, 1 ms), ``RELY_COMMIT_INTERVAL`` (0.5 s), ``RELY_MAX_POLL_M
 (aiokafka's ``max_poll_interval_ms``), ``RELY_SLOW_EVERY`` / ``RELY_SLOW_S`` (records
 whose offset is a positive multiple of it take that many seconds), ``RELY_LOSE_EVERY``
 (records whose offset is a positive multiple of it are not logged: a simulated loss,
-for the suite's self-test).
+for the suite's self-test); ``RELY_POLICY=1``: scenario 8's failure policy
+(``reliability.policy``): JSON values (poison pills cannot be decoded), retries and a
+dead-letter topic ``<topic>.DLQ``; each failed attempt is logged as a ``fail`` event.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any, Literal, cast
 
 import anyio
 
-from asyncconsumer import CommitError, ConsumerApp, Message, TopicPartition
+from asyncconsumer import Backoff, CommitError, ConsumerApp, Message, Retry, TopicPartition
+
+from .policy import ATTEMPTS, BACKOFF_S, PermanentFailure, TransientFailure, fate
 
 Ordering = Literal["partition", "key", "none"]
 
@@ -37,6 +41,7 @@ SESSION_MS = int(env.get("RELY_SESSION_MS", "6000"))
 SLOW_EVERY = int(env.get("RELY_SLOW_EVERY", "0"))
 SLOW = float(env.get("RELY_SLOW_S", "0"))
 LOSE_EVERY = int(env.get("RELY_LOSE_EVERY", "0"))
+POLICY = env.get("RELY_POLICY") == "1"
 POLL: dict[str, Any] = {}
 if "RELY_MAX_POLL_MS" in env:
     POLL["max_poll_interval_ms"] = int(env["RELY_MAX_POLL_MS"])
@@ -71,9 +76,32 @@ app = ConsumerApp(
 CONCURRENCY = None if ORDERING == "partition" else int(env.get("RELY_CONCURRENCY", "100"))
 
 
-@app.handler(TOPIC, ordering=ORDERING, concurrency=CONCURRENCY)
-async def handle(msg: Message[bytes]) -> None:
+FAILURES: dict[str, Any] = {}
+if POLICY:
+    FAILURES = {
+        "value_codec": "json",
+        "retry": Retry(attempts=ATTEMPTS, backoff=Backoff.constant(BACKOFF_S)),
+        "on_failure": "dead_letter",
+        "dead_letter_topic": f"{TOPIC}.DLQ",
+    }
+attempts: dict[tuple[int, int], int] = {}  # failed attempts per record, in this process
+
+
+@app.handler(TOPIC, ordering=ORDERING, concurrency=CONCURRENCY, **FAILURES)
+async def handle(msg: Message[Any]) -> None:
     """Await a little (records overlap in flight), then log the record as handled."""
+    if POLICY:
+        key = (msg.key or b"").decode()
+        what = fate(key, int(msg.value))
+        if what == "permanent" or (
+            what == "transient" and (msg.partition, msg.offset) not in attempts
+        ):
+            n = attempts[(msg.partition, msg.offset)] = (
+                attempts.get((msg.partition, msg.offset), 0) + 1
+            )
+            emit({"ev": "fail", "t": msg.topic, "p": msg.partition, "o": msg.offset, "n": n})
+            error = PermanentFailure if what == "permanent" else TransientFailure
+            raise error(f"{what} failure of {msg.topic}[{msg.partition}]@{msg.offset}")
     if SLOW_EVERY and msg.offset and msg.offset % SLOW_EVERY == 0:
         await anyio.sleep(SLOW)
     elif WORK:

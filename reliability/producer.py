@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import Producer
 
+from .policy import POISON_PREFIX
+
 
 class Produced(NamedTuple):
     """A record the broker acknowledged."""
@@ -23,6 +25,7 @@ class Produced(NamedTuple):
     offset: int
     key: str
     seq: int
+    poison: bool = False  # its value is not JSON (scenario 8)
 
 
 @dataclass
@@ -35,6 +38,7 @@ class SteadyProducer:
     rate: int = 1000
     keys: int = 50
     max_seconds: float = 120.0
+    poison_every: int = 0  # every n-th record's value is ``\xff`` + seq: undecodable
     acked: list[Produced] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     sent: int = 0
@@ -58,10 +62,10 @@ class SteadyProducer:
         if err is not None:
             self.failed.append(str(err))
             return
-        key = msg.key().decode()
-        self.acked.append(
-            Produced(msg.topic(), msg.partition(), msg.offset(), key, int(msg.value()))
-        )
+        key, value = msg.key().decode(), msg.value()
+        poison = value.startswith(POISON_PREFIX)
+        seq = int(value[len(POISON_PREFIX) :] if poison else value)
+        self.acked.append(Produced(msg.topic(), msg.partition(), msg.offset(), key, seq, poison))
 
     def _run(self) -> None:
         producer = Producer(
@@ -81,6 +85,8 @@ class SteadyProducer:
             while self.sent < due:
                 index = self.sent % self.keys
                 value = str(seqs[index]).encode()
+                if self.poison_every and self.sent % self.poison_every == self.poison_every - 1:
+                    value = POISON_PREFIX + value
                 try:
                     producer.produce(
                         self.topic, value, f"k{index}".encode(), on_delivery=self._delivered

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from .checker import Event, check, duplicate_bound, epochs
+from asyncconsumer._runtime._offsets import encode_completed
+
+from .checker import BrokerSample, Event, check, duplicate_bound, epochs
 from .producer import Produced
 
 pytestmark = pytest.mark.chaos_quick
@@ -102,6 +104,15 @@ def test_a_record_handled_twice_in_one_epoch_is_an_order_violation() -> None:
     assert run(members, ordering="key").order_violations
 
 
+def test_none_ordering_allows_any_order_but_not_a_record_twice_in_an_epoch() -> None:
+    members = clean()
+    members["m2"][1:3] = [rec("m2", 0, 3, "b", 1, 2.1), rec("m2", 0, 2, "a", 1, 2.2)]
+    members["m2"].append(rec("m2", 0, 4, "a", 0, 2.3))  # key a: seq 0 after seq 1
+    assert run(members, ordering="none").order_violations == []
+    members["m2"].append(rec("m2", 0, 3, "b", 1, 2.4))
+    assert run(members, ordering="none").order_violations == ["m2 epoch 1 handled t[0]@3 twice"]
+
+
 def test_a_commit_past_an_unhandled_record_is_unsafe() -> None:
     members = clean()
     members["m1"][3] = commit("m1", 1.5, {0: 3})  # offset 2 not handled yet at 1.5
@@ -142,12 +153,30 @@ def test_duplicate_bound_counts_records_above_the_last_commit_in_the_last_epoch(
     assert [epoch for _, epoch in epochs(events)] == [1, 1, 1]
 
 
-def test_a_late_commit_that_moves_the_offset_backwards_is_found() -> None:
+def frozen_m1() -> dict[str, list[Event]]:
+    """As clean(), but m1 froze at 1.2 instead of seeing its revocation."""
     members = clean()
-    members["m1"].append(commit("m1", 3.0, {0: 2}))  # after m2 committed 4
+    members["m1"] = members["m1"][:3]  # assign, records 0 and 1; no commit, no revoke
+    return members
+
+
+def test_a_late_commit_that_moves_the_offset_backwards_is_found() -> None:
+    members = frozen_m1()
+    # Thawed, m1 handles the record it had buffered and commits past it, after m2's
+    # commit of 4 (at 2.5) was logged: a regression, whenever its answer came.
+    members["m1"] += [rec("m1", 0, 2, "a", 1, 2.8), commit("m1", 3.0, {0: 3})]
     report = run(members)
-    assert report.commit_regressions == ["m1 committed t[0]@2 after m2's @4"]
+    assert report.commit_regressions == ["m1 committed t[0]@3 after m2's @4"]
     assert any("backwards" in p for p in report.problems())
+
+
+def test_a_commit_answered_after_a_freeze_is_placed_by_its_request() -> None:
+    members = frozen_m1()
+    # The commit of 2 was sent before the freeze (m1 handled offset 1 at 1.1) and the
+    # broker applied it then; m1 read the answer after its thaw and logged it at 3.0,
+    # after m2's commit of 4 (2.5). The logs cannot tell that it went backwards.
+    members["m1"].append(commit("m1", 3.0, {0: 2}))
+    assert run(members).commit_regressions == []
 
 
 def test_duplicate_bound_at_a_freeze_uses_the_epoch_of_that_time() -> None:
@@ -165,3 +194,44 @@ def test_duplicate_bound_at_a_freeze_uses_the_epoch_of_that_time() -> None:
     ]
     assert duplicate_bound(events, at=2.0) == 2
     assert duplicate_bound(events) == 0
+
+
+def sample(at: float, offset: int, *completed: int) -> BrokerSample:
+    metadata = encode_completed(offset, completed) if completed else ""
+    return BrokerSample(at, {(T, 0): (offset, metadata)})
+
+
+def test_broker_samples_of_safe_commits_pass_and_are_counted() -> None:
+    samples = [sample(1.6, 2), sample(2.25, 2, 3), sample(2.6, 4), sample(2.7, -1)]
+    report = run(clean(), samples=samples)
+    assert report.problems() == []
+    assert (report.broker_samples, report.broker_checked, report.metadata_checked) == (4, 3, 1)
+
+
+def test_a_broker_commit_past_an_unhandled_record_is_found() -> None:
+    report = run(clean(), samples=[sample(1.05, 2)])  # offset 1 handled at 1.1 only
+    assert len(report.broker_violations) == 1
+    assert "records below it unhandled, e.g. [1]" in report.broker_violations[0]
+    assert any("on the broker" in p for p in report.problems())
+
+
+def test_commit_metadata_listing_an_unhandled_record_is_found() -> None:
+    # committed 2 at 2.15 with offset 3 listed as completed; it was handled at 2.2
+    report = run(clean(), samples=[sample(2.15, 2, 3)])
+    assert len(report.broker_violations) == 1
+    assert "metadata" in report.broker_violations[0]
+
+
+def test_a_committed_offset_going_back_between_samples_is_found() -> None:
+    report = run(clean(), samples=[sample(2.6, 4), sample(2.7, 2)])
+    assert report.broker_violations == [f"{T}[0] committed offset went back from 4 to 2 at 2.700"]
+
+
+def test_records_done_otherwise_are_not_lost_and_count_as_handled_for_commits() -> None:
+    members = clean()
+    del members["m2"][2]  # offset 3 never handled, but dead-lettered at 2.3
+    report = run(members, done={(T, 0, 3): 2.3}, samples=[sample(2.6, 4)])
+    assert report.problems() == []
+    report = run(members, done={(T, 0, 3): 2.7}, samples=[sample(2.6, 4)])
+    assert report.unsafe_commits
+    assert report.broker_violations

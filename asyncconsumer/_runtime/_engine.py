@@ -47,8 +47,8 @@ import anyio
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
-from .._config import ConsumerSettings
-from .._errors import AsyncConsumerError, CommitError, ConsumerStoppedError
+from .._config import REFUSED_COMMIT_TIMEOUT, ConsumerSettings
+from .._errors import AsyncConsumerError, AuthenticationError, CommitError, ConsumerStoppedError
 from .._offset_store import OffsetStore
 from .._seeking import SeekTarget, lookup_offsets
 from .._statistics import Statistics
@@ -225,6 +225,9 @@ class Engine(LaneOwner):
         started, before, subscribed = time.monotonic(), totals(self.counters), False
         try:
             await client.start()
+            client.on_refused(self._refused)
+            if self._producer is not None and self._producer.started:
+                self._producer.client.on_refused(self._refused)
             async with anyio.create_task_group() as tg:
                 # The task group exists before the first assignment can arrive.
                 self._tg = tg
@@ -279,8 +282,13 @@ class Engine(LaneOwner):
             began = time.monotonic()
             await self._drain(lanes, timeout)
             self._drain_time = time.monotonic() - began
+            refused = isinstance(self.failure, AuthenticationError)
             try:
-                await self._commit()
+                # A new connection cannot be had: do not wait commit_timeout for one.
+                with anyio.fail_after(REFUSED_COMMIT_TIMEOUT if refused else None):
+                    await self._commit()
+            except TimeoutError:
+                log.error("final commit impossible (the cluster refuses the connection)")
             except CommitError as exc:
                 log.error("final commit failed, these records will be delivered again: %s", exc)
             except Exception as exc:  # an on_commit hook
@@ -418,6 +426,12 @@ class Engine(LaneOwner):
                 await hook(dict(done), error)
         if error is not None:
             raise error
+
+    def _refused(self, error: AuthenticationError) -> None:
+        """A connection was refused for good (credentials, certificate): stop on it
+        rather than let aiokafka retry it forever."""
+        if not isinstance(self.failure, AuthenticationError):
+            self.fail(error)
 
     def _pause_in_client(self, tps: set[TopicPartition]) -> None:
         client = self._client()
@@ -585,24 +599,27 @@ class Engine(LaneOwner):
         committed after aiokafka read them is not run twice (see _transactions)."""
         if not lanes:
             return
-        refused: list[KafkaError] = []
+        failed: list[Exception] = []
 
         async def start(txn: PartitionTransactions) -> None:
             try:
                 await txn.start()
-            except KafkaError as exc:
-                refused.append(exc)
+            except Exception as exc:  # reported once, below, not as an ExceptionGroup
+                failed.append(exc)
 
         async with anyio.create_task_group() as tg:
             for lane in lanes:
                 assert lane.txn is not None
                 tg.start_soon(start, lane.txn)
-        if refused:
-            raise AsyncConsumerError(
-                "delivery='exactly_once' needs a broker with transactions: starting the "
-                f"transactional producers of {sorted(lane.tp for lane in lanes)} failed with "
-                f"{refused[0]!r}"
-            ) from refused[0]
+        if failed:
+            exc = failed[0]
+            if isinstance(exc, KafkaError):  # what a broker without transactions answers
+                raise AsyncConsumerError(
+                    "delivery='exactly_once' needs a broker with transactions: starting the "
+                    f"transactional producers of {sorted(lane.tp for lane in lanes)} failed "
+                    f"with {exc!r}"
+                ) from exc
+            raise exc  # AuthenticationError, ConfigurationError: clear as they are
         committed = await self._client().committed_metadata([lane.tp for lane in lanes])
         for lane in lanes:
             meta = committed.get(lane.tp)

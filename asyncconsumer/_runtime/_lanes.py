@@ -553,6 +553,19 @@ class PartitionLane(Lane):
         except FENCED as fenced:
             self._fenced(fenced)
             return
+        except Exception as abort_error:
+            log.warning(
+                "the transactional producer of %s[%d] cannot abort (%r): starting a new one",
+                self.tp.topic,
+                self.tp.partition,
+                abort_error,
+            )
+            try:
+                await txn.restart()
+            except FENCED as fenced:
+                self._fenced(fenced)
+                return
+            TRANSACTION.set(txn.client)
         if txn.failures >= MAX_TRANSACTION_FAILURES:
             exc.add_note(
                 f"asyncconsumer: the transaction from offset {txn.first} aborted "

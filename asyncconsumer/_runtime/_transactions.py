@@ -26,6 +26,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import anyio
 from aiokafka.errors import (
     InvalidProducerEpoch,
     ProducerFenced,
@@ -49,6 +50,7 @@ log = logging.getLogger("asyncconsumer")
 FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
 
 DEFAULT_MAX_RECORDS = 10_000
+RESTART_STOP_TIMEOUT = 5.0  # seconds a failed producer gets to close
 
 
 def transactional_id(group_id: str, tp: TopicPartition) -> str:
@@ -59,6 +61,7 @@ class PartitionTransactions:
     """The transactions of one input partition, run by its lane."""
 
     __slots__ = (
+        "_base",
         "began",
         "counters",
         "failures",
@@ -86,6 +89,7 @@ class PartitionTransactions:
     ) -> None:
         self.tp = tp
         self.group_id = group_id
+        self._base = base
         self.producer = Producer.transactional(base, transactional_id(group_id, tp))
         self.counters = counters
         self.interval = interval
@@ -106,6 +110,21 @@ class PartitionTransactions:
 
     async def start(self) -> None:
         """``InitProducerId``: fences the partition's previous owner (see the module)."""
+        await self.producer.start()
+
+    async def restart(self) -> None:
+        """Replace the producer by a new one with the same transactional id, after an
+        error it cannot recover from (aiokafka's idempotent producer can end in
+        ``OutOfOrderSequenceNumber`` after retrying a send, a fatal state in which it
+        cannot even abort). Starting the new one aborts the open transaction."""
+        self.open = False
+        old = self.producer
+        self.producer = Producer.transactional(self._base, transactional_id(self.group_id, self.tp))
+        with anyio.move_on_after(RESTART_STOP_TIMEOUT):
+            try:
+                await old.stop()
+            except Exception as exc:
+                log.debug("stopping the failed transactional producer of %s: %r", self.tp, exc)
         await self.producer.start()
 
     async def close(self) -> None:

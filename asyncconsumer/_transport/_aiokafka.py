@@ -25,6 +25,11 @@ runtime needs beyond its public API:
 - **reachability** (:meth:`~AiokafkaConsumer.watch`): every request of the member
   (fetch, heartbeat, join, commit, coordinator and metadata look-ups) goes through
   ``AIOKafkaClient.send``, which is timed.
+- **refused connections** (``start()``, :meth:`~AiokafkaConsumer.on_refused`; the
+  producer too, :class:`AiokafkaProducer`): a start that failed because the broker
+  refused the credentials or the TLS handshake raises
+  :class:`~asyncconsumer.AuthenticationError` naming the cause, and a started client
+  refused for good calls back, instead of retrying forever (see ``_refusals``).
 
 :func:`install` (run when this module is imported, before any client exists)
 patches two aiokafka defects that Apache Kafka brings out, in aiokafka 0.12-0.14:
@@ -68,7 +73,8 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.commit import OffsetFetchRequest
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from .._errors import ConfigurationError
+from .._errors import AuthenticationError, ConfigurationError
+from . import _refusals
 from ._protocols import ConsumerClient, ProducerClient, Reachability, RebalanceListener
 
 __all__ = [
@@ -76,6 +82,7 @@ __all__ = [
     "HELD_FETCH_WAIT_MS",
     "PRODUCER_OPTIONS",
     "AiokafkaConsumer",
+    "AiokafkaProducer",
     "AiokafkaTransport",
     "check_offset_fetch",
     "fetch_wait_ms",
@@ -128,10 +135,21 @@ class AiokafkaTransport:
 
     def producer(self, options: Mapping[str, Any]) -> ProducerClient:
         try:
-            client = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **options)
+            client = AiokafkaProducer(bootstrap_servers=self.bootstrap_servers, **options)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"invalid Kafka producer settings: {exc}") from exc
         return cast(ProducerClient, client)  # aiokafka's producer is the producer client
+
+
+class AiokafkaProducer(AIOKafkaProducer):  # type: ignore[misc]
+    """aiokafka's producer, whose refused connections are named (see the module
+    docstring); every other method is aiokafka's own."""
+
+    async def start(self) -> None:
+        await _refusals.start_checked(super().start, self)
+
+    def on_refused(self, callback: Callable[[AuthenticationError], None]) -> None:
+        _refusals.on_security_failure(self, lambda failure: callback(failure.error()))
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -191,6 +209,12 @@ class AiokafkaConsumer(AIOKafkaConsumer):  # type: ignore[misc]
                 if ours:
                     raise
                 log.debug("aiokafka's fetcher let its own cancellation out of stop(); closed")
+
+    async def start(self) -> None:
+        await _refusals.start_checked(super().start, self)
+
+    def on_refused(self, callback: Callable[[AuthenticationError], None]) -> None:
+        _refusals.on_security_failure(self, lambda failure: callback(failure.error()))
 
     def watch(self, reachability: Reachability) -> None:
         watch_requests(self, reachability)
@@ -275,6 +299,7 @@ def install() -> None:
 
     _send_req._asyncconsumer_patched = True  # type: ignore[attr-defined]
     GroupCoordinator._send_req = _send_req
+    _refusals.install()
 
 
 def _install_fetch_wait() -> None:

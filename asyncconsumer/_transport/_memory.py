@@ -53,6 +53,7 @@ from aiokafka.structs import (
     TopicPartition,
 )
 
+from .._errors import AuthenticationError
 from .._producer import Headers, encode, encode_headers
 from . import MEMORY_SCHEME, register_memory
 from ._protocols import ConsumerClient, ProducerClient, Reachability, RebalanceListener
@@ -704,6 +705,9 @@ class MemoryConsumer:
     def watch(self, reachability: Reachability) -> None:
         reachability.local = True  # no network: never unreachable
 
+    def on_refused(self, callback: Callable[[AuthenticationError], None]) -> None:
+        pass  # nothing to refuse in memory
+
     def request_rejoin(self) -> None:
         group = self._my_group()
         if group is not None and self in group.members:
@@ -731,6 +735,9 @@ class MemoryProducer:
         self._epoch = 0
         self._txn: list[tuple[Any, ...]] | None = None  # sends of the open transaction
         self._txn_offsets: list[tuple[str, Mapping[TopicPartition, int]]] = []
+
+    def on_refused(self, callback: Callable[[AuthenticationError], None]) -> None:
+        pass  # nothing to refuse in memory
 
     async def start(self) -> None:
         self._started = True

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
         RecordMetadata,
         TopicPartition,
     )
+
+    from .._errors import AuthenticationError
 
 __all__ = [
     "ConsumerClient",
@@ -142,6 +144,10 @@ class ConsumerClient(Protocol):
         """Rejoin the group soon (a rebalance), e.g. after a partition's transactional
         producer was fenced: it is another member's now."""
 
+    def on_refused(self, callback: Callable[[AuthenticationError], None]) -> None:
+        """Call ``callback`` when a later connection of this started client is refused
+        for good (credentials, certificate), which retrying cannot cure."""
+
 
 class ProducerClient(Protocol):
     """A Kafka producer as the runtime uses it (``AIOKafkaProducer`` semantics:
@@ -153,6 +159,10 @@ class ProducerClient(Protocol):
         """Flush what is pending, then close."""
 
     async def flush(self) -> None: ...
+
+    def on_refused(self, callback: Callable[[AuthenticationError], None]) -> None:
+        """Call ``callback`` when a later connection of this started client is refused
+        for good (credentials, certificate), which retrying cannot cure."""
 
     async def send(
         self,

@@ -44,15 +44,19 @@ from typing import IO, Any
 
 import anyio
 
+from .._security import SASL, TLS, SaslMechanism, Security
 from ._broker import create_topic
 from ._jars import DEFAULT_VERSION, ApacheKafkaUnavailableError, check_java, resolve_jars
+from ._tls import CertificateFiles, make_certificates
 
 __all__ = [
     "QUICK_JVM_OPTIONS",
     "ApacheKafka",
     "ApacheKafkaUnavailableError",
+    "BrokerSecurity",
     "cluster_id",
     "node_properties",
+    "security_properties",
 ]
 
 log = logging.getLogger("asyncconsumer.testing")
@@ -79,7 +83,10 @@ def cluster_id() -> str:
 
 
 def node_properties(
-    index: int, ports: Sequence[tuple[int, int]], log_dir: str | os.PathLike[str]
+    index: int,
+    ports: Sequence[tuple[int, int]],
+    log_dir: str | os.PathLike[str],
+    extra_listeners: Mapping[str, tuple[int, str]] | None = None,
 ) -> dict[str, str]:
     """``server.properties`` of node ``index`` (node id ``index + 1``) of a cluster
     whose nodes listen on ``ports`` (``(client, controller)`` each); every node is
@@ -87,9 +94,20 @@ def node_properties(
     fast and a small cluster consistent: replication of the internal topics and the
     default replication factor equal to the node count (min ISR 2 from 3 nodes), no
     initial rebalance delay, session timeouts down to 1 s, a small cleaner buffer,
-    share-group heartbeats every second and record locks down to 1 s."""
+    share-group heartbeats every second and record locks down to 1 s.
+
+    ``extra_listeners``: more PLAINTEXT listeners of this node, by name, each
+    ``(port, advertised "host:port")``; clients that bootstrap through one of them
+    are given the advertised addresses of that listener on every node."""
     nodes = len(ports)
     port, controller_port = ports[index]
+    extra = dict(extra_listeners or {})
+    listeners = [f"PLAINTEXT://{HOST}:{port}", f"CONTROLLER://{HOST}:{controller_port}"]
+    listeners += [f"{name}://{HOST}:{own}" for name, (own, _) in extra.items()]
+    advertised = [f"PLAINTEXT://{HOST}:{port}"]
+    advertised += [f"{name}://{address}" for name, (_, address) in extra.items()]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    protocols += [f"{name}:PLAINTEXT" for name in extra]
     replicas = str(nodes)
     min_isr = "2" if nodes >= 3 else "1"
     voters = ",".join(f"{i + 1}@{HOST}:{c}" for i, (_, c) in enumerate(ports))
@@ -97,11 +115,11 @@ def node_properties(
         "process.roles": "broker,controller",
         "node.id": str(index + 1),
         "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "listeners": ",".join(listeners),
+        "advertised.listeners": ",".join(advertised),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(protocols),
         "log.dirs": str(log_dir),
         "default.replication.factor": replicas,
         "min.insync.replicas": min_isr,
@@ -135,6 +153,90 @@ def node_properties(
         props["broker.heartbeat.interval.ms"] = "500"
         props["broker.session.timeout.ms"] = "3000"
     return props
+
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+# What kafka-storage's --add-scram and a JAAS line can carry without quoting.
+_PLAIN_TEXT = re.compile(r"^[A-Za-z0-9._~!@#$%^&*()+\-]+$")
+
+
+@dataclass(frozen=True, repr=False)
+class BrokerSecurity:
+    """The secured listeners of an :class:`ApacheKafka` node, beside its plaintext one:
+
+    - ``SASL_SSL``: TLS with a throw-away CA's broker certificate (valid for
+      ``127.0.0.1`` and ``localhost``), then SASL ``SCRAM-SHA-512``, ``SCRAM-SHA-256``
+      (users created when the node is formatted) or ``PLAIN``, for every one of
+      ``users`` (name: password);
+    - ``SSL`` with client authentication required (mutual TLS): a client certificate
+      signed by the same CA (see :attr:`ApacheKafka.certificates`).
+
+    There is no authorizer: every authenticated user may do everything. For tests and
+    local trials only. User names and passwords are limited to letters, digits and
+    ``._~!@#$%^&*()+-``.
+    """
+
+    users: Mapping[str, str] = field(default_factory=lambda: {"alice": "alice-secret"})
+
+    def __post_init__(self) -> None:
+        if not self.users:
+            raise ValueError("BrokerSecurity needs at least one user")
+        for name, password in self.users.items():
+            if not _PLAIN_TEXT.match(name) or not _PLAIN_TEXT.match(password):
+                raise ValueError(
+                    f"BrokerSecurity user {name!r}: names and passwords may hold letters, "
+                    "digits and ._~!@#$%^&*()+- only"
+                )
+
+    def __repr__(self) -> str:
+        return f"BrokerSecurity(users={sorted(self.users)!r})"  # names, never passwords
+
+    def scram_arguments(self) -> list[str]:
+        """``kafka-storage format`` arguments that create the SCRAM users."""
+        return [
+            argument
+            for name, password in self.users.items()
+            for mechanism in SCRAM_MECHANISMS
+            for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
+
+
+def security_properties(
+    base: Mapping[str, str],
+    sasl_port: int,
+    ssl_port: int,
+    security: BrokerSecurity,
+    certificates: CertificateFiles,
+) -> dict[str, str]:
+    """What a node with :class:`BrokerSecurity` adds to its :func:`node_properties`
+    (``base``): the ``SASL_SSL`` and ``SSL`` (mutual TLS) listeners, beside the others."""
+    plain_users = " ".join(f'user_{name}="{password}"' for name, password in security.users.items())
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    secured = f"SASL_SSL://{HOST}:{sasl_port},SSL://{HOST}:{ssl_port}"
+    props = {
+        "listeners": f"{base['listeners']},{secured}",
+        "advertised.listeners": f"{base['advertised.listeners']},{secured}",
+        "listener.security.protocol.map": (
+            f"{base['listener.security.protocol.map']},SASL_SSL:SASL_SSL,SSL:SSL"
+        ),
+        "sasl.enabled.mechanisms": ",".join([*SCRAM_MECHANISMS, "PLAIN"]),
+        "listener.name.sasl_ssl.plain.sasl.jaas.config": (
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+        ),
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(certificates.broker_file),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(certificates.ca_file),
+        "listener.name.ssl.ssl.client.auth": "required",
+    }
+    for mechanism in SCRAM_MECHANISMS:
+        props[f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"] = scram
+    return props
+
+
+def _escape(value: str) -> str:
+    """A ``.properties`` value as Java reads it back (backslashes are escapes)."""
+    return value.replace("\\", "\\\\")
 
 
 def _free_ports(count: int) -> list[int]:
@@ -248,6 +350,9 @@ class _Node:
     port: int
     controller_port: int
     directory: Path
+    sasl_port: int | None = None
+    ssl_port: int | None = None
+    extra_ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     out: IO[bytes] | None = field(default=None, repr=False)
 
@@ -292,11 +397,29 @@ class ApacheKafka:
             app = ConsumerApp(bootstrap_servers=kafka.bootstrap_servers, group_id="g")
 
     The jars are resolved with Maven the first time (see ``_jars``). ``properties``
-    override or add broker settings on every node. ``jvm_options`` go to every Java
+    override or add broker settings on every node. ``extra_listeners`` adds named
+    PLAINTEXT listeners to every node, each advertised at the addresses given (one
+    per node, in node order): a client that bootstraps through a listener is given
+    that listener's advertised addresses of every node, so a proxy in front of the
+    cluster lists its own ports there (:meth:`listener_address` gives the port each
+    node really listens on, for the proxy to forward to). ``jvm_options`` go to every Java
     process after the heap settings (default :data:`QUICK_JVM_OPTIONS`: quick starts,
     little CPU; ``()`` for the JVM's defaults). ``start()``/``stop()`` (or
     ``with``) block, for scripts. Raises :class:`ApacheKafkaUnavailableError` when
     Java or Maven is missing or too old, resolution fails, or a node does not start.
+
+    ``security`` (a :class:`BrokerSecurity`) adds a ``SASL_SSL`` listener (SCRAM and
+    PLAIN users) and a mutual-TLS ``SSL`` listener to every node, with throw-away
+    certificates; :attr:`sasl_ssl_bootstrap_servers`, :attr:`ssl_bootstrap_servers`,
+    :attr:`certificates`, :meth:`sasl_security` and :meth:`mtls_security` are what a
+    client needs for them::
+
+        async with ApacheKafka(security=BrokerSecurity(users={"alice": "pw"})) as kafka:
+            app = ConsumerApp(
+                bootstrap_servers=kafka.sasl_ssl_bootstrap_servers,
+                security=kafka.sasl_security("alice"),
+                group_id="g",
+            )
     """
 
     def __init__(
@@ -308,15 +431,33 @@ class ApacheKafka:
         startup_timeout: float = 120.0,
         log_level: str = "WARN",
         jvm_options: Sequence[str] = QUICK_JVM_OPTIONS,
+        security: BrokerSecurity | None = None,
+        extra_listeners: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, not {nodes}")
+        self.extra_listeners = {
+            name: list(addresses) for name, addresses in (extra_listeners or {}).items()
+        }
+        for name, addresses in self.extra_listeners.items():
+            if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name) or name in ("PLAINTEXT", "CONTROLLER"):
+                raise ValueError(
+                    f"extra listener name {name!r}: upper-case letters, digits and _, "
+                    "other than PLAINTEXT and CONTROLLER"
+                )
+            if len(addresses) != nodes:
+                raise ValueError(
+                    f"extra listener {name!r} needs one advertised address per node "
+                    f"({nodes}), got {len(addresses)}"
+                )
         self.nodes = nodes
         self.version = version
         self.properties = dict(properties or {})
         self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.jvm_options = tuple(jvm_options)
+        self.security = security
+        self._certificates: CertificateFiles | None = None
         self.start_seconds: float | None = None  # how long the last start took, jars excluded
         self._nodes: list[_Node] = []
         self._base: Path | None = None
@@ -331,9 +472,71 @@ class ApacheKafka:
             raise RuntimeError("Apache Kafka is not running")
         return ",".join(node.address for node in self._nodes)
 
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """Every node's ``SASL_SSL`` listener (``security=`` only), comma-separated."""
+        return ",".join(f"{HOST}:{self._secured(node).sasl_port}" for node in self._running())
+
+    @property
+    def ssl_bootstrap_servers(self) -> str:
+        """Every node's mutual-TLS ``SSL`` listener (``security=`` only), comma-separated."""
+        return ",".join(f"{HOST}:{self._secured(node).ssl_port}" for node in self._running())
+
+    @property
+    def certificates(self) -> CertificateFiles:
+        """The CA, broker and client certificate files (``security=`` only): PEM files
+        under the cluster's directory, deleted when it stops."""
+        if self._certificates is None:
+            raise RuntimeError("this ApacheKafka has no security= (or is not running)")
+        return self._certificates
+
+    def sasl_security(
+        self, username: str | None = None, mechanism: SaslMechanism = "SCRAM-SHA-512"
+    ) -> Security:
+        """A :class:`~asyncconsumer.Security` for the ``SASL_SSL`` listener: user
+        ``username`` (default: the first one) with its password, over TLS that trusts
+        the throw-away CA."""
+        if self.security is None:
+            raise RuntimeError("this ApacheKafka has no security=")
+        name = username if username is not None else next(iter(self.security.users))
+        if name not in self.security.users:
+            raise KeyError(f"no user {name!r} in this ApacheKafka's BrokerSecurity")
+        return Security(
+            sasl=SASL(name, self.security.users[name], mechanism),
+            tls=TLS(cafile=self.certificates.ca_file),
+        )
+
+    def mtls_security(self) -> Security:
+        """A :class:`~asyncconsumer.Security` for the mutual-TLS ``SSL`` listener: the
+        client certificate and key, trusting the throw-away CA."""
+        files = self.certificates
+        return Security(
+            tls=TLS(
+                cafile=files.ca_file, certfile=files.client_cert_file, keyfile=files.client_key_file
+            )
+        )
+
+    def _running(self) -> list[_Node]:
+        if not self._nodes:
+            raise RuntimeError("Apache Kafka is not running")
+        return self._nodes
+
+    def _secured(self, node: _Node) -> _Node:
+        if node.sasl_port is None:
+            raise RuntimeError("this ApacheKafka has no security=")
+        return node
+
     def node_address(self, index: int) -> str:
         """Node ``index``'s ``host:port`` (its node id is ``index + 1``)."""
         return self._node(index).address
+
+    def listener_address(self, name: str, index: int) -> str:
+        """The ``host:port`` node ``index`` listens on for the extra listener ``name``
+        (not the advertised address: where a proxy forwards to)."""
+        node = self._node(index)
+        if name not in node.extra_ports:
+            raise KeyError(f"no extra listener {name!r} (extra_listeners=...)")
+        return f"{HOST}:{node.extra_ports[name]}"
 
     def node_log(self, index: int) -> Path:
         """The file that keeps node ``index``'s output (while the cluster runs)."""
@@ -368,20 +571,41 @@ class ApacheKafka:
             "-cp",
             f"{jars}{os.sep}*",
         ]
-        ports = _free_ports(2 * self.nodes)
-        pairs = [(ports[2 * i], ports[2 * i + 1]) for i in range(self.nodes)]
+        names = list(self.extra_listeners)
+        secured = 0 if self.security is None else 2
+        per_node = 2 + len(names) + secured
+        ports = _free_ports(per_node * self.nodes)
+        pairs = [(ports[per_node * i], ports[per_node * i + 1]) for i in range(self.nodes)]
+        if self.security is not None:
+            self._certificates = make_certificates(self._base / "tls")
         cid = cluster_id()
         formats = []
         self._nodes = []
         for index, (port, controller_port) in enumerate(pairs):
             directory = self._base / f"node-{index + 1}"
             (directory / "data").mkdir(parents=True)
-            props = {**node_properties(index, pairs, directory / "data"), **self.properties}
+            own = {name: ports[per_node * index + 2 + i] for i, name in enumerate(names)}
+            extra = {name: (own[name], self.extra_listeners[name][index]) for name in names}
+            props = node_properties(index, pairs, directory / "data", extra)
+            node = _Node(index, port, controller_port, directory, extra_ports=own)
+            scram: list[str] = []
+            if self.security is not None:
+                assert self._certificates is not None
+                first = per_node * index + 2 + len(names)
+                node.sasl_port, node.ssl_port = ports[first], ports[first + 1]
+                props.update(
+                    security_properties(
+                        props, node.sasl_port, node.ssl_port, self.security, self._certificates
+                    )
+                )
+                scram = self.security.scram_arguments()
+            props.update(self.properties)
             config = directory / "server.properties"
-            config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-            self._nodes.append(_Node(index, port, controller_port, directory))
+            config.write_text("".join(f"{k}={_escape(v)}\n" for k, v in props.items()))
+            config.chmod(0o600)  # it may hold passwords (PLAIN users)
+            self._nodes.append(node)
             formats.append(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)]
+                [*jvm, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config), *scram]
             )
         self._command = [*jvm, "kafka.Kafka"]
         return formats
@@ -397,8 +621,11 @@ class ApacheKafka:
             out, _ = proc.communicate(timeout=120)
             if proc.returncode != 0:
                 text = out.decode(errors="replace").strip()
+                shown = (
+                    command[: command.index("--add-scram")] if "--add-scram" in command else command
+                )
                 raise ApacheKafkaUnavailableError(
-                    f"formatting a Kafka data directory failed ({' '.join(command)}):\n{text}"
+                    f"formatting a Kafka data directory failed ({' '.join(shown)}):\n{text}"
                 )
 
     def _launch(self, node: _Node) -> None:
@@ -494,6 +721,7 @@ class ApacheKafka:
         for node in self._nodes:
             node.reap(grace)
         self._nodes = []
+        self._certificates = None
         base, self._base = self._base, None
         if base is not None:
             shutil.rmtree(base, ignore_errors=True)

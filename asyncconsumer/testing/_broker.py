@@ -16,10 +16,16 @@ import threading
 import time
 from collections import deque
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from .._transport._refusals import start_checked
+
+if TYPE_CHECKING:
+    from .._security import Security
 
 __all__ = ["EmbeddedBroker", "create_topic"]
 
@@ -191,11 +197,14 @@ async def create_topic(
     *,
     replication_factor: int = 1,
     exist_ok: bool = False,
+    security: Security | None = None,
 ) -> None:
-    """Create ``name`` with ``partitions`` partitions on any Kafka-protocol broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
+    """Create ``name`` with ``partitions`` partitions on any Kafka-protocol broker
+    (``security``: over a secured listener; see :class:`~asyncconsumer.Security`)."""
+    secured = security.kafka_options() if security is not None else {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **secured)
     try:
+        await start_checked(admin.start, admin)
         await admin.create_topics([NewTopic(name, partitions, replication_factor)])
     except TopicAlreadyExistsError:
         if not exist_ok:

@@ -54,6 +54,29 @@ def test_three_node_properties() -> None:
     assert int(props["broker.session.timeout.ms"]) < 9000  # a dead node is fenced quickly
 
 
+def test_extra_listeners_are_plaintext_and_advertised_where_given() -> None:
+    ports = [(1, 2), (3, 4)]
+    props = node_properties(1, ports, "/d", {"PROXIED": (7, "127.0.0.1:9001")})
+    assert props["listeners"] == (
+        "PLAINTEXT://127.0.0.1:3,CONTROLLER://127.0.0.1:4,PROXIED://127.0.0.1:7"
+    )
+    assert props["advertised.listeners"] == ("PLAINTEXT://127.0.0.1:3,PROXIED://127.0.0.1:9001")
+    assert props["listener.security.protocol.map"] == (
+        "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT"
+    )
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"  # brokers talk directly
+
+
+def test_extra_listeners_are_checked() -> None:
+    with pytest.raises(ValueError, match="one advertised address per node"):
+        ApacheKafka(nodes=3, extra_listeners={"PROXIED": ["127.0.0.1:1"]})
+    for name in ("proxied", "PLAINTEXT", "CONTROLLER", "A-B"):
+        with pytest.raises(ValueError, match="extra listener name"):
+            ApacheKafka(extra_listeners={name: ["127.0.0.1:1"]})
+    with pytest.raises(RuntimeError, match="not running"):
+        ApacheKafka(extra_listeners={"PROXIED": ["127.0.0.1:1"]}).listener_address("PROXIED", 0)
+
+
 def test_cluster_id_is_a_base64url_uuid() -> None:
     for _ in range(200):
         cid = cluster_id()

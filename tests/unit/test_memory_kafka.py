@@ -338,3 +338,79 @@ async def test_a_new_transactional_producer_fences_the_previous_one() -> None:
     with pytest.raises(ProducerFenced):
         await old.commit_transaction()
     assert kafka.records("out") == []
+
+
+async def test_a_transactional_producer_that_cannot_abort_is_replaced_and_the_records_redone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka's idempotent producer can end in OutOfOrderSequenceNumber after it
+    retried a send (a new topic whose leader was not elected yet): a fatal state in
+    which it cannot even abort. The lane then starts a new producer (which aborts the
+    open transaction) and runs the transaction's records again. Before, the failed
+    abort stopped the app."""
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    from asyncconsumer._transport._memory import MemoryProducer
+
+    kafka = MemoryKafka()
+    app = ConsumerApp(
+        bootstrap_servers="127.0.0.1:9092",
+        group_id="g",
+        auto_offset_reset="earliest",
+        commit_interval=0.05,
+    )
+
+    @app.handler("in", delivery="exactly_once", publish_to="out")
+    async def handle(msg: Message[bytes]) -> bytes:
+        return msg.value + b"!"
+
+    original = MemoryProducer.abort_transaction
+    broken = [True]
+
+    async def abort_transaction(self: MemoryProducer) -> None:
+        if broken:
+            broken.clear()
+            raise AssertionError("Invalid state transition FATAL_ERROR -> ABORTING")
+        await original(self)
+
+    monkeypatch.setattr(MemoryProducer, "abort_transaction", abort_transaction)
+    for i in range(5):
+        kafka.publish("in", b"%d" % i)
+    kafka.fail_next_send(OutOfOrderSequenceNumber())
+    async with TestClient(app, kafka) as client:
+        with anyio.fail_after(5):
+            while client.committed("in", 0) != 5:
+                await anyio.sleep(0.005)
+        outputs = [m.value for m in client.records("out")]
+        stats = app.statistics().topics["in"]
+    assert not broken  # the abort did fail once
+    assert outputs == [b"0!", b"1!", b"2!", b"3!", b"4!"]
+    assert stats.aborted_transactions == 1
+
+
+async def test_a_transactional_producer_that_cannot_start_stops_the_app_with_its_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, the error came out of the task group that starts the producers as an
+    ExceptionGroup."""
+    from asyncconsumer import AuthenticationError
+    from asyncconsumer._transport._memory import MemoryProducer
+
+    original = MemoryProducer.start
+
+    async def start(self: MemoryProducer) -> None:
+        if self.transactional_id is not None:
+            raise AuthenticationError("b:1", "SASL authentication failed")
+        await original(self)
+
+    monkeypatch.setattr(MemoryProducer, "start", start)
+    kafka = MemoryKafka()
+    app = ConsumerApp(bootstrap_servers="127.0.0.1:9092", group_id="g")
+
+    @app.handler("in", delivery="exactly_once", publish_to="out")
+    async def handle(msg: Message[bytes]) -> bytes:
+        return msg.value
+
+    with pytest.raises(AuthenticationError, match="SASL authentication failed"):
+        async with TestClient(app, kafka):
+            await anyio.sleep(1)

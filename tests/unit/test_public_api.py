@@ -15,10 +15,13 @@ def test_testing_exports() -> None:
     assert set(asyncconsumer.testing.__all__) == {
         "ApacheKafka",
         "ApacheKafkaUnavailableError",
+        "BrokerSecurity",
+        "CertificateFiles",
         "EmbeddedBroker",
         "MemoryKafka",
         "TestClient",
         "create_topic",
+        "make_certificates",
     }
 
 
@@ -29,7 +32,8 @@ def test_importing_the_package_imports_no_optional_dependency() -> None:
     code = (
         "import sys, asyncconsumer, asyncconsumer.cli; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'fastapi', 'starlette', 'aiohttp', 'prometheus_client', 'pydantic', 'opentelemetry'}))"
+        "{'fastapi', 'starlette', 'aiohttp', 'prometheus_client', 'pydantic', 'opentelemetry', "
+        "'cryptography'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
