@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from confluent_kafka import KafkaException, Producer
 
-from asyncconsumer import TopicPartition
+from asyncconsumer import ConsumerApp, TopicPartition
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
 
@@ -188,3 +188,12 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield uri.replace("postgresql://", "postgresql+asyncpg://", 1)
     finally:
         server.cleanup()
+
+
+def make_app(bootstrap: str, group: str, **options: Any) -> ConsumerApp:
+    """An app reading from the earliest offset that commits every 0.2 s (unless
+    ``options`` say otherwise)."""
+    options.setdefault("commit_interval", 0.2)
+    return ConsumerApp(
+        bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", **options
+    )

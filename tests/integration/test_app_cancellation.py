@@ -11,7 +11,6 @@ import pytest
 
 from asyncconsumer import (
     Backoff,
-    ConsumerApp,
     HandlerCancelledError,
     Message,
     Retry,
@@ -19,16 +18,7 @@ from asyncconsumer import (
 )
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
-from .conftest import Topics, aproduce, committed_offsets, unique, wait_until
-
-
-def make_app(bootstrap: str, group: str) -> ConsumerApp:
-    return ConsumerApp(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        auto_offset_reset="earliest",
-        commit_interval=0.2,
-    )
+from .conftest import Topics, aproduce, committed_offsets, make_app, unique, wait_until
 
 
 @pytest.mark.parametrize("ordering", ["partition", "key"])

@@ -15,7 +15,6 @@ from asyncconsumer import (
     Backoff,
     CallNext,
     CommitError,
-    ConsumerApp,
     DeadLetterError,
     Message,
     ProducerRecord,
@@ -24,18 +23,11 @@ from asyncconsumer import (
 )
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
-from .conftest import Topics, aproduce, committed_offsets, read_topic, unique, wait_until
+from .conftest import Topics, aproduce, committed_offsets, make_app, read_topic, unique, wait_until
 
 
 class Boom(Exception):
     pass
-
-
-def make_app(bootstrap: str, group: str, **options: Any) -> ConsumerApp:
-    options.setdefault("commit_interval", 0.2)
-    return ConsumerApp(
-        bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", **options
-    )
 
 
 async def test_fails_twice_then_succeeds_without_delaying_other_keys(

@@ -12,17 +12,17 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer
 from anyio.abc import Process
 
-from asyncconsumer import ConsumerApp, Message, TopicPartition
+from asyncconsumer import Message, TopicPartition
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
-from .conftest import Topics, aproduce, committed_offsets, describe_partitions, unique
+from .conftest import Topics, aproduce, committed_offsets, describe_partitions, make_app, unique
 
 pytestmark = pytest.mark.apache_kafka  # the embedded broker has no transactions
 
@@ -59,13 +59,6 @@ async def read_all(
         return found
     finally:
         await client.stop()
-
-
-def make_app(bootstrap: str, group: str, **options: Any) -> ConsumerApp:
-    options.setdefault("commit_interval", 0.2)
-    return ConsumerApp(
-        bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", **options
-    )
 
 
 async def test_outputs_dead_letters_and_offsets_commit_together(
