@@ -201,12 +201,6 @@ class HandlerRegistry:
                 raise ConfigurationError(
                     f"pattern {compiled.pattern!r} already has a handler; one handler per topic"
                 )
-        if options.delivery == "exactly_once" and batch is None and mode != "partition":
-            raise ConfigurationError(
-                f"handler {name}: delivery='exactly_once' commits a partition's records in "
-                "offset order, one transaction at a time: use ordering='partition' or a "
-                f"batch handler, not ordering={mode!r}"
-            )
         value_codec = typed_value_codec(fn, value_codec, batch=batch is not None)
         if not inspect.iscoroutinefunction(fn):
             fn = self.threads.wrap(fn)  # plain ``def``: runs in a worker thread

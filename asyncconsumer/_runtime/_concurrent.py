@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._producer import TRANSACTION
 from ._lanes import BufferBound, Lane, LaneOwner, size_of
 from ._offsets import CompletionTracker, PartitionOffsets
 from ._pipeline import Processor
@@ -163,6 +164,7 @@ class _Worker:
         ready_lanes = pool._ready
         process = pool.processor.process
         scope = self.scope
+        routed = None  # delivery="exactly_once": the producer this task's sends go to
         while not pool._closed:
             if scope.cancel_called:
                 # A drain cancelled the record this worker ran, but it finished
@@ -181,7 +183,7 @@ class _Worker:
                 continue
             lane = ready_lanes.popleft()
             ready = lane.ready
-            if not ready:
+            if not ready or lane.hold:  # hold: its transaction commits (see _keyed_txn)
                 lane.queued = False
                 continue
             record = ready.popleft()
@@ -200,6 +202,11 @@ class _Worker:
             running = lane.running_workers
             running[self] = record
             self.lane, self.record = lane, record
+            txn = lane.txn
+            if txn is not None and txn.producer is not routed:
+                # What the handler sends joins the partition's transaction.
+                routed = txn.producer
+                TRANSACTION.set(txn.client)
             gen = lane.gen
             attempts = lane.attempts
             attempt = attempts.pop(record.offset, 1) if attempts else 1
@@ -233,6 +240,7 @@ class KeyedLane(Lane):
         "attempts",
         "by_key",
         "gen",
+        "hold",
         "pool",
         "queued",
         "ready",
@@ -271,6 +279,7 @@ class KeyedLane(Lane):
         self._buffered = 0
         self.running_workers: dict[_Worker, ConsumerRecord] = {}
         self.queued = False
+        self.hold = False  # workers leave the lane's records alone while set
         self.gen = 0
         self._skip: set[int] | None = None
         self._skip_max = -1
@@ -410,18 +419,22 @@ class KeyedLane(Lane):
                 self.pool.schedule(self, 1)
             else:
                 self._keys.pop(key, None)
-        if self.closed and not self.running_workers:
+        if (self.closed or self.hold) and not self.running_workers:
+            self._idle()
+
+    def _idle(self) -> None:
+        """Closed (or held) and no record of the lane runs any more."""
+        if self.closed:
             self.done.set()
 
     def retry_later(self, record: ConsumerRecord, attempt: int, delay: float) -> None:
         """Park a failed record for a retry: it keeps its key (later records of the
         key wait) and stays uncompleted, but frees its worker."""
-        if self.closed:
-            if not self.running_workers:
-                self.done.set()
-            return
-        self.attempts[record.offset] = attempt
-        self.pool.park(self, record, delay)
+        if not self.closed:
+            self.attempts[record.offset] = attempt
+            self.pool.park(self, record, delay)
+        if (self.closed or self.hold) and not self.running_workers:
+            self._idle()
 
     def requeue(self, record: ConsumerRecord) -> None:
         """A parked record's backoff is over: ready again, ahead of the others."""
@@ -440,8 +453,8 @@ class KeyedLane(Lane):
     def abandon(self, worker: _Worker) -> None:
         """``worker``'s record was cancelled (a drain): not completed, not committed."""
         self.running_workers.pop(worker, None)
-        if self.closed and not self.running_workers:
-            self.done.set()
+        if (self.closed or self.hold) and not self.running_workers:
+            self._idle()
 
     def _clear(self) -> None:
         self.ready.clear()
@@ -466,13 +479,13 @@ class KeyedLane(Lane):
 
     def seek(self, offset: int) -> None:
         self.discard_buffered()
-        self.offsets.completed = offset
+        self.tracker.offsets.completed = offset
 
     def close(self) -> None:
         self.closed = True
         self._clear()
         if not self.running_workers:
-            self.done.set()
+            self._idle()
 
     def cancel(self) -> None:
         for worker in list(self.running_workers):

@@ -54,6 +54,7 @@ from .._seeking import SeekTarget, lookup_offsets
 from .._statistics import Statistics
 from .._transport import ConsumerClient, Reachability, Transport
 from ._concurrent import KeyedLane, WorkerPool
+from ._keyed_txn import TransactionalKeyedLane
 from ._lanes import DEFAULT_WINDOW, BatchLane, BufferBound, Lane, LaneOwner, PartitionLane
 from ._liveness import LivenessMonitor
 from ._observe import Observers
@@ -491,7 +492,9 @@ class Engine(LaneOwner):
                     self._lanes[tp] = lane = self._make_lane(tp, self._registry.resolve(tp.topic))
                     new.append(lane)
             self._resume_awaiting(tps)
-            await self._skip_completed([lane for lane in new if isinstance(lane, KeyedLane)])
+            await self._skip_completed(
+                [lane for lane in new if isinstance(lane, KeyedLane) and lane.txn is None]
+            )
             await self._start_transactions([lane for lane in new if lane.txn is not None])
             if self._start_at is not None and tps:
                 when, self._start_at = self._start_at, None
@@ -580,6 +583,16 @@ class Engine(LaneOwner):
             assert self._tg is not None
             pool = self._pools[name] = WorkerPool(self._processor(spec), spec.concurrency, name)
             pool.start(self._tg)
+        if spec.delivery == "exactly_once":
+            return TransactionalKeyedLane(
+                tp,
+                pool,
+                offsets,
+                self,
+                by_key=spec.ordering == "key",
+                bound=bound,
+                handler_name=name,
+            )
         return KeyedLane(
             tp,
             pool,
@@ -623,9 +636,13 @@ class Engine(LaneOwner):
         committed = await self._client().committed_metadata([lane.tp for lane in lanes])
         for lane in lanes:
             meta = committed.get(lane.tp)
-            if meta is not None and meta.offset >= 0 and self._lanes.get(lane.tp) is lane:
+            if self._lanes.get(lane.tp) is not lane:
+                continue
+            if meta is not None and meta.offset >= 0:
                 self.seek(lane.tp, meta.offset)
                 lane.offsets.committed = meta.offset
+            if isinstance(lane, TransactionalKeyedLane):
+                lane.resume_at(meta)  # and the completed records above it are skipped
 
     async def _skip_completed(self, lanes: list[KeyedLane]) -> None:
         """Read which records above the committed offsets already completed
@@ -648,9 +665,13 @@ class Engine(LaneOwner):
 
     # -- lanes ---------------------------------------------------------------
 
-    def lane_failed(self, lane: Lane, record: ConsumerRecord, exc: Exception) -> None:
-        where = f"{record.topic}[{record.partition}]@{record.offset}"
-        exc.add_note(f"asyncconsumer: raised while handling {where} in {lane.handler_name}")
+    def lane_failed(self, lane: Lane, record: ConsumerRecord | None, exc: Exception) -> None:
+        if record is None:  # in the lane's transactions
+            where = f"{lane.tp.topic}[{lane.tp.partition}]"
+            exc.add_note(f"asyncconsumer: raised by the transactions of {where}")
+        else:
+            where = f"{record.topic}[{record.partition}]@{record.offset}"
+            exc.add_note(f"asyncconsumer: raised while handling {where} in {lane.handler_name}")
         log.error("handling %s failed with %r; stopping", where, exc)
         self.fail(exc)
 

@@ -53,10 +53,6 @@ DEFAULT_WINDOW = 10_000
 
 log = logging.getLogger("asyncconsumer")
 
-# A transaction that aborts this many times in a row from the same offset stops the
-# app with its error (a record whose output the broker refuses every time).
-MAX_TRANSACTION_FAILURES = 3
-
 
 class BufferBound:
     """How much a lane may hold: records fetched and not started, optionally their
@@ -89,7 +85,9 @@ def size_of(record: ConsumerRecord) -> int:
 class LaneOwner:
     """What a lane reports to (the engine)."""
 
-    def lane_failed(self, lane: Lane, record: ConsumerRecord, exc: Exception) -> None:
+    def lane_failed(self, lane: Lane, record: ConsumerRecord | None, exc: Exception) -> None:
+        """``exc`` stops the app; ``record`` is where it was raised (``None``: in the
+        lane's transactions, not in a record)."""
         raise NotImplementedError
 
     def lane_drained(self, lane: Lane) -> None:
@@ -540,51 +538,18 @@ class PartitionLane(Lane):
         (from its first offset: nothing of it was applied)."""
         txn = self.txn
         assert txn is not None
-        log.warning(
-            "the transaction of %s[%d] from offset %d failed and was aborted; its records "
-            "run again: %r",
-            self.tp.topic,
-            self.tp.partition,
-            txn.first,
-            exc,
-        )
         try:
-            await txn.abort()
+            if await txn.recover(exc):
+                TRANSACTION.set(txn.client)  # a new producer
         except FENCED as fenced:
             self._fenced(fenced)
             return
-        except Exception as abort_error:
-            log.warning(
-                "the transactional producer of %s[%d] cannot abort (%r): starting a new one",
-                self.tp.topic,
-                self.tp.partition,
-                abort_error,
-            )
-            try:
-                await txn.restart()
-            except FENCED as fenced:
-                self._fenced(fenced)
-                return
-            TRANSACTION.set(txn.client)
-        if txn.failures >= MAX_TRANSACTION_FAILURES:
-            exc.add_note(
-                f"asyncconsumer: the transaction from offset {txn.first} aborted "
-                f"{txn.failures} times in a row"
-            )
-            raise exc
         if not self.closed:
             self._owner.lane_rewind(self, txn.first)
 
     def _fenced(self, exc: BaseException) -> None:
-        log.error(
-            "%s[%d]: this member's transactional producer was fenced (%r): another member "
-            "owns the partition now; its open transaction is aborted and the member rejoins",
-            self.tp.topic,
-            self.tp.partition,
-            exc,
-        )
         assert self.txn is not None
-        self.txn.open = False
+        self.txn.fenced(exc)
         self.closed = True
         self.discard_buffered()
         self._owner.lane_fenced(self)

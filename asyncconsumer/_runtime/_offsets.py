@@ -112,6 +112,12 @@ class CompletionTracker:
             done.discard(last)
         self.offsets.completed = pending[0] if pending else last + 1
 
+    def committable(self) -> tuple[int, set[int]]:
+        """The offset to commit (the lowest received offset not completed; ``-1`` if
+        none is known) and the completed offsets above it (the tracker's own set)."""
+        pending = self._pending
+        return (pending[0] if pending else self.offsets.completed), self._done
+
     def reset(self) -> None:
         """Forget everything received (a seek): nothing in flight counts any more."""
         self._pending.clear()

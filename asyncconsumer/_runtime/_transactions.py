@@ -32,6 +32,7 @@ from aiokafka.errors import (
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
 )
+from aiokafka.structs import OffsetAndMetadata
 
 from .._producer import Producer
 from ._pipeline import abandon
@@ -42,7 +43,13 @@ if TYPE_CHECKING:
     from .._transport import ProducerClient
     from ._pipeline import Acknowledgement, TopicCounters
 
-__all__ = ["FENCED", "PartitionTransactions", "transactional_id"]
+__all__ = [
+    "FENCED",
+    "MAX_TRANSACTION_FAILURES",
+    "PartitionTransactions",
+    "caused_by",
+    "transactional_id",
+]
 
 log = logging.getLogger("asyncconsumer")
 
@@ -50,7 +57,18 @@ log = logging.getLogger("asyncconsumer")
 FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
 
 DEFAULT_MAX_RECORDS = 10_000
+# A transaction that aborts this many times in a row from the same offset stops the
+# app with its error (a record whose output the broker refuses every time).
+MAX_TRANSACTION_FAILURES = 3
 RESTART_STOP_TIMEOUT = 5.0  # seconds a failed producer gets to close
+
+
+def caused_by(
+    exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]
+) -> bool:
+    """Whether ``exc`` or its cause is a ``kind`` (a dead letter that could not be
+    sent raises ``DeadLetterError`` from the producer's error)."""
+    return isinstance(exc, kind) or isinstance(exc.__cause__, kind)
 
 
 def transactional_id(group_id: str, tp: TopicPartition) -> str:
@@ -69,6 +87,7 @@ class PartitionTransactions:
         "group_id",
         "interval",
         "max_records",
+        "metadata",
         "next_offset",
         "open",
         "pending",
@@ -99,6 +118,9 @@ class PartitionTransactions:
         self.records = 0
         self.first = -1  # the offset of the transaction's first record
         self.next_offset = -1  # the offset after its last completed record
+        # The commit metadata that goes with it: under key / none ordering, the
+        # records completed above ``next_offset`` (see _offsets.encode_completed).
+        self.metadata = ""
         # What the transaction's records published: aiokafka commits a transaction
         # even if a record of it was refused, so the commit checks these first.
         self.pending: list[Acknowledgement] = []
@@ -168,17 +190,69 @@ class PartitionTransactions:
                 error = None if future.cancelled() else future.exception()
                 if error is not None:
                     raise error
-        await client.send_offsets_to_transaction({self.tp: offset}, self.group_id)
+        await client.send_offsets_to_transaction(
+            {self.tp: OffsetAndMetadata(offset, self.metadata)}, self.group_id
+        )
         await client.commit_transaction()
         self.open = False
         self.failures = 0
         self.counters.transactions += 1
         return offset
 
-    async def abort(self) -> None:
-        """Abort the open transaction: its outputs vanish, its offset stays uncommitted."""
+    async def abort(self, *, failed: bool = True) -> None:
+        """Abort the open transaction: its outputs vanish, its offset stays uncommitted.
+        ``failed=False``: a transaction with no completed record, closed with the lane
+        (not counted as an aborted transaction)."""
         self.open = False
-        self.failures += 1
-        self.counters.aborted_transactions += 1
+        if failed:
+            self.failures += 1
+            self.counters.aborted_transactions += 1
         abandon(self.pending)
         await self.client.abort_transaction()
+
+    def fenced(self, exc: BaseException) -> None:
+        """Another member's producer fenced this one: the partition is not ours."""
+        log.error(
+            "%s[%d]: this member's transactional producer was fenced (%r): another member "
+            "owns the partition now; its open transaction is aborted and the member rejoins",
+            self.tp.topic,
+            self.tp.partition,
+            exc,
+        )
+        self.open = False
+
+    async def recover(self, exc: Exception) -> bool:
+        """The transaction could not commit (``exc``): abort it, or replace a producer
+        that cannot even abort; return whether the producer was replaced. Raises
+        ``exc`` once the transaction from ``first`` aborted
+        :data:`MAX_TRANSACTION_FAILURES` times in a row, and a :data:`FENCED` error
+        if another member's producer fenced this one."""
+        log.warning(
+            "the transaction of %s[%d] from offset %d failed and was aborted; its records "
+            "run again: %r",
+            self.tp.topic,
+            self.tp.partition,
+            self.first,
+            exc,
+        )
+        restarted = False
+        try:
+            await self.abort()
+        except FENCED:
+            raise
+        except Exception as abort_error:
+            log.warning(
+                "the transactional producer of %s[%d] cannot abort (%r): starting a new one",
+                self.tp.topic,
+                self.tp.partition,
+                abort_error,
+            )
+            await self.restart()
+            restarted = True
+        if self.failures >= MAX_TRANSACTION_FAILURES:
+            exc.add_note(
+                f"asyncconsumer: the transaction from offset {self.first} aborted "
+                f"{self.failures} times in a row"
+            )
+            raise exc
+        return restarted

@@ -734,7 +734,7 @@ class MemoryProducer:
         self._started = False
         self._epoch = 0
         self._txn: list[tuple[Any, ...]] | None = None  # sends of the open transaction
-        self._txn_offsets: list[tuple[str, Mapping[TopicPartition, int]]] = []
+        self._txn_offsets: list[tuple[str, Mapping[TopicPartition, OffsetAndMetadata]]] = []
 
     def on_refused(self, callback: Callable[[AuthenticationError], None]) -> None:
         pass  # nothing to refuse in memory
@@ -758,7 +758,7 @@ class MemoryProducer:
         self._txn, self._txn_offsets = [], []
 
     async def send_offsets_to_transaction(
-        self, offsets: Mapping[TopicPartition, int], group_id: str
+        self, offsets: Mapping[TopicPartition, OffsetAndMetadata], group_id: str
     ) -> None:
         self._check_epoch()
         await anyio.lowlevel.checkpoint()
@@ -774,8 +774,8 @@ class MemoryProducer:
             self.kafka._append(*send)
         for group_id, committed in offsets:
             group = self.kafka._group(group_id)
-            for tp, offset in committed.items():
-                group.committed[tp] = OffsetAndMetadata(offset, "")
+            for tp, meta in committed.items():
+                group.committed[tp] = OffsetAndMetadata(meta.offset, meta.metadata)
 
     async def abort_transaction(self) -> None:
         self._txn, self._txn_offsets = None, []
@@ -802,8 +802,10 @@ class MemoryProducer:
         kafka = self.kafka
         if kafka._fail_sends:
             future.set_exception(kafka._fail_sends.pop(0))
-        elif self._txn is not None:
+        elif self.transactional_id is not None:
             self._check_epoch()
+            if self._txn is None:  # what aiokafka raises (a fenced producer's too)
+                raise IllegalOperation("Can't send messages while not in transaction")
             self._txn.append((topic, value, key, headers, partition, timestamp_ms))
             tp = TopicPartition(topic, -1 if partition is None else partition)
             future.set_result(RecordMetadata(topic, tp.partition, tp, -1, -1, _CREATE_TIME, 0))

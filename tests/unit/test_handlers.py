@@ -152,11 +152,9 @@ def test_a_pattern_that_matches_its_own_output_topic_is_refused() -> None:
     app().handler(pattern=r"orders.*", publish_to="enriched.orders")(noop)  # fine
 
 
-@pytest.mark.parametrize("ordering", ["key", "none"])
-def test_exactly_once_needs_records_completed_in_offset_order(ordering: str) -> None:
-    with pytest.raises(ConfigurationError, match=r"exactly_once.*ordering='partition'"):
-        app().handler("t", ordering=ordering, delivery="exactly_once")(noop)  # type: ignore[arg-type]
-    app().handler("t", delivery="exactly_once")(noop)
+@pytest.mark.parametrize("ordering", ["partition", "key", "none"])
+def test_exactly_once_works_with_every_ordering(ordering: str) -> None:
+    app().handler("t", ordering=ordering, delivery="exactly_once")(noop)  # type: ignore[arg-type]
     app().batch_handler("t", delivery="exactly_once")(noop)
 
 
