@@ -151,14 +151,27 @@ async def spawn(env: dict[str, str], log: IO[bytes]) -> Process:
     )
 
 
+# ordering: (records, seconds per record, distinct keys). Under key / none ordering
+# twenty records run at once and take 0-2x the time at random, so they complete out
+# of order (and, with few keys, wait behind their key); fewer records keep it short.
+CRASH_RUNS = {
+    "partition": (8000, "0.0005", 8000),  # about 2,000 records/s: kills land mid-stream
+    "key": (2000, "0.005", 40),
+    "none": (2000, "0.005", 2000),
+}
+
+
+@pytest.mark.parametrize("ordering", list(CRASH_RUNS))
 async def test_sigkills_and_a_second_member_leave_exactly_one_output_per_record(
-    kafka_broker: KafkaTestBroker, topics: Topics, log: IO[bytes]
+    kafka_broker: KafkaTestBroker, topics: Topics, log: IO[bytes], ordering: str
 ) -> None:
-    records = 8000
+    records, slow, keys = CRASH_RUNS[ordering]
     bootstrap = kafka_broker.bootstrap_servers
     topic = await topics.create("eos-kill", partitions=4)
     out = await topics.create("eos-kill-out", partitions=4)
-    produced = await aproduce(bootstrap, topic, [(b"k%d" % i, b"v") for i in range(records)])
+    produced = await aproduce(
+        bootstrap, topic, [(b"k%d" % (i % keys), b"v") for i in range(records)]
+    )
     ends = {tp: max(offsets) + 1 for tp, offsets in produced.items()}
     group = unique("g-eos-kill")
     env = {
@@ -168,7 +181,12 @@ async def test_sigkills_and_a_second_member_leave_exactly_one_output_per_record(
         "TXN_GROUP": group,
         "TXN_TOPIC": topic,
         "TXN_OUT": out,
-        "TXN_SLOW": "0.0005",  # about 2,000 records/s: the kills land mid-stream
+        "TXN_SLOW": slow,
+        "TXN_ORDERING": ordering,
+        "TXN_CONCURRENCY": "20",
+        # A killed member holds its partitions until its session expires: short, so
+        # that each restart takes about 3 s rather than 10 s.
+        "TXN_SESSION_TIMEOUT_MS": "3000",
     }
 
     async def committed_total() -> int:
@@ -208,14 +226,20 @@ async def test_sigkills_and_a_second_member_leave_exactly_one_output_per_record(
     assert len(await read_all(bootstrap, out, committed=False)) > records
 
 
+# ordering: (seconds per record, records at once): about 50 records a second.
+ZOMBIE_RUNS = {"partition": ("0.02", "1"), "key": ("0.08", "4"), "none": ("0.08", "4")}
+
+
+@pytest.mark.parametrize("ordering", list(ZOMBIE_RUNS))
 async def test_a_frozen_member_cannot_commit_its_transaction_after_the_takeover(
-    kafka_broker: KafkaTestBroker, topics: Topics, log: IO[bytes], tmp_path: Path
+    kafka_broker: KafkaTestBroker, topics: Topics, log: IO[bytes], tmp_path: Path, ordering: str
 ) -> None:
     records = 200
+    slow, concurrency = ZOMBIE_RUNS[ordering]
     bootstrap = kafka_broker.bootstrap_servers
     topic = await topics.create("eos-zombie")
     out = await topics.create("eos-zombie-out")
-    await aproduce(bootstrap, topic, [(b"k", b"v") for _ in range(records)], 0)
+    await aproduce(bootstrap, topic, [(b"k%d" % (i % 10), b"v") for i in range(records)], 0)
     tp = TopicPartition(topic, 0)
     group = unique("g-eos-zombie")
     env = {
@@ -225,7 +249,9 @@ async def test_a_frozen_member_cannot_commit_its_transaction_after_the_takeover(
         "TXN_GROUP": group,
         "TXN_TOPIC": topic,
         "TXN_OUT": out,
-        "TXN_SLOW": "0.02",
+        "TXN_SLOW": slow,
+        "TXN_ORDERING": ordering,
+        "TXN_CONCURRENCY": concurrency,
         "TXN_COMMIT_INTERVAL": "1.0",  # transactions of about 50 records
         "TXN_SESSION_TIMEOUT_MS": "3000",
     }
