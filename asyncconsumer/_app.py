@@ -242,7 +242,10 @@ class ConsumerApp:
         count, go on).
 
         ``delivery="at_most_once"`` commits records' offsets before their handler
-        runs (a crash loses them instead of running them twice). ``publish_to``
+        runs (a crash loses them instead of running them twice).
+        ``delivery="exactly_once"`` commits what the handler produces and the offsets
+        it consumed in one Kafka transaction per partition, in every ordering mode
+        (see docs/delivery.md). ``publish_to``
         publishes what the handler returns (if not ``None``) with the record's key,
         before the record counts as completed.
         """

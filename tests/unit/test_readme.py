@@ -3,22 +3,13 @@ only what the package has; the sections the pages include from the README exist.
 
 import ast
 import re
-from pathlib import Path
 
 import pytest
 
 import asyncconsumer
 from asyncconsumer import Consumer, ConsumerApp
 
-ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
-PAGES = {path.name: path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))}
-TEXTS = {"README.md": README, **{f"docs/{name}": text for name, text in PAGES.items()}}
-BLOCKS = [
-    (name, block)
-    for name, text in TEXTS.items()
-    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S)
-]
+from ..doc_examples import BLOCKS, PAGES, README, TEXTS, example
 
 
 def test_the_examples_are_found_where_they_live() -> None:
@@ -71,13 +62,6 @@ def test_the_readme_links_to_every_concept_page() -> None:
     linked = set(re.findall(r"\]\(docs/([a-z-]+\.md)", README))
     pages = set(PAGES) - {"index.md", "changelog.md"}
     assert pages <= linked, sorted(pages - linked)
-
-
-def example(page: str, defines: str) -> str:
-    """The python block of ``page`` that defines ``defines``."""
-    found: list[str] = [b for name, b in BLOCKS if name == page and f"def {defines}(" in b]
-    assert len(found) == 1, f"{page}: {len(found)} blocks define {defines}"
-    return found[0]
 
 
 async def test_the_documented_test_client_example_runs() -> None:
