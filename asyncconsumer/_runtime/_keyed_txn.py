@@ -215,8 +215,8 @@ class TransactionalKeyedLane(KeyedLane):
 
     def _let_run(self) -> None:
         self.hold = False
-        if self.ready and not self.closed:
-            self.pool.schedule(self, len(self.ready))
+        if (self.ready or self.incoming) and not self.closed:
+            self.pool.schedule(self)
 
     async def _wait(self) -> None:
         self._wakeup = wakeup = anyio.Event()
