@@ -155,8 +155,7 @@ class TransactionalKeyedLane(KeyedLane):
     def failed(self, record: ConsumerRecord, exc: Exception) -> None:
         if self.closed:
             self._abort = True  # what it sent before it failed must vanish
-            return
-        if caused_by(exc, FENCED):
+        elif caused_by(exc, FENCED):
             self._fenced(exc)
         elif caused_by(exc, IllegalOperation):
             # The producer left its transaction (a send failed, or it is fenced):
@@ -167,6 +166,8 @@ class TransactionalKeyedLane(KeyedLane):
         else:
             self._abort = True  # what it sent before it failed must vanish
             super().failed(record, exc)
+        if (self.closed or self.hold) and not self.running_workers:
+            self._idle()  # it may have been the last record a commit waits for
 
     def abandon(self, worker: _Worker) -> None:
         self._abort = True  # cancelled mid-way: what it sent must vanish
@@ -286,7 +287,11 @@ class TransactionalKeyedLane(KeyedLane):
             offset = self.base  # nothing committed yet: where the lane began
         if offset < 0:
             return
+        gen = self.gen
         self._owner.lane_rewind(self, offset)  # seeks the client and this lane
+        if gen == self.gen:  # not sought: the partition is no longer this member's
+            self.close()
+            return
         if skip:
             self._skip = skip
             self._skip_max = max(skip)

@@ -297,3 +297,37 @@ async def test_a_new_owner_skips_what_the_committed_metadata_lists() -> None:
         await wait_for(lambda: client.committed("in", 0) == 8)
     assert calls == {2: 1}
     assert Counter(m.value for m in client.records("out")) == {b"%d" % i: 1 for i in range(8)}
+
+
+async def test_a_send_refused_by_a_producer_out_of_its_transaction_aborts_and_redoes() -> None:
+    """aiokafka refuses sends once its producer left the transaction (a failed send
+    put it in an abortable state): ``IllegalOperation``. That is no failure of the
+    record: the transaction aborts and its records run again. Before, when the
+    record was the last one running while the lane was held for the commit, the
+    commit waited for it forever."""
+    from aiokafka.errors import IllegalOperation
+
+    kafka = MemoryKafka()
+    app = make_app()
+    gate = anyio.Event()
+    calls: Counter[int] = Counter()
+
+    @app.handler("in", ordering="none", delivery="exactly_once", publish_to="out")
+    async def handle(msg: Message[bytes]) -> bytes:
+        calls[msg.offset] += 1
+        if msg.offset == 1:
+            await gate.wait()
+        return b"%d" % msg.offset
+
+    for _ in range(2):
+        kafka.publish("in", b"v", partition=0)
+    async with TestClient(app, kafka) as client:
+        await wait_for(lambda: calls[1] == 1)
+        await anyio.sleep(0.2)  # record 0 completed: the lane is held for the commit
+        kafka.fail_next_send(IllegalOperation("Can't send messages while not in transaction"))
+        gate.set()
+        await wait_for(lambda: client.committed("in", 0) == 2)
+        stats = app.statistics().topics["in"]
+    assert stats.aborted_transactions == 1
+    assert calls == {0: 2, 1: 2}
+    assert Counter(m.value for m in client.records("out")) == {b"0": 1, b"1": 1}
