@@ -246,7 +246,10 @@ class TransactionalKeyedLane(KeyedLane):
     async def _commit(self, txn: PartitionTransactions) -> None:
         broken, self._broken = self._broken, None
         if broken is not None:
-            await self._recover(txn, broken)
+            # The producer left its transaction: an abortable error, or fenced by a
+            # new owner before it learned so. Then it cannot abort, and a new producer
+            # would fence the new owner in turn: the member rejoins instead.
+            await self._recover(txn, broken, replace=False)
             return
         offset, above = self.tracker.committable()
         assert offset >= 0
@@ -265,13 +268,20 @@ class TransactionalKeyedLane(KeyedLane):
         self.committed_metadata = txn.metadata
         await self._owner.lane_committed(self, offset, time.monotonic() - started)
 
-    async def _recover(self, txn: PartitionTransactions, exc: Exception) -> None:
+    async def _recover(
+        self, txn: PartitionTransactions, exc: Exception, *, replace: bool = True
+    ) -> None:
         """The commit failed: abort (the workers route to a new producer if it had to
         be replaced) and run the transaction's records again."""
         try:
-            await txn.recover(exc)
+            await txn.recover(exc, replace=replace)
         except FENCED as fenced:
             self._fenced(fenced)
+            return
+        except Exception as abort_error:
+            if replace or abort_error is exc:
+                raise  # aborted too often in a row: the app stops on it
+            self._fenced(abort_error)  # cannot abort: the member rejoins
             return
         if not self.closed:
             self._rewind()

@@ -221,12 +221,15 @@ class PartitionTransactions:
         )
         self.open = False
 
-    async def recover(self, exc: Exception) -> bool:
+    async def recover(self, exc: Exception, *, replace: bool = True) -> bool:
         """The transaction could not commit (``exc``): abort it, or replace a producer
         that cannot even abort; return whether the producer was replaced. Raises
         ``exc`` once the transaction from ``first`` aborted
         :data:`MAX_TRANSACTION_FAILURES` times in a row, and a :data:`FENCED` error
-        if another member's producer fenced this one."""
+        if another member's producer fenced this one. ``replace=False``: a producer
+        that cannot abort is not replaced (its error is raised): when it may have
+        been fenced without saying so, a new one would fence the partition's new
+        owner."""
         log.warning(
             "the transaction of %s[%d] from offset %d failed and was aborted; its records "
             "run again: %r",
@@ -241,6 +244,8 @@ class PartitionTransactions:
         except FENCED:
             raise
         except Exception as abort_error:
+            if not replace:
+                raise
             log.warning(
                 "the transactional producer of %s[%d] cannot abort (%r): starting a new one",
                 self.tp.topic,

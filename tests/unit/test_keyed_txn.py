@@ -331,3 +331,47 @@ async def test_a_send_refused_by_a_producer_out_of_its_transaction_aborts_and_re
     assert stats.aborted_transactions == 1
     assert calls == {0: 2, 1: 2}
     assert Counter(m.value for m in client.records("out")) == {b"0": 1, b"1": 1}
+
+
+async def test_a_producer_out_of_its_transaction_that_cannot_abort_rejoins_instead_of_replacing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A producer that refuses sends (``IllegalOperation``) and then cannot abort may
+    have been fenced by a new owner without knowing it yet: a new producer with the
+    same transactional id would fence that owner in turn. The member rejoins instead,
+    and the partition resumes under a producer of the new assignment."""
+    from aiokafka.errors import IllegalOperation
+
+    kafka = MemoryKafka()
+    app = make_app()
+    calls: Counter[int] = Counter()
+    starts: list[str] = []
+    original_start = MemoryProducer.start
+    original_abort = MemoryProducer.abort_transaction
+
+    async def start(producer: MemoryProducer) -> None:
+        starts.append(str(producer.transactional_id))
+        await original_start(producer)
+
+    async def abort_transaction(producer: MemoryProducer) -> None:
+        if calls[1] == 1:
+            raise AssertionError("Invalid state transition FATAL_ERROR -> ABORTING")
+        await original_abort(producer)
+
+    monkeypatch.setattr(MemoryProducer, "start", start)
+    monkeypatch.setattr(MemoryProducer, "abort_transaction", abort_transaction)
+
+    @app.handler("in", ordering="none", delivery="exactly_once", publish_to="out")
+    async def handle(msg: Message[bytes]) -> bytes:
+        calls[msg.offset] += 1
+        return b"%d" % msg.offset
+
+    kafka.publish("in", b"v", partition=0)
+    kafka.fail_next_send(IllegalOperation("Can't send messages while not in transaction"))
+    kafka.publish("in", b"v", partition=0)
+    async with TestClient(app, kafka) as client:
+        await wait_for(lambda: client.committed("in", 0) == 2)
+        rebalances = app.statistics().rebalances
+    assert rebalances == 2  # rejoined
+    assert starts.count("asyncconsumer.g.in.0") == 2  # one per assignment, none in between
+    assert Counter(m.value for m in client.records("out")) == {b"0": 1, b"1": 1}
