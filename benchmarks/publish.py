@@ -26,6 +26,9 @@ With ``transactions`` (Apache Kafka; the embedded broker has none), exactly-once
 - ``asyncconsumer publish_to exactly_once``: the ``publish_to`` handler with
   ``delivery="exactly_once"`` (a transaction per partition every ``commit_interval``
   or 1,000 records).
+- ``asyncconsumer publish_to (key)`` and ``asyncconsumer publish_to exactly_once
+  (key)``: the same handler under ``ordering="key"`` (100 records at once, each
+  awaiting its output's acknowledgement), at-least-once and exactly-once.
 """
 
 from __future__ import annotations
@@ -204,6 +207,30 @@ async def app_exactly_once(bootstrap: str, source: str, out: str, total: int) ->
     return await _run_app(app, source, clock, total)
 
 
+async def app_key_ordering(bootstrap: str, source: str, out: str, total: int) -> Clock:
+    app, clock = _app(bootstrap), Clock(total)
+
+    @app.handler(source, publish_to=out, ordering="key")
+    async def handle(msg: Message[bytes]) -> dict[str, Any]:
+        if not clock.count:
+            clock.tick()
+        return transform(msg.value)
+
+    return await _run_app(app, source, clock, total)
+
+
+async def app_exactly_once_key(bootstrap: str, source: str, out: str, total: int) -> Clock:
+    app, clock = _app(bootstrap), Clock(total)
+
+    @app.handler(source, publish_to=out, ordering="key", delivery="exactly_once")
+    async def handle(msg: Message[bytes]) -> dict[str, Any]:
+        if not clock.count:
+            clock.tick()
+        return transform(msg.value)
+
+    return await _run_app(app, source, clock, total)
+
+
 Contender = Callable[[str, str, str, int], Awaitable[Clock]]
 
 CONTENDERS: dict[str, Contender] = {
@@ -215,6 +242,9 @@ CONTENDERS: dict[str, Contender] = {
 TRANSACTIONAL: dict[str, Contender] = {
     "aiokafka transactional loop": aiokafka_transactional,
     "asyncconsumer publish_to exactly_once": app_exactly_once,
+    # key ordering (100 records at once): at-least-once vs exactly-once
+    "asyncconsumer publish_to (key)": app_key_ordering,
+    "asyncconsumer publish_to exactly_once (key)": app_exactly_once_key,
 }
 
 
