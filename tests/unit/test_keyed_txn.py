@@ -166,7 +166,7 @@ async def test_an_aborted_transaction_redoes_exactly_the_records_it_completed(
         ordering="key",
         delivery="exactly_once",
         publish_to="out",
-        retry=Retry(attempts=2, backoff=Backoff.constant(0.5)),
+        retry=Retry(attempts=2, backoff=Backoff.constant(1.0)),  # long after the first commit
     )
     async def handle(msg: Message[bytes]) -> bytes:
         calls[msg.offset] += 1
