@@ -261,8 +261,8 @@ class TransactionalKeyedLane(KeyedLane):
         except FENCED as exc:
             self._fenced(exc)
             return
-        except Exception as exc:
-            await self._recover(txn, exc)
+        except Exception as exc:  # an output the broker refused, a timeout, ...
+            await self._recover(txn, exc, replace=not caused_by(exc, IllegalOperation))
             return
         self.offsets.committed = self.offsets.completed = offset
         self.committed_metadata = txn.metadata
