@@ -243,6 +243,16 @@ class ShareConsumer:
         self._held: dict[tuple[Key, int], float] = {}
         self._renew = renew_locks
         self._renewer: asyncio.Task[None] | None = None
+        # The fetch in flight (a task, so that it goes on while records are handled):
+        # started when the loop finds the buffer empty, or before that, once the
+        # buffer runs below _low_water records (see _refilled).
+        self._fetching: asyncio.Task[None] | None = None
+        self._low_water = 0
+        self._rtt = 0.0  # seconds a ShareFetch round that brought records takes (average)
+        self._pace = 0.0  # seconds between two records handed out (average)
+        self._handed = 0  # records handed out, ever
+        self._handed_at_refill = 0
+        self._refilled_at = 0.0
         self.lock_renewals = 0
         """Acquisition locks renewed (records whose handling outlasted a third of the lock)."""
         self.lock_expiries = 0
@@ -307,6 +317,7 @@ class ShareConsumer:
         try:
             if self._current is not None:
                 self._decide(self._current, proto.ACCEPT if accept_current else proto.RELEASE)
+            await self._finish_fetch()  # what it acquires is released below
             while self._buffer:
                 record, topic, partition, _, _ = self._buffer.popleft()
                 self._pending.setdefault((self._ids[topic], partition), {})[record.offset] = (
@@ -411,8 +422,13 @@ class ShareConsumer:
             if self._closed:
                 raise StopAsyncIteration
             if self._buffer:
-                return self._hand_out()
-            await self._fetch()
+                fetching = self._fetching
+                msg = self._hand_out()
+                if self._fetching is not fetching:
+                    # a fetch started: it sends its request now, not once the loop awaits
+                    await asyncio.sleep(0)
+                return msg
+            await self._fetch_more()
 
     # -- for runners that decode and acknowledge records themselves (share handlers) ------
 
@@ -428,8 +444,11 @@ class ShareConsumer:
             if self._buffer:
                 record, topic, partition, count, fetched = self._buffer.popleft()
                 self._held[((self._ids[topic], partition), record.offset)] = fetched
+                self._handed += 1
+                if len(self._buffer) < self._low_water and self._fetching is None:
+                    self._start_fetch()
                 return record, topic, partition, count
-            await self._fetch()
+            await self._fetch_more()
 
     def settle(self, topic: str, partition: int, offset: int, kind: int) -> None:
         """Acknowledge a record from :meth:`next_record` (``kind``: ACCEPT, RELEASE or
@@ -456,6 +475,9 @@ class ShareConsumer:
 
     def _hand_out(self) -> ShareMessage:
         record, topic, partition, count, fetched = self._buffer.popleft()
+        self._handed += 1
+        if len(self._buffer) < self._low_water and self._fetching is None:
+            self._start_fetch()
         key, value = record.key, record.value
         what = "key"
         try:
@@ -593,6 +615,62 @@ class ShareConsumer:
 
     # -- internals: fetching -------------------------------------------------------------------
 
+    def _start_fetch(self) -> None:
+        """Start the next fetch round in a task of its own."""
+        now = time.monotonic()
+        handed = self._handed - self._handed_at_refill
+        if handed > 0:
+            pace = (now - self._refilled_at) / handed
+            self._pace = pace if not self._pace else 0.7 * self._pace + 0.3 * pace
+        self._fetching = asyncio.create_task(self._timed_fetch(now), name="share-fetch")
+
+    async def _timed_fetch(self, started: float) -> None:
+        buffered = len(self._buffer)
+        try:
+            await self._fetch()
+        except Exception as exc:  # surfaces in the loop
+            self._error = exc
+        else:
+            if len(self._buffer) > buffered:
+                self._refilled(time.monotonic() - started)
+        finally:
+            if self._fetching is asyncio.current_task():
+                self._fetching = None
+
+    def _refilled(self, rtt: float) -> None:
+        """Records arrived, after ``rtt`` seconds. The next fetch starts once the
+        buffer holds fewer records than the loop hands out in two such rounds (at most
+        ``max_records``), so that it is back about when the buffer runs out: records
+        flow without a pause for the round trip, and a fetched record waits about as
+        long as it would without the early start. While records are handed out slower
+        than one per two rounds, the next fetch starts only once the buffer is empty."""
+        self._rtt = rtt if not self._rtt else 0.7 * self._rtt + 0.3 * rtt
+        if self._pace > 0:
+            self._low_water = min(self._max_records, int(2 * self._rtt / self._pace))
+        self._refilled_at = time.monotonic()
+        self._handed_at_refill = self._handed
+
+    async def _fetch_more(self) -> None:
+        """Wait for the fetch in flight (start one if none); it goes on if the wait
+        is cancelled, and :meth:`stop` releases what it brings."""
+        if self._fetching is None:
+            self._start_fetch()
+        assert self._fetching is not None
+        await asyncio.shield(self._fetching)
+
+    async def _finish_fetch(self) -> None:
+        """Wait for the fetch in flight, if any (a long poll ends within
+        ``fetch_max_wait_ms``)."""
+        task = self._fetching
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self._max_wait_ms / 1000 + 5)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def _fetch(self) -> None:
         """One round of ShareFetch requests (one per leader broker, concurrently),
         carrying the acknowledgements decided so far."""
@@ -610,6 +688,10 @@ class ShareConsumer:
             self._assignment_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._assignment_changed.wait(), self._max_wait_ms / 1000)
+            return
+        if len(nodes) == 1:  # the request goes out without a task switch
+            (node,) = nodes
+            await self._fetch_from(node, wanted.get(node, set()))
             return
         await asyncio.gather(*(self._fetch_from(node, wanted.get(node, set())) for node in nodes))
 
