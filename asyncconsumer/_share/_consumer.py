@@ -246,7 +246,8 @@ class ShareConsumer:
         # The fetch in flight (a task, so that it goes on while records are handled):
         # started when the loop finds the buffer empty, or before that, once the
         # buffer runs below _low_water records (see _refilled).
-        self._fetching: asyncio.Task[None] | None = None
+        self._fetching: dict[int | None, asyncio.Task[None]] = {}  # by broker
+        self._nodes = 1  # brokers fetched from, as of the last _start_fetches
         self._low_water = 0
         self._rtt = 0.0  # seconds a ShareFetch round that brought records takes (average)
         self._pace = 0.0  # seconds between two records handed out (average)
@@ -317,7 +318,7 @@ class ShareConsumer:
         try:
             if self._current is not None:
                 self._decide(self._current, proto.ACCEPT if accept_current else proto.RELEASE)
-            await self._finish_fetch()  # what it acquires is released below
+            await self._finish_fetches()  # what they acquire is released below
             while self._buffer:
                 record, topic, partition, _, _ = self._buffer.popleft()
                 self._pending.setdefault((self._ids[topic], partition), {})[record.offset] = (
@@ -422,9 +423,9 @@ class ShareConsumer:
             if self._closed:
                 raise StopAsyncIteration
             if self._buffer:
-                fetching = self._fetching
+                fetching = len(self._fetching)
                 msg = self._hand_out()
-                if self._fetching is not fetching:
+                if len(self._fetching) > fetching:
                     # a fetch started: it sends its request now, not once the loop awaits
                     await asyncio.sleep(0)
                 return msg
@@ -445,8 +446,8 @@ class ShareConsumer:
                 record, topic, partition, count, fetched = self._buffer.popleft()
                 self._held[((self._ids[topic], partition), record.offset)] = fetched
                 self._handed += 1
-                if len(self._buffer) < self._low_water and self._fetching is None:
-                    self._start_fetch()
+                if len(self._buffer) < self._low_water and len(self._fetching) < self._nodes:
+                    self._start_fetches()
                 return record, topic, partition, count
             await self._fetch_more()
 
@@ -476,8 +477,8 @@ class ShareConsumer:
     def _hand_out(self) -> ShareMessage:
         record, topic, partition, count, fetched = self._buffer.popleft()
         self._handed += 1
-        if len(self._buffer) < self._low_water and self._fetching is None:
-            self._start_fetch()
+        if len(self._buffer) < self._low_water and len(self._fetching) < self._nodes:
+            self._start_fetches()
         key, value = record.key, record.value
         what = "key"
         try:
@@ -615,27 +616,72 @@ class ShareConsumer:
 
     # -- internals: fetching -------------------------------------------------------------------
 
-    def _start_fetch(self) -> None:
-        """Start the next fetch round in a task of its own."""
+    def _start_fetches(self) -> bool:
+        """Start a ShareFetch to every broker to fetch from that has none in flight,
+        each in a task of its own: a broker with no records long-polls without holding
+        up the others. While an assigned partition's leader is unknown, or nothing is
+        to be fetched, a task of its own (key ``None``) refreshes the metadata or waits
+        for an assignment. True if a task started."""
+        fetching = self._fetching
         now = time.monotonic()
         handed = self._handed - self._handed_at_refill
         if handed > 0:
             pace = (now - self._refilled_at) / handed
             self._pace = pace if not self._pace else 0.7 * self._pace + 0.3 * pace
-        self._fetching = asyncio.create_task(self._timed_fetch(now), name="share-fetch")
+            self._handed_at_refill = self._handed
+            self._refilled_at = now
+        wanted: dict[int, set[Key]] = {}
+        unknown = False
+        for key in self._assigned:
+            leader = self._leaders.get(key)
+            if leader is None:
+                unknown = True
+            else:
+                wanted.setdefault(leader, set()).add(key)
+        nodes = set(wanted) | {n for n, s in self._sessions.items() if s.partitions}
+        self._nodes = max(len(nodes), 1)
+        started = False
+        for node in nodes:
+            if node not in fetching:
+                task = asyncio.create_task(
+                    self._fetch_task(node, wanted.get(node, set()), now), name="share-fetch"
+                )
+                fetching[node] = task
+                started = True
+        if (unknown or not nodes) and None not in fetching:
+            fetching[None] = asyncio.create_task(self._plan_task(not nodes), name="share-plan")
+            started = True
+        return started
 
-    async def _timed_fetch(self, started: float) -> None:
-        buffered = len(self._buffer)
+    async def _fetch_task(self, node: int, wanted: set[Key], started: float) -> None:
         try:
-            await self._fetch()
+            if await self._fetch_from(node, wanted):
+                self._refilled(time.monotonic() - started)
         except Exception as exc:  # surfaces in the loop
             self._error = exc
-        else:
-            if len(self._buffer) > buffered:
-                self._refilled(time.monotonic() - started)
         finally:
-            if self._fetching is asyncio.current_task():
-                self._fetching = None
+            if self._fetching.get(node) is asyncio.current_task():
+                del self._fetching[node]
+
+    async def _plan_task(self, idle: bool) -> None:
+        """Learn the leaders of assigned partitions; ``idle`` (nothing to fetch from):
+        wait for an assignment, at most ``fetch_max_wait_ms``."""
+        try:
+            if any(key not in self._leaders for key in self._assigned):
+                with contextlib.suppress(KafkaError):
+                    await self._refresh_metadata()
+            if idle:
+                self._drop_stale_acks()
+                self._assignment_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._assignment_changed.wait(), self._max_wait_ms / 1000
+                    )
+        except Exception as exc:  # surfaces in the loop
+            self._error = exc
+        finally:
+            if self._fetching.get(None) is asyncio.current_task():
+                del self._fetching[None]
 
     def _refilled(self, rtt: float) -> None:
         """Records arrived, after ``rtt`` seconds. The next fetch starts once the
@@ -647,60 +693,33 @@ class ShareConsumer:
         self._rtt = rtt if not self._rtt else 0.7 * self._rtt + 0.3 * rtt
         if self._pace > 0:
             self._low_water = min(self._max_records, int(2 * self._rtt / self._pace))
-        self._refilled_at = time.monotonic()
-        self._handed_at_refill = self._handed
 
     async def _fetch_more(self) -> None:
-        """Wait for the fetch in flight (start one if none); it goes on if the wait
-        is cancelled, and :meth:`stop` releases what it brings."""
-        if self._fetching is None:
-            self._start_fetch()
-        assert self._fetching is not None
-        await asyncio.shield(self._fetching)
+        """Start the fetches not in flight, and wait until one of them ends (they go
+        on if the wait is cancelled; :meth:`stop` releases what they bring)."""
+        self._start_fetches()
+        if self._fetching:
+            await asyncio.wait(self._fetching.values(), return_when=asyncio.FIRST_COMPLETED)
 
-    async def _finish_fetch(self) -> None:
-        """Wait for the fetch in flight, if any (a long poll ends within
+    async def _finish_fetches(self) -> None:
+        """Wait for the fetches in flight (a long poll ends within
         ``fetch_max_wait_ms``)."""
-        task = self._fetching
-        if task is None:
+        tasks = list(self._fetching.values())
+        if not tasks:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self._max_wait_ms / 1000 + 5)
-        except TimeoutError:
+        _, late = await asyncio.wait(tasks, timeout=self._max_wait_ms / 1000 + 5)
+        for task in late:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if late:
+            await asyncio.wait(late)
 
-    async def _fetch(self) -> None:
-        """One round of ShareFetch requests (one per leader broker, concurrently),
-        carrying the acknowledgements decided so far."""
-        if any(key not in self._leaders for key in self._assigned):
-            with contextlib.suppress(KafkaError):
-                await self._refresh_metadata()
-        wanted: dict[int, set[Key]] = {}
-        for key in self._assigned:
-            leader = self._leaders.get(key)
-            if leader is not None:
-                wanted.setdefault(leader, set()).add(key)
-        nodes = set(wanted) | {n for n, s in self._sessions.items() if s.partitions}
-        if not nodes:
-            self._drop_stale_acks()
-            self._assignment_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._assignment_changed.wait(), self._max_wait_ms / 1000)
-            return
-        if len(nodes) == 1:  # the request goes out without a task switch
-            (node,) = nodes
-            await self._fetch_from(node, wanted.get(node, set()))
-            return
-        await asyncio.gather(*(self._fetch_from(node, wanted.get(node, set())) for node in nodes))
-
-    async def _fetch_from(self, node: int, wanted: set[Key]) -> None:
+    async def _fetch_from(self, node: int, wanted: set[Key]) -> int:
+        """One ShareFetch to ``node``; the number of records it buffered."""
         session = self._sessions.setdefault(node, _Session())
         async with session.lock:
-            await self._fetch_in(node, session, wanted)
+            return await self._fetch_in(node, session, wanted)
 
-    async def _fetch_in(self, node: int, session: _Session, wanted: set[Key]) -> None:
+    async def _fetch_in(self, node: int, session: _Session, wanted: set[Key]) -> int:
         client = self._require_client()
         if session.epoch == 0:
             session.partitions = set()
@@ -734,7 +753,7 @@ class ShareConsumer:
             with contextlib.suppress(KafkaError):
                 await self._refresh_metadata()
             await asyncio.sleep(_RETRY_BACKOFF)
-            return
+            return 0
         if result.error_code in _SESSION_LOST:
             log.warning(
                 "share session with node %s lost (%s); %d acknowledgement(s) dropped",
@@ -743,11 +762,12 @@ class ShareConsumer:
                 sum(len(v) for v in acks.values()),
             )
             self._sessions.pop(node, None)
-            return
+            return 0
         if result.error_code:
             self._error = ShareGroupError("ShareFetch", result.error_code, result.error_message)
-            return
+            return 0
         session.advance()
+        buffered = len(self._buffer)
         session.partitions = (session.partitions | add) - forget
         self.lock_timeout_ms = result.lock_timeout_ms
         for part in result.partitions:
@@ -771,6 +791,7 @@ class ShareConsumer:
                 continue
             if part.acquired:
                 self._take(key, part.records, part.acquired, sent_at)
+        return len(self._buffer) - buffered
 
     def _take(
         self,
