@@ -47,6 +47,7 @@ from ._common import PARTITIONS, Clock, make_librdkafka_topic, unique
 DELAY = 0.005
 CONCURRENCY = 100
 BASELINE = "confluent-kafka ShareConsumer"
+RECORDS = 100_000  # the noop case
 IO_RECORDS = 30_000  # the io case: 1.5 s at the ideal 20,000 records/s
 
 Contender = Callable[[str, str, int, float], Awaitable[Clock]]  # (bootstrap, topic, n, delay)
