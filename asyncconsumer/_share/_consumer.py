@@ -243,6 +243,18 @@ class ShareConsumer:
         self._held: dict[tuple[Key, int], float] = {}
         self._renew = renew_locks
         self._renewer: asyncio.Task[None] | None = None
+        # The fetch in flight (a task, so that it goes on while records are handled):
+        # started when the loop finds the buffer empty, or before that, once the
+        # buffer runs below _low_water records (see _refilled).
+        self._fetching: dict[int | None, asyncio.Task[None]] = {}  # by broker
+        self._nodes = 1  # brokers fetched from, as of the last _start_fetches
+        self._fetch_ended = asyncio.Event()  # set (and replaced) whenever a fetch ends
+        self._low_water = 0
+        self._rtt = 0.0  # seconds a ShareFetch round that brought records takes (average)
+        self._pace = 0.0  # seconds between two records handed out (average)
+        self._handed = 0  # records handed out, ever
+        self._handed_at_refill = 0
+        self._refilled_at = 0.0
         self.lock_renewals = 0
         """Acquisition locks renewed (records whose handling outlasted a third of the lock)."""
         self.lock_expiries = 0
@@ -307,6 +319,7 @@ class ShareConsumer:
         try:
             if self._current is not None:
                 self._decide(self._current, proto.ACCEPT if accept_current else proto.RELEASE)
+            await self._finish_fetches()  # what they acquire is released below
             while self._buffer:
                 record, topic, partition, _, _ = self._buffer.popleft()
                 self._pending.setdefault((self._ids[topic], partition), {})[record.offset] = (
@@ -411,8 +424,13 @@ class ShareConsumer:
             if self._closed:
                 raise StopAsyncIteration
             if self._buffer:
-                return self._hand_out()
-            await self._fetch()
+                fetching = len(self._fetching)
+                msg = self._hand_out()
+                if len(self._fetching) > fetching:
+                    # a fetch started: it sends its request now, not once the loop awaits
+                    await asyncio.sleep(0)
+                return msg
+            await self._fetch_more()
 
     # -- for runners that decode and acknowledge records themselves (share handlers) ------
 
@@ -428,8 +446,11 @@ class ShareConsumer:
             if self._buffer:
                 record, topic, partition, count, fetched = self._buffer.popleft()
                 self._held[((self._ids[topic], partition), record.offset)] = fetched
+                self._handed += 1
+                if len(self._buffer) < self._low_water and len(self._fetching) < self._nodes:
+                    self._start_fetches()
                 return record, topic, partition, count
-            await self._fetch()
+            await self._fetch_more()
 
     def settle(self, topic: str, partition: int, offset: int, kind: int) -> None:
         """Acknowledge a record from :meth:`next_record` (``kind``: ACCEPT, RELEASE or
@@ -456,6 +477,9 @@ class ShareConsumer:
 
     def _hand_out(self) -> ShareMessage:
         record, topic, partition, count, fetched = self._buffer.popleft()
+        self._handed += 1
+        if len(self._buffer) < self._low_water and len(self._fetching) < self._nodes:
+            self._start_fetches()
         key, value = record.key, record.value
         what = "key"
         try:
@@ -593,32 +617,116 @@ class ShareConsumer:
 
     # -- internals: fetching -------------------------------------------------------------------
 
-    async def _fetch(self) -> None:
-        """One round of ShareFetch requests (one per leader broker, concurrently),
-        carrying the acknowledgements decided so far."""
-        if any(key not in self._leaders for key in self._assigned):
-            with contextlib.suppress(KafkaError):
-                await self._refresh_metadata()
+    def _start_fetches(self) -> bool:
+        """Start a ShareFetch to every broker to fetch from that has none in flight,
+        each in a task of its own: a broker with no records long-polls without holding
+        up the others. While an assigned partition's leader is unknown, or nothing is
+        to be fetched, a task of its own (key ``None``) refreshes the metadata or waits
+        for an assignment. True if a task started."""
+        fetching = self._fetching
+        now = time.monotonic()
+        handed = self._handed - self._handed_at_refill
+        if handed > 0 and self._refilled_at:  # the pace since records last arrived
+            pace = (now - self._refilled_at) / handed
+            self._pace = pace if not self._pace else 0.7 * self._pace + 0.3 * pace
         wanted: dict[int, set[Key]] = {}
+        unknown = False
         for key in self._assigned:
             leader = self._leaders.get(key)
-            if leader is not None:
+            if leader is None:
+                unknown = True
+            else:
                 wanted.setdefault(leader, set()).add(key)
         nodes = set(wanted) | {n for n, s in self._sessions.items() if s.partitions}
-        if not nodes:
-            self._drop_stale_acks()
-            self._assignment_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._assignment_changed.wait(), self._max_wait_ms / 1000)
-            return
-        await asyncio.gather(*(self._fetch_from(node, wanted.get(node, set())) for node in nodes))
+        self._nodes = max(len(nodes), 1)
+        started = False
+        for node in nodes:
+            if node not in fetching:
+                task = asyncio.create_task(
+                    self._fetch_task(node, wanted.get(node, set()), now), name="share-fetch"
+                )
+                fetching[node] = task
+                started = True
+        if (unknown or not nodes) and None not in fetching:
+            fetching[None] = asyncio.create_task(self._plan_task(not nodes), name="share-plan")
+            started = True
+        return started
 
-    async def _fetch_from(self, node: int, wanted: set[Key]) -> None:
+    async def _fetch_task(self, node: int, wanted: set[Key], started: float) -> None:
+        try:
+            if await self._fetch_from(node, wanted):
+                self._refilled(time.monotonic() - started)
+        except Exception as exc:  # surfaces in the loop
+            self._error = exc
+        finally:
+            self._ended(node)
+
+    async def _plan_task(self, idle: bool) -> None:
+        """Learn the leaders of assigned partitions; ``idle`` (nothing to fetch from):
+        wait for an assignment, at most ``fetch_max_wait_ms``."""
+        try:
+            if any(key not in self._leaders for key in self._assigned):
+                with contextlib.suppress(KafkaError):
+                    await self._refresh_metadata()
+            if idle:
+                self._drop_stale_acks()
+                self._assignment_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._assignment_changed.wait(), self._max_wait_ms / 1000
+                    )
+        except Exception as exc:  # surfaces in the loop
+            self._error = exc
+        finally:
+            self._ended(None)
+
+    def _refilled(self, rtt: float) -> None:
+        """Records arrived, after ``rtt`` seconds. The next fetch starts once the
+        buffer holds fewer records than the loop hands out in two such rounds (at most
+        ``max_records``), so that it is back about when the buffer runs out: records
+        flow without a pause for the round trip, and a fetched record waits about as
+        long as it would without the early start. While records are handed out slower
+        than one per two rounds, the next fetch starts only once the buffer is empty."""
+        self._rtt = rtt if not self._rtt else 0.7 * self._rtt + 0.3 * rtt
+        if self._pace > 0:
+            self._low_water = min(self._max_records, int(2 * self._rtt / self._pace))
+        self._refilled_at = time.monotonic()
+        self._handed_at_refill = self._handed
+
+    async def _fetch_more(self) -> None:
+        """Start the fetches not in flight, and wait until one of them ends (they go
+        on if the wait is cancelled; :meth:`stop` releases what they bring). Any number
+        of callers may wait at once (a share handler's workers)."""
+        if len(self._fetching) < self._nodes or not self._fetching:
+            self._start_fetches()
+        await self._fetch_ended.wait()
+
+    def _ended(self, key: int | None) -> None:
+        """A fetch task ends: it leaves ``_fetching``, and the waiters wake."""
+        if self._fetching.get(key) is asyncio.current_task():
+            del self._fetching[key]
+        self._fetch_ended.set()
+        self._fetch_ended = asyncio.Event()
+
+    async def _finish_fetches(self) -> None:
+        """Wait for the fetches in flight (a long poll ends within
+        ``fetch_max_wait_ms``)."""
+        tasks = list(self._fetching.values())
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=self._max_wait_ms / 1000 + 5)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+    async def _fetch_from(self, node: int, wanted: set[Key]) -> int:
+        """One ShareFetch to ``node``; the number of records it buffered."""
         session = self._sessions.setdefault(node, _Session())
         async with session.lock:
-            await self._fetch_in(node, session, wanted)
+            return await self._fetch_in(node, session, wanted)
 
-    async def _fetch_in(self, node: int, session: _Session, wanted: set[Key]) -> None:
+    async def _fetch_in(self, node: int, session: _Session, wanted: set[Key]) -> int:
         client = self._require_client()
         if session.epoch == 0:
             session.partitions = set()
@@ -652,7 +760,7 @@ class ShareConsumer:
             with contextlib.suppress(KafkaError):
                 await self._refresh_metadata()
             await asyncio.sleep(_RETRY_BACKOFF)
-            return
+            return 0
         if result.error_code in _SESSION_LOST:
             log.warning(
                 "share session with node %s lost (%s); %d acknowledgement(s) dropped",
@@ -661,11 +769,12 @@ class ShareConsumer:
                 sum(len(v) for v in acks.values()),
             )
             self._sessions.pop(node, None)
-            return
+            return 0
         if result.error_code:
             self._error = ShareGroupError("ShareFetch", result.error_code, result.error_message)
-            return
+            return 0
         session.advance()
+        buffered = len(self._buffer)
         session.partitions = (session.partitions | add) - forget
         self.lock_timeout_ms = result.lock_timeout_ms
         for part in result.partitions:
@@ -689,6 +798,7 @@ class ShareConsumer:
                 continue
             if part.acquired:
                 self._take(key, part.records, part.acquired, sent_at)
+        return len(self._buffer) - buffered
 
     def _take(
         self,
