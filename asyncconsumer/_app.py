@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import anyio
 from aiokafka.structs import TopicPartition
@@ -26,6 +27,7 @@ from ._runtime._lanes import DEFAULT_WINDOW
 from ._runtime._observe import Observers
 from ._runtime._pipeline import CounterMap, Middleware
 from ._runtime._rebalance import RebalanceHook
+from ._runtime._snapshot import with_share
 from ._security import Security, split_security_options
 from ._seeking import Timestamp, timestamp_ms
 from ._share._runner import ShareHandlerSpec, ShareRuntime
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from .metrics import ConsumerMetrics
 
 __all__ = ["CommitHook", "ConsumerApp", "Lifespan"]
+
+log = logging.getLogger("asyncconsumer")
 
 F = TypeVar("F", bound=Callable[..., Any])
 H = TypeVar("H", bound=RebalanceHook)
@@ -333,7 +337,8 @@ class ConsumerApp:
         :meth:`handler`. ``auto_offset_reset`` and ``group_configs`` set the share
         group's configs, as for :class:`~asyncconsumer.ShareConsumer`.
 
-        An app runs either share handlers or consumer-group handlers, not both (yet).
+        An app may have both share handlers and consumer-group handlers: they start and
+        stop together, and an error in either stops both.
         """
 
         def register(fn: F) -> F:
@@ -404,14 +409,56 @@ class ConsumerApp:
         self._state = "stopped"
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
-        if self._share_specs:
-            await self._run_share(task_status)
-            return
-        if not self._registry:
-            raise ConfigurationError("no handlers registered: use @app.handler(...)")
-        if self.offset_store is not None:
+        if not self._registry and not self._share_specs:
+            raise ConfigurationError(
+                "no handlers registered: use @app.handler(...) or @app.share_handler(...)"
+            )
+        if self.offset_store is not None and self._registry:
             self._registry.check_in_order("an offset_store")
-        engine = self._engine = Engine(
+        engine = self._engine = self._make_engine() if self._registry else None
+        runtime = self._share_runtime = (
+            ShareRuntime(
+                self._share_specs,
+                bootstrap_servers=self.settings.bootstrap_servers,
+                group_id=self.settings.group_id or "",
+                middleware=self.middleware,
+                producer=self._producer,
+                counters=self._counters,
+                shutdown_timeout=self.settings.shutdown_timeout,
+                timing=self._observers.timing,
+                liveness=engine.liveness if engine is not None else None,
+            )
+            if self._share_specs
+            else None
+        )
+        parts: list[_Part] = [part for part in (engine, runtime) if part is not None]
+        self._producer._transport = self._transport
+        if self._stop_early:
+            for part in parts:
+                part.request_stop()
+        failure: Exception | None = None
+        try:
+            await self._producer.start()
+            try:
+                async with self._lifespan_context():
+                    try:
+                        await run_together(parts, task_status=task_status)
+                    except Exception as exc:
+                        # The lifespan closes its resources the normal way; the
+                        # error is raised once it has.
+                        failure = exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._producer.stop()
+        finally:
+            self._engine = self._share_runtime = None
+            self._stop_early = False
+            self._has_run = True
+        if failure is not None:
+            raise failure
+
+    def _make_engine(self) -> Engine:
+        return Engine(
             self.settings,
             self._registry,
             self._on_assign,
@@ -429,80 +476,26 @@ class ConsumerApp:
             transport=self._transport,
             backoff_scale=self._backoff_scale,
         )
-        self._producer._transport = self._transport
-        if self._stop_early:
-            engine.request_stop()
-        failure: Exception | None = None
-        try:
-            await self._producer.start()
-            try:
-                async with self._lifespan_context():
-                    try:
-                        await engine.run(task_status=task_status)
-                    except Exception as exc:
-                        # The lifespan closes its resources the normal way; the
-                        # error is raised once it has.
-                        failure = exc
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._producer.stop()
-        finally:
-            self._engine = None
-            self._stop_early = False
-            self._has_run = True
-        if failure is not None:
-            raise failure
-
-    async def _run_share(self, task_status: TaskStatus[None]) -> None:
-        if self._registry:
-            raise ConfigurationError(
-                "an app runs either share handlers or consumer-group handlers, not both"
-            )
-        runtime = self._share_runtime = ShareRuntime(
-            self._share_specs,
-            bootstrap_servers=self.settings.bootstrap_servers,
-            group_id=self.settings.group_id or "",
-            middleware=self.middleware,
-            producer=self._producer,
-            counters=self._counters,
-            shutdown_timeout=self.settings.shutdown_timeout,
-        )
-        if self._stop_early:
-            runtime.request_stop()
-        try:
-            await self._producer.start()
-            try:
-                async with self._lifespan_context():
-                    await runtime.run(task_status=task_status)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._producer.stop()
-        finally:
-            self._share_runtime = None
-            self._stop_early = False
-            self._has_run = True
 
     def stop(self) -> None:
         """Ask the app to stop gracefully; returns at once (``run()`` returns when stopped).
 
         Called before the app's first ``run()`` (a signal during start-up), that
         run stops at once; called after a run returned, it does nothing."""
-        if self._engine is not None:
-            self._engine.request_stop()
-        elif self._share_runtime is not None:
-            self._share_runtime.request_stop()
-        elif not self._has_run:
+        parts = [p for p in (self._engine, self._share_runtime) if p is not None]
+        for part in parts:
+            part.request_stop()
+        if not parts and not self._has_run:
             self._stop_early = True
 
     def abort(self) -> None:
         """Stop now: in-flight handlers are cancelled without waiting (their
         records are not committed); completed offsets are still committed.
         Before the first ``run()`` and after a run, like :meth:`stop`."""
-        if self._engine is not None:
-            self._engine.abort()
-        elif self._share_runtime is not None:
-            self._share_runtime.abort()
-        elif not self._has_run:
+        parts = [p for p in (self._engine, self._share_runtime) if p is not None]
+        for part in parts:
+            part.abort()
+        if not parts and not self._has_run:
             self._stop_early = True
 
     async def __aenter__(self) -> ConsumerApp:
@@ -585,8 +578,16 @@ class ConsumerApp:
         return self._engine.assignment() if self._engine is not None else frozenset()
 
     def statistics(self) -> Statistics:
-        """A snapshot of the runtime: assigned, in-flight, buffered, paused, offsets, loop lag."""
-        return self._running().statistics()
+        """A snapshot of the runtime: assigned, in-flight, buffered, paused, offsets, loop
+        lag; share handlers in ``share`` (and in ``handlers``, ``topics``)."""
+        runtime = self._share_runtime
+        if runtime is None:
+            return self._running().statistics()
+        base = None
+        if self._registry:
+            base = self._running().statistics()
+        handlers, share = runtime.statistics()
+        return with_share(base, handlers, share, self._counters, runtime.liveness)
 
     @property
     def producer(self) -> Producer:
@@ -596,7 +597,7 @@ class ConsumerApp:
 
     @property
     def running(self) -> bool:
-        return self._engine is not None
+        return self._engine is not None or self._share_runtime is not None
 
     @property
     def state(self) -> State:
@@ -615,7 +616,13 @@ class ConsumerApp:
         if self._state == "running":
             with suppress(ConsumerStoppedError):
                 statistics = self.statistics()
-        return evaluate(self._state, statistics, error=self._error, bounds=bounds)
+        return evaluate(
+            self._state,
+            statistics,
+            error=self._error,
+            bounds=bounds,
+            consumer_group=bool(self._registry),
+        )
 
     def _running(self) -> Engine:
         if self._engine is None or self._engine.client is None:
@@ -629,6 +636,48 @@ class ConsumerApp:
         else:
             async with self._lifespan(self):
                 yield
+
+
+class _Part(Protocol):
+    """What an app runs: its consumer-group engine, its share handlers' runtime."""
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+
+async def run_together(parts: Sequence[_Part], *, task_status: TaskStatus[None]) -> None:
+    """Run ``parts`` in one task group, started once all of them started. When one
+    stops (a stop, an error) the others are asked to stop too, gracefully; the first
+    error is raised once all of them stopped."""
+    if len(parts) == 1:
+        await parts[0].run(task_status=task_status)
+        return
+    failures: list[Exception] = []
+
+    async def run_part(part: _Part, *, task_status: TaskStatus[None]) -> None:
+        status = TrackedStatus(task_status)
+        try:
+            await part.run(task_status=status)
+        except Exception as exc:
+            failures.append(exc)
+            if not status.called:
+                task_status.started()  # the parent sees the failure and does not start
+        finally:
+            for other in parts:
+                other.request_stop()
+
+    async with anyio.create_task_group() as tg:
+        for part in parts:
+            if failures:
+                break
+            await tg.start(run_part, part)
+        if not failures:
+            task_status.started()
+    for other in failures[1:]:
+        log.error("another error while stopping on %r", failures[0], exc_info=other)
+    if failures:
+        raise failures[0]
 
 
 class TrackedStatus(TaskStatus[None]):

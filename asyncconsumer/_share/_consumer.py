@@ -256,6 +256,13 @@ class ShareConsumer:
         self.acknowledge_errors = 0
         """Acknowledgements the broker refused, counted per partition response (a late
         acknowledgement is not refused by Kafka 4.3: see ``lock_expiries``)."""
+        self.acknowledgements_dropped = 0
+        """Acknowledgements never delivered (a failed request, a lost share session, a
+        partition no longer fetched): the broker redelivers those records once their
+        lock expires."""
+        # Monotonic times of the last answers, for health: a ShareFetch answered without
+        # an error (or a round with nothing to fetch), a heartbeat answered without one.
+        self.answered_at = self.heartbeat_at = time.monotonic()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -385,6 +392,7 @@ class ShareConsumer:
                 if result.error_code in _SESSION_LOST:
                     self._sessions.pop(node, None)
                     log.warning("share session with node %s lost; acknowledgements dropped", node)
+                    self.acknowledgements_dropped += sum(map(len, acks.values()))
                     continue
                 if result.error_code:
                     raise ShareGroupError(
@@ -484,6 +492,11 @@ class ShareConsumer:
         return msg
 
     @property
+    def joined(self) -> bool:
+        """Whether the group coordinator has accepted this member (it heartbeats)."""
+        return self._epoch > 0
+
+    @property
     def assignment(self) -> set[TopicPartition]:
         """The partitions the group coordinator assigned to this member (others may
         have the same ones: share groups assign partitions to several members)."""
@@ -560,6 +573,7 @@ class ShareConsumer:
                 self._assignment_changed.set()
                 return
             subscribed = None
+            self.heartbeat_at = time.monotonic()
             if result.member_id:
                 self.member_id = result.member_id
             self._epoch = result.member_epoch
@@ -610,6 +624,7 @@ class ShareConsumer:
             self._assignment_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._assignment_changed.wait(), self._max_wait_ms / 1000)
+            self.answered_at = time.monotonic()  # nothing to fetch: idle, not stuck
             return
         await asyncio.gather(*(self._fetch_from(node, wanted.get(node, set())) for node in nodes))
 
@@ -648,6 +663,7 @@ class ShareConsumer:
             result = await client.send(node, request)
         except KafkaError as exc:
             log.warning("ShareFetch to node %s failed: %r; acknowledgements dropped", node, exc)
+            self.acknowledgements_dropped += sum(map(len, acks.values()))
             self._sessions.pop(node, None)
             with contextlib.suppress(KafkaError):
                 await self._refresh_metadata()
@@ -660,11 +676,13 @@ class ShareConsumer:
                 result.error_code,
                 sum(len(v) for v in acks.values()),
             )
+            self.acknowledgements_dropped += sum(map(len, acks.values()))
             self._sessions.pop(node, None)
             return
         if result.error_code:
             self._error = ShareGroupError("ShareFetch", result.error_code, result.error_message)
             return
+        self.answered_at = time.monotonic()
         session.advance()
         session.partitions = (session.partitions | add) - forget
         self.lock_timeout_ms = result.lock_timeout_ms
@@ -748,6 +766,7 @@ class ShareConsumer:
         in_session = set().union(*(s.partitions for s in self._sessions.values()))
         for key in [k for k in self._pending if k not in in_session]:
             dropped = self._pending.pop(key)
+            self.acknowledgements_dropped += len(dropped)
             log.warning(
                 "share group %s: %d acknowledgement(s) for %s[%s] dropped: the partition is no "
                 "longer fetched; the broker redelivers them after their lock expires",
@@ -839,6 +858,7 @@ class ShareConsumer:
                     )
             except KafkaError as exc:
                 log.warning("closing the share session with node %s failed: %r", node, exc)
+                self.acknowledgements_dropped += sum(map(len, acks.values()))
                 continue
             if result.error_code:
                 log.warning(
