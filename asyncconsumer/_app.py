@@ -415,6 +415,14 @@ class ConsumerApp:
             )
         if self.offset_store is not None and self._registry:
             self._registry.check_in_order("an offset_store")
+        if self._registry:
+            for spec in self._share_specs:
+                if (spec.group_id or self.settings.group_id) == self.settings.group_id:
+                    raise ConfigurationError(
+                        f"share handler {spec.name}: give it a group_id of its own; the app's "
+                        f"{self.settings.group_id!r} names its consumer group, and a consumer "
+                        "group and a share group cannot have the same id"
+                    )
         engine = self._engine = self._make_engine() if self._registry else None
         runtime = self._share_runtime = (
             ShareRuntime(

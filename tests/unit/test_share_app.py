@@ -15,6 +15,7 @@ from anyio.abc import TaskStatus
 from prometheus_client.parser import text_string_to_metric_families
 
 from asyncconsumer import (
+    ConfigurationError,
     ConsumerApp,
     HandlerStatistics,
     ShareConsumer,
@@ -115,17 +116,18 @@ async def test_a_part_that_cannot_start_stops_the_started_one_and_nothing_is_sta
     assert engine.stopped_gracefully
 
 
-def test_the_app_no_longer_refuses_both_kinds_of_handlers() -> None:
-    app = ConsumerApp(bootstrap_servers="127.0.0.1:9092", group_id="g")
+async def test_in_a_mixed_app_the_share_group_needs_an_id_of_its_own() -> None:
+    app = ConsumerApp(bootstrap_servers="127.0.0.1:9", group_id="g")
 
-    @app.share_handler("jobs")
+    @app.share_handler("jobs")  # its share group would be "g": the consumer group's id
     async def work(msg: ShareMessage) -> None: ...
 
     @app.handler("orders")
     async def orders(msg: object) -> None: ...
 
-    assert not app.running
-    app.stop()  # before the first run: that run stops at once (both parts)
+    with pytest.raises(ConfigurationError, match="group_id of its own"):
+        await app.run()  # before connecting
+    assert app.state == "failed"
 
 
 # -- statistics -------------------------------------------------------------------------------
