@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
+import anyio
 from aiokafka.errors import KafkaError
 
 from .._codecs import CodecSpec, resolve_codec
@@ -343,7 +344,10 @@ class ShareConsumer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await asyncio.shield(self.stop(accept_current=exc_type is None))
+        # left by an anyio cancellation (a timeout, a task group's): close before going
+        # on, not in the background (asyncio.shield alone returns at once)
+        with anyio.CancelScope(shield=True):
+            await asyncio.shield(self.stop(accept_current=exc_type is None))
 
     # -- acknowledgements -------------------------------------------------------------------
 
