@@ -395,7 +395,7 @@ class ConsumerApp:
         follows the run: ``starting``, ``running`` once subscribed, then
         ``stopped``, or ``failed`` with :attr:`error`.
         """
-        if self._engine is not None:
+        if self.running:
             raise RuntimeError("this app is already running")
         self._state, self._error = "starting", None
         try:

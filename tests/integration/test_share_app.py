@@ -260,6 +260,8 @@ async def test_health_reports_a_dead_share_membership_and_a_stuck_share_fetch(
     with anyio.fail_after(60):
         async with app:
             await wait_until(lambda: app.health(bounds).ready, what="ready")
+            with pytest.raises(RuntimeError, match="already running"):
+                await app.run()
             await anyio.sleep(1.0)  # idle: empty fetches are answered, heartbeats too
             assert app.health(bounds).ready, app.health(bounds).as_dict()
             consumer = app._share_runtime._members[0].consumer  # type: ignore[union-attr]
