@@ -417,13 +417,19 @@ class ShareConsumer:
     async def __anext__(self) -> ShareMessage:
         if self._current is not None:
             self._decide(self._current, proto.ACCEPT)
+        await self._fill()
+        return self._hand_out()
+
+    async def _fill(self) -> None:
+        """Fetch until a record is buffered; raise the group's error, or
+        :class:`StopAsyncIteration` once stopped."""
         while True:
             if self._error is not None:
                 raise self._error
             if self._closed:
                 raise StopAsyncIteration
             if self._buffer:
-                return self._hand_out()
+                return
             await self._fetch()
 
     # -- for runners that decode and acknowledge records themselves (share handlers) ------
@@ -432,16 +438,10 @@ class ShareConsumer:
         """The next acquired record, undecoded, as ``(record, topic, partition,
         delivery_count)``; nothing is accepted implicitly: every record must be
         settled with :meth:`settle`. Raises :class:`StopAsyncIteration` once stopped."""
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self._closed:
-                raise StopAsyncIteration
-            if self._buffer:
-                record, topic, partition, count, fetched = self._buffer.popleft()
-                self._held[((self._ids[topic], partition), record.offset)] = fetched
-                return record, topic, partition, count
-            await self._fetch()
+        await self._fill()
+        record, topic, partition, count, fetched = self._buffer.popleft()
+        self._held[((self._ids[topic], partition), record.offset)] = fetched
+        return record, topic, partition, count
 
     def settle(self, topic: str, partition: int, offset: int, kind: int) -> None:
         """Acknowledge a record from :meth:`next_record` (``kind``: ACCEPT, RELEASE or
