@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import inspect
-import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 from aiokafka.structs import TopicPartition
@@ -28,6 +27,7 @@ from ._runtime._observe import Observers
 from ._runtime._pipeline import CounterMap, Middleware
 from ._runtime._rebalance import RebalanceHook
 from ._runtime._snapshot import with_share
+from ._runtime._together import Part, TrackedStatus, run_together
 from ._security import Security, split_security_options
 from ._seeking import Timestamp, timestamp_ms
 from ._share._runner import ShareHandlerSpec, ShareRuntime
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
     from .metrics import ConsumerMetrics
 
 __all__ = ["CommitHook", "ConsumerApp", "Lifespan"]
-
-log = logging.getLogger("asyncconsumer")
 
 F = TypeVar("F", bound=Callable[..., Any])
 H = TypeVar("H", bound=RebalanceHook)
@@ -439,7 +437,7 @@ class ConsumerApp:
             if self._share_specs
             else None
         )
-        parts: list[_Part] = [part for part in (engine, runtime) if part is not None]
+        parts: list[Part] = [part for part in (engine, runtime) if part is not None]
         self._producer._transport = self._transport
         if self._stop_early:
             for part in parts:
@@ -644,60 +642,6 @@ class ConsumerApp:
         else:
             async with self._lifespan(self):
                 yield
-
-
-class _Part(Protocol):
-    """What an app runs: its consumer-group engine, its share handlers' runtime."""
-
-    async def run(self, *, task_status: TaskStatus[None]) -> None: ...
-
-    def request_stop(self) -> None: ...
-
-
-async def run_together(parts: Sequence[_Part], *, task_status: TaskStatus[None]) -> None:
-    """Run ``parts`` in one task group, started once all of them started. When one
-    stops (a stop, an error) the others are asked to stop too, gracefully; the first
-    error is raised once all of them stopped."""
-    if len(parts) == 1:
-        await parts[0].run(task_status=task_status)
-        return
-    failures: list[Exception] = []
-
-    async def run_part(part: _Part, *, task_status: TaskStatus[None]) -> None:
-        status = TrackedStatus(task_status)
-        try:
-            await part.run(task_status=status)
-        except Exception as exc:
-            failures.append(exc)
-            if not status.called:
-                task_status.started()  # the parent sees the failure and does not start
-        finally:
-            for other in parts:
-                other.request_stop()
-
-    async with anyio.create_task_group() as tg:
-        for part in parts:
-            if failures:
-                break
-            await tg.start(run_part, part)
-        if not failures:
-            task_status.started()
-    for other in failures[1:]:
-        log.error("another error while stopping on %r", failures[0], exc_info=other)
-    if failures:
-        raise failures[0]
-
-
-class TrackedStatus(TaskStatus[None]):
-    """Passes ``started()`` on and remembers that it was called."""
-
-    def __init__(self, inner: TaskStatus[None]) -> None:
-        self._inner = inner
-        self.called = False
-
-    def started(self, value: None = None) -> None:
-        self.called = True
-        self._inner.started(value)
 
 
 class _Lifecycle(TaskStatus[None]):

@@ -398,9 +398,7 @@ def _write_ack_batches(w: Writer, batches: Sequence[AckBatch]) -> None:
         w.tagged_fields()
 
 
-def _write_acks(
-    w: Writer, acks: Mapping[uuid.UUID, Mapping[int, Sequence[AckBatch]]]
-) -> None:
+def _write_acks(w: Writer, acks: Mapping[uuid.UUID, Mapping[int, Sequence[AckBatch]]]) -> None:
     """The topics array of acknowledgements (ShareFetch, ShareAcknowledge)."""
     w.compact_array_length(len(acks))
     for topic_id, by_partition in acks.items():

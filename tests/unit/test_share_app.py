@@ -24,11 +24,11 @@ from asyncconsumer import (
     TopicPartition,
     TopicStatistics,
 )
-from asyncconsumer._app import run_together
 from asyncconsumer._health import HealthBounds, evaluate
 from asyncconsumer._runtime._liveness import LivenessMonitor
 from asyncconsumer._runtime._pipeline import CounterMap
 from asyncconsumer._runtime._snapshot import with_share
+from asyncconsumer._runtime._together import run_together
 from asyncconsumer._share._runner import ShareRuntime, _Member, _Record, make_spec
 from asyncconsumer.metrics import ConsumerMetrics
 
