@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 from aiokafka.structs import TopicPartition
@@ -119,7 +121,7 @@ class Statistics(NamedTuple):
     """Seconds since a broker last answered one of the member's requests, while its
     requests fail or none is sent (small while the member is healthy: fetch responses
     and heartbeats keep arriving); 0.0 while a request waits for its answer."""
-    share: dict[str, ShareStatistics] = {}  # noqa: RUF012 (a NamedTuple default: never mutated)
+    share: Mapping[str, ShareStatistics] = MappingProxyType({})
     """Per share handler (by qualified name): its share-group membership. The other
     fields above describe the consumer group only, except ``in_flight``, ``buffered``,
     ``loop_lag``, ``max_loop_lag``, ``handlers`` and ``topics``, which cover both."""

@@ -25,6 +25,7 @@ default) caps them too.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -215,7 +216,10 @@ class ShareRuntime:
         self.shutdown_timeout = shutdown_timeout
         self.timing = timing
         self._own_liveness = liveness is None
-        self.liveness = liveness or LivenessMonitor(self._describe_running, poll_stall_after=1e9)
+        # its own monitor has no consumer-group fetch loop to watch
+        self.liveness = liveness or LivenessMonitor(
+            self._describe_running, poll_stall_after=math.inf
+        )
         if liveness is not None:
             liveness.add_source(self._describe_running)
         self._members: list[_Member] = []
