@@ -332,8 +332,10 @@ class ConsumerApp:
         after the last attempt ``on_failure`` applies: ``"dead_letter"`` (published,
         then accepted), ``"skip"`` (rejected: archived by the broker) or ``"stop"``
         (released; the app stops). Middleware and ``publish_to`` apply as for
-        :meth:`handler`. ``auto_offset_reset`` and ``group_configs`` set the share
-        group's configs, as for :class:`~asyncconsumer.ShareConsumer`.
+        :meth:`handler`; the app's ``security`` secures its connections (aiokafka's own
+        security options do not: a ``ConfigurationError``). ``auto_offset_reset`` and
+        ``group_configs`` set the share group's configs, as for
+        :class:`~asyncconsumer.ShareConsumer`.
 
         An app may have both share handlers and consumer-group handlers: they start and
         stop together, and an error in either stops both.
@@ -413,6 +415,11 @@ class ConsumerApp:
             )
         if self.offset_store is not None and self._registry:
             self._registry.check_in_order("an offset_store")
+        if self._share_specs and split_security_options(self.settings.kafka_options):
+            raise ConfigurationError(
+                "share handlers are secured by security= (an asyncconsumer.Security), "
+                "not by aiokafka's own security options"
+            )
         if self._registry:
             for spec in self._share_specs:
                 if (spec.group_id or self.settings.group_id) == self.settings.group_id:
@@ -433,6 +440,7 @@ class ConsumerApp:
                 shutdown_timeout=self.settings.shutdown_timeout,
                 timing=self._observers.timing,
                 liveness=engine.liveness if engine is not None else None,
+                security=self.settings.security,
             )
             if self._share_specs
             else None

@@ -24,6 +24,7 @@ from .._errors import (
     DeserializationError,
 )
 from .._message import TopicPartition
+from .._security import Security, check_security
 from .._transport._share import ShareClient, record_batches
 from . import _protocol as proto
 
@@ -170,6 +171,9 @@ class ShareConsumer:
     (it comes back until the delivery limit archives it); the loop may go on.
     Share groups keep no order: records of one partition may be handed to
     several members at once.
+
+    ``security`` (a :class:`~asyncconsumer.Security`: TLS, SASL) secures the
+    connections, as for :class:`~asyncconsumer.Consumer`.
     """
 
     def __init__(
@@ -188,6 +192,7 @@ class ShareConsumer:
         client_id: str = "asyncconsumer-share",
         request_timeout_ms: int = 40_000,
         renew_locks: bool = True,
+        security: Security | None = None,
     ) -> None:
         if not topics or not all(isinstance(t, str) and t for t in topics):
             raise ConfigurationError("ShareConsumer needs one or more topic names")
@@ -208,6 +213,8 @@ class ShareConsumer:
             )
         if max_records < 1:
             raise ConfigurationError(f"max_records must be >= 1, not {max_records}")
+        check_security(security, {}, "the share consumer")
+        self._security = security
         self.topics = sorted(set(topics))
         self.group_id = group_id
         self.member_id = _member_id()
@@ -275,6 +282,7 @@ class ShareConsumer:
             self._bootstrap,
             client_id=self._client_id,
             request_timeout_ms=self._request_timeout_ms,
+            security_options=None if self._security is None else self._security.kafka_options(),
         )
         try:
             await self._client.start()

@@ -42,6 +42,7 @@ from .._retry import NO_RETRY, FailurePolicy, Retry
 from .._runtime._liveness import LivenessMonitor
 from .._runtime._observe import HandlerTiming
 from .._runtime._pipeline import CounterMap, Handler, Middleware, Processor, compose
+from .._security import Security
 from .._statistics import HandlerStatistics, ShareStatistics
 from . import _protocol as proto
 from ._consumer import ShareConsumer, ShareMessage
@@ -206,8 +207,10 @@ class ShareRuntime:
         shutdown_timeout: float,
         timing: HandlerTiming | None = None,
         liveness: LivenessMonitor | None = None,
+        security: Security | None = None,
     ) -> None:
         self.specs = list(specs)
+        self.security = security
         self.bootstrap_servers = bootstrap_servers
         self.group_id = group_id
         self.middleware = tuple(middleware)
@@ -277,6 +280,7 @@ class ShareRuntime:
                     # as many records acquired as can run at once: none waits locked
                     max_records=spec.concurrency,
                     acquire_mode="record_limit",
+                    security=self.security,
                 )
                 await consumer.start()
                 member = _Member(spec, consumer)

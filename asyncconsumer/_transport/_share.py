@@ -8,7 +8,7 @@ the record batches of ShareFetch responses with aiokafka's record decoder.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaClient
@@ -33,12 +33,18 @@ class ShareClient:
     heartbeat never waits behind a long-polling fetch."""
 
     def __init__(
-        self, bootstrap_servers: str | list[str], *, client_id: str, request_timeout_ms: int
+        self,
+        bootstrap_servers: str | list[str],
+        *,
+        client_id: str,
+        request_timeout_ms: int,
+        security_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._client = AIOKafkaClient(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
             request_timeout_ms=request_timeout_ms,
+            **(security_options or {}),
         )
 
     async def start(self) -> None:

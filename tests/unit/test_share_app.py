@@ -130,6 +130,16 @@ async def test_in_a_mixed_app_the_share_group_needs_an_id_of_its_own() -> None:
     assert app.state == "failed"
 
 
+async def test_share_handlers_refuse_aiokafkas_raw_security_options() -> None:
+    app = ConsumerApp(bootstrap_servers="127.0.0.1:9", group_id="g", security_protocol="SSL")
+
+    @app.share_handler("jobs")
+    async def work(msg: ShareMessage) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="security="):
+        await app.run()  # not a plaintext connection to a secured cluster
+
+
 # -- statistics -------------------------------------------------------------------------------
 
 
