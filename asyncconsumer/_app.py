@@ -409,42 +409,9 @@ class ConsumerApp:
         self._state = "stopped"
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
-        if not self._registry and not self._share_specs:
-            raise ConfigurationError(
-                "no handlers registered: use @app.handler(...) or @app.share_handler(...)"
-            )
-        if self.offset_store is not None and self._registry:
-            self._registry.check_in_order("an offset_store")
-        if self._share_specs and split_security_options(self.settings.kafka_options):
-            raise ConfigurationError(
-                "share handlers are secured by security= (an asyncconsumer.Security), "
-                "not by aiokafka's own security options"
-            )
-        if self._registry:
-            for spec in self._share_specs:
-                if (spec.group_id or self.settings.group_id) == self.settings.group_id:
-                    raise ConfigurationError(
-                        f"share handler {spec.name}: give it a group_id of its own; the app's "
-                        f"{self.settings.group_id!r} names its consumer group, and a consumer "
-                        "group and a share group cannot have the same id"
-                    )
+        self._check_handlers()
         engine = self._engine = self._make_engine() if self._registry else None
-        runtime = self._share_runtime = (
-            ShareRuntime(
-                self._share_specs,
-                bootstrap_servers=self.settings.bootstrap_servers,
-                group_id=self.settings.group_id or "",
-                middleware=self.middleware,
-                producer=self._producer,
-                counters=self._counters,
-                shutdown_timeout=self.settings.shutdown_timeout,
-                timing=self._observers.timing,
-                liveness=engine.liveness if engine is not None else None,
-                security=self.settings.security,
-            )
-            if self._share_specs
-            else None
-        )
+        runtime = self._share_runtime = self._make_share_runtime(engine)
         parts: list[Part] = [part for part in (engine, runtime) if part is not None]
         self._producer._transport = self._transport
         if self._stop_early:
@@ -470,6 +437,44 @@ class ConsumerApp:
             self._has_run = True
         if failure is not None:
             raise failure
+
+    def _check_handlers(self) -> None:
+        if not self._registry and not self._share_specs:
+            raise ConfigurationError(
+                "no handlers registered: use @app.handler(...) or @app.share_handler(...)"
+            )
+        if self.offset_store is not None and self._registry:
+            self._registry.check_in_order("an offset_store")
+        if self._share_specs and split_security_options(self.settings.kafka_options):
+            raise ConfigurationError(
+                "share handlers are secured by security= (an asyncconsumer.Security), "
+                "not by aiokafka's own security options"
+            )
+        if self._registry:
+            for spec in self._share_specs:
+                if (spec.group_id or self.settings.group_id) == self.settings.group_id:
+                    raise ConfigurationError(
+                        f"share handler {spec.name}: give it a group_id of its own; the app's "
+                        f"{self.settings.group_id!r} names its consumer group, and a consumer "
+                        "group and a share group cannot have the same id"
+                    )
+
+    def _make_share_runtime(self, engine: Engine | None) -> ShareRuntime | None:
+        if not self._share_specs:
+            return None
+        return ShareRuntime(
+            self._share_specs,
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.settings.group_id or "",
+            middleware=self.middleware,
+            producer=self._producer,
+            counters=self._counters,
+            shutdown_timeout=self.settings.shutdown_timeout,
+            timing=self._observers.timing,
+            # one monitor of the event loop: the engine's, when there is one
+            liveness=engine.liveness if engine is not None else None,
+            security=self.settings.security,
+        )
 
     def _make_engine(self) -> Engine:
         return Engine(
