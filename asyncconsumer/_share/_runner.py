@@ -219,9 +219,12 @@ class ShareRuntime:
         self.shutdown_timeout = shutdown_timeout
         self.timing = timing
         self._own_liveness = liveness is None
-        # its own monitor has no consumer-group fetch loop to watch
+        # its own monitor has no consumer-group fetch loop to watch; it warns when the
+        # share group coordinators stop answering heartbeats
         self.liveness = liveness or LivenessMonitor(
-            self._describe_running, poll_stall_after=math.inf
+            self._describe_running,
+            poll_stall_after=math.inf,
+            unreachable_for=self._heartbeat_silence,
         )
         if liveness is not None:
             liveness.add_source(self._describe_running)
@@ -256,6 +259,11 @@ class ShareRuntime:
         for member in self._members:
             handlers[member.spec.name], share[member.spec.name] = member.statistics(now)
         return handlers, share
+
+    def _heartbeat_silence(self) -> float:
+        """Seconds since the least recent heartbeat answer of the members."""
+        now = time.monotonic()
+        return max((now - m.consumer.heartbeat_at for m in self._members), default=0.0)
 
     def _describe_running(self) -> list[str]:
         return [

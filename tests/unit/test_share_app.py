@@ -362,3 +362,26 @@ async def test_a_blocked_loop_names_the_share_records_running(
     (line,) = [r.getMessage() for r in caplog.records if "blocked" in r.getMessage()]
     assert "orders.handle on orders[0]@3" in line
     assert "work on jobs[1]@9" in line
+
+
+async def test_a_share_only_runtime_warns_when_heartbeats_are_no_longer_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runtime = ShareRuntime(
+        [member().spec],
+        bootstrap_servers="127.0.0.1:9",
+        group_id="g",
+        middleware=(),
+        producer=None,
+        counters=CounterMap(),
+        shutdown_timeout=1.0,
+    )
+    answered, silent = member(), member()
+    silent.consumer.heartbeat_at = time.monotonic() - 20.0
+    runtime._members += [answered, silent]
+    monitor = runtime.liveness
+    monitor.interval = 0.01
+    caplog.set_level(logging.WARNING, logger="asyncconsumer")
+    with anyio.move_on_after(0.1):
+        await monitor.run()
+    assert any("no broker has answered for 2" in r.getMessage() for r in caplog.records)
