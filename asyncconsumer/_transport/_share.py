@@ -15,6 +15,8 @@ from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from aiokafka.record.memory_records import MemoryRecords
 
+from . import _refusals
+
 try:  # aiokafka >= 0.13 keeps coordinator traffic on its own connections
     from aiokafka.client import ConnectionGroup
 
@@ -40,6 +42,7 @@ class ShareClient:
         request_timeout_ms: int,
         security_options: Mapping[str, Any] | None = None,
     ) -> None:
+        _refusals.install()  # before the client exists
         self._client = AIOKafkaClient(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
@@ -48,7 +51,9 @@ class ShareClient:
         )
 
     async def start(self) -> None:
-        await self._client.bootstrap()
+        """Connect; a connection refused for a security reason (credentials, TLS)
+        raises :class:`~asyncconsumer.AuthenticationError` naming the cause."""
+        await _refusals.start_checked(self._client.bootstrap, self._client)
 
     async def close(self) -> None:
         await self._client.close()

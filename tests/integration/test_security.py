@@ -372,6 +372,23 @@ async def test_a_refused_connection_fails_an_async_for_consumer(
     assert len(errors_logged(caplog)) <= 3, errors_logged(caplog)
 
 
+@pytest.mark.parametrize("case", CASES)
+async def test_a_refused_connection_fails_a_share_consumer(
+    kafka: ApacheKafka, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bootstrap, security, phrase = refused_cases(kafka)[case]
+    consumer = ShareConsumer(
+        unique("sec-never"), bootstrap_servers=bootstrap, security=security, group_id="s"
+    )
+    with (
+        caplog.at_level(logging.INFO),
+        anyio.fail_after(FAIL_WITHIN),
+        pytest.raises(AuthenticationError, match=phrase),
+    ):
+        await consumer.start()
+    assert len(errors_logged(caplog)) <= 3, errors_logged(caplog)
+
+
 async def test_a_running_app_stops_when_its_credentials_are_revoked(
     kafka: ApacheKafka, caplog: pytest.LogCaptureFixture
 ) -> None:
