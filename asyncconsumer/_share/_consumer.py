@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
+import anyio
 from aiokafka.errors import KafkaError
 
 from .._codecs import CodecSpec, resolve_codec
@@ -23,6 +24,7 @@ from .._errors import (
     DeserializationError,
 )
 from .._message import TopicPartition
+from .._security import Security, check_security
 from .._transport._share import ShareClient, record_batches
 from . import _protocol as proto
 
@@ -169,6 +171,9 @@ class ShareConsumer:
     (it comes back until the delivery limit archives it); the loop may go on.
     Share groups keep no order: records of one partition may be handed to
     several members at once.
+
+    ``security`` (a :class:`~asyncconsumer.Security`: TLS, SASL) secures the
+    connections, as for :class:`~asyncconsumer.Consumer`.
     """
 
     def __init__(
@@ -187,6 +192,7 @@ class ShareConsumer:
         client_id: str = "asyncconsumer-share",
         request_timeout_ms: int = 40_000,
         renew_locks: bool = True,
+        security: Security | None = None,
     ) -> None:
         if not topics or not all(isinstance(t, str) and t for t in topics):
             raise ConfigurationError("ShareConsumer needs one or more topic names")
@@ -207,6 +213,8 @@ class ShareConsumer:
             )
         if max_records < 1:
             raise ConfigurationError(f"max_records must be >= 1, not {max_records}")
+        check_security(security, {}, "the share consumer")
+        self._security = security
         self.topics = sorted(set(topics))
         self.group_id = group_id
         self.member_id = _member_id()
@@ -268,6 +276,13 @@ class ShareConsumer:
         self.acknowledge_errors = 0
         """Acknowledgements the broker refused, counted per partition response (a late
         acknowledgement is not refused by Kafka 4.3: see ``lock_expiries``)."""
+        self.acknowledgements_dropped = 0
+        """Acknowledgements never delivered (a failed request, a lost share session, a
+        partition no longer fetched): the broker redelivers those records once their
+        lock expires."""
+        # Monotonic times of the last answers, for health: a ShareFetch answered without
+        # an error (or a round with nothing to fetch), a heartbeat answered without one.
+        self.answered_at = self.heartbeat_at = time.monotonic()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -279,6 +294,7 @@ class ShareConsumer:
             self._bootstrap,
             client_id=self._client_id,
             request_timeout_ms=self._request_timeout_ms,
+            security_options=None if self._security is None else self._security.kafka_options(),
         )
         try:
             await self._client.start()
@@ -349,7 +365,10 @@ class ShareConsumer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await asyncio.shield(self.stop(accept_current=exc_type is None))
+        # left by an anyio cancellation (a timeout, a task group's): close before going
+        # on, not in the background (asyncio.shield alone returns at once)
+        with anyio.CancelScope(shield=True):
+            await asyncio.shield(self.stop(accept_current=exc_type is None))
 
     # -- acknowledgements -------------------------------------------------------------------
 
@@ -398,6 +417,7 @@ class ShareConsumer:
                 if result.error_code in _SESSION_LOST:
                     self._sessions.pop(node, None)
                     log.warning("share session with node %s lost; acknowledgements dropped", node)
+                    self.acknowledgements_dropped += sum(map(len, acks.values()))
                     continue
                 if result.error_code:
                     raise ShareGroupError(
@@ -508,6 +528,11 @@ class ShareConsumer:
         return msg
 
     @property
+    def joined(self) -> bool:
+        """Whether the group coordinator has accepted this member (it heartbeats)."""
+        return self._epoch > 0
+
+    @property
     def assignment(self) -> set[TopicPartition]:
         """The partitions the group coordinator assigned to this member (others may
         have the same ones: share groups assign partitions to several members)."""
@@ -584,6 +609,7 @@ class ShareConsumer:
                 self._assignment_changed.set()
                 return
             subscribed = None
+            self.heartbeat_at = time.monotonic()
             if result.member_id:
                 self.member_id = result.member_id
             self._epoch = result.member_epoch
@@ -675,6 +701,7 @@ class ShareConsumer:
                     await asyncio.wait_for(
                         self._assignment_changed.wait(), self._max_wait_ms / 1000
                     )
+                self.answered_at = time.monotonic()  # nothing to fetch: idle, not stuck
         except Exception as exc:  # surfaces in the loop
             self._error = exc
         finally:
@@ -756,6 +783,7 @@ class ShareConsumer:
             result = await client.send(node, request)
         except KafkaError as exc:
             log.warning("ShareFetch to node %s failed: %r; acknowledgements dropped", node, exc)
+            self.acknowledgements_dropped += sum(map(len, acks.values()))
             self._sessions.pop(node, None)
             with contextlib.suppress(KafkaError):
                 await self._refresh_metadata()
@@ -768,11 +796,13 @@ class ShareConsumer:
                 result.error_code,
                 sum(len(v) for v in acks.values()),
             )
+            self.acknowledgements_dropped += sum(map(len, acks.values()))
             self._sessions.pop(node, None)
             return 0
         if result.error_code:
             self._error = ShareGroupError("ShareFetch", result.error_code, result.error_message)
             return 0
+        self.answered_at = time.monotonic()
         session.advance()
         buffered = len(self._buffer)
         session.partitions = (session.partitions | add) - forget
@@ -858,6 +888,7 @@ class ShareConsumer:
         in_session = set().union(*(s.partitions for s in self._sessions.values()))
         for key in [k for k in self._pending if k not in in_session]:
             dropped = self._pending.pop(key)
+            self.acknowledgements_dropped += len(dropped)
             log.warning(
                 "share group %s: %d acknowledgement(s) for %s[%s] dropped: the partition is no "
                 "longer fetched; the broker redelivers them after their lock expires",
@@ -949,6 +980,7 @@ class ShareConsumer:
                     )
             except KafkaError as exc:
                 log.warning("closing the share session with node %s failed: %r", node, exc)
+                self.acknowledgements_dropped += sum(map(len, acks.values()))
                 continue
             if result.error_code:
                 log.warning(

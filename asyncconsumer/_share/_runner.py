@@ -25,6 +25,8 @@ default) caps them too.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -37,7 +39,11 @@ from .._codecs import CodecSpec, resolve_codec
 from .._errors import ConfigurationError
 from .._handlers import handler_name
 from .._retry import NO_RETRY, FailurePolicy, Retry
+from .._runtime._liveness import LivenessMonitor
+from .._runtime._observe import HandlerTiming
 from .._runtime._pipeline import CounterMap, Handler, Middleware, Processor, compose
+from .._security import Security
+from .._statistics import HandlerStatistics, ShareStatistics
 from . import _protocol as proto
 from ._consumer import ShareConsumer, ShareMessage
 
@@ -146,8 +152,48 @@ def _decoder(key_codec: CodecSpec, value_codec: CodecSpec) -> Any:
     return decode
 
 
+class _Member:
+    """One share handler while the app runs: its consumer, and what its workers run."""
+
+    __slots__ = ("consumer", "resumed_at", "running", "spec", "waiting")
+
+    def __init__(self, spec: ShareHandlerSpec, consumer: ShareConsumer) -> None:
+        self.spec = spec
+        self.consumer = consumer
+        self.running: list[_Record | None] = [None] * spec.concurrency  # per worker
+        self.waiting = False  # the pump holds a record until a worker is free
+        self.resumed_at = 0.0  # when it last stopped waiting (monotonic)
+
+    def statistics(self, now: float) -> tuple[HandlerStatistics, ShareStatistics]:
+        consumer = self.consumer
+        assigned = frozenset(consumer.assignment)
+        handler = HandlerStatistics(
+            partitions=len(assigned),
+            in_flight=sum(record is not None for record in self.running),
+            buffered=len(consumer._buffer) + self.waiting,
+        )
+        share = ShareStatistics(
+            group=consumer.group_id,
+            assigned=assigned,
+            joined=consumer.joined,
+            heartbeat_age=now - consumer.heartbeat_at,
+            # waiting for a worker, the pump fetches nothing: that is no stall
+            fetch_age=0.0 if self.waiting else now - max(consumer.answered_at, self.resumed_at),
+            lock_renewals=consumer.lock_renewals,
+            lock_expiries=consumer.lock_expiries,
+            acknowledge_errors=consumer.acknowledge_errors,
+            acknowledgements_dropped=consumer.acknowledgements_dropped,
+        )
+        return handler, share
+
+
 class ShareRuntime:
-    """Runs an app's share handlers until :meth:`request_stop` or an error."""
+    """Runs an app's share handlers until :meth:`request_stop` or an error.
+
+    ``liveness``: the monitor of the app's consumer-group engine, when it has one (it
+    then names the share records running when the loop is blocked too); else the
+    runtime runs its own.
+    """
 
     def __init__(
         self,
@@ -159,14 +205,30 @@ class ShareRuntime:
         producer: Any,
         counters: CounterMap,
         shutdown_timeout: float,
+        timing: HandlerTiming | None = None,
+        liveness: LivenessMonitor | None = None,
+        security: Security | None = None,
     ) -> None:
         self.specs = list(specs)
+        self.security = security
         self.bootstrap_servers = bootstrap_servers
         self.group_id = group_id
         self.middleware = tuple(middleware)
         self.producer = producer
         self.counters = counters
         self.shutdown_timeout = shutdown_timeout
+        self.timing = timing
+        self._own_liveness = liveness is None
+        # its own monitor has no consumer-group fetch loop to watch; it warns when the
+        # share group coordinators stop answering heartbeats
+        self.liveness = liveness or LivenessMonitor(
+            self._describe_running,
+            poll_stall_after=math.inf,
+            unreachable_for=self._heartbeat_silence,
+        )
+        if liveness is not None:
+            liveness.add_source(self._describe_running)
+        self._members: list[_Member] = []
         self._stop = anyio.Event()
         self._pumps: list[anyio.CancelScope] = []
         self._scope: anyio.CancelScope | None = None  # set once stopping
@@ -190,8 +252,32 @@ class ShareRuntime:
             log.error("another error while stopping on %r", self.failure, exc_info=exc)
         self._stop.set()
 
+    def statistics(self) -> tuple[dict[str, HandlerStatistics], dict[str, ShareStatistics]]:
+        """Per share handler: its records running and fetched, and its membership."""
+        now = time.monotonic()
+        handlers, share = {}, {}
+        for member in self._members:
+            handlers[member.spec.name], share[member.spec.name] = member.statistics(now)
+        return handlers, share
+
+    def _heartbeat_silence(self) -> float:
+        """Seconds since the least recent heartbeat answer of the members."""
+        now = time.monotonic()
+        return max((now - m.consumer.heartbeat_at for m in self._members), default=0.0)
+
+    def _describe_running(self) -> list[str]:
+        return [
+            f"{member.spec.name} on {r.topic}[{r.partition}]@{r.offset}"
+            for member in self._members
+            for r in member.running
+            if r is not None
+        ]
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
+            monitor = anyio.CancelScope()
+            if self._own_liveness:
+                tg.start_soon(_within, monitor, self.liveness.run)
             for spec in self.specs:
                 consumer = ShareConsumer(
                     *spec.topics,
@@ -202,14 +288,25 @@ class ShareRuntime:
                     # as many records acquired as can run at once: none waits locked
                     max_records=spec.concurrency,
                     acquire_mode="record_limit",
+                    security=self.security,
                 )
                 await consumer.start()
+                member = _Member(spec, consumer)
+                self._members.append(member)
                 pump = anyio.CancelScope()
                 self._pumps.append(pump)
-                tg.start_soon(self._serve, spec, consumer, pump)
+                tg.start_soon(self._serve, member, pump)
+                log.info(
+                    "share handler %s: %s in share group %s, concurrency %d",
+                    spec.name,
+                    ", ".join(spec.topics),
+                    consumer.group_id,
+                    spec.concurrency,
+                )
             task_status.started()
             await self._stop.wait()
             # graceful: no more records; the ones running finish (up to shutdown_timeout)
+            monitor.cancel()
             for pump in self._pumps:
                 pump.cancel()
             tg.cancel_scope.deadline = anyio.current_time() + self.shutdown_timeout
@@ -217,9 +314,18 @@ class ShareRuntime:
         if self.failure is not None:
             raise self.failure
 
-    async def _serve(
-        self, spec: ShareHandlerSpec, consumer: ShareConsumer, pump: anyio.CancelScope
-    ) -> None:
+    def _settle(self, consumer: ShareConsumer, record: _Record, kind: int) -> None:
+        consumer.settle(record.topic, record.partition, record.offset, kind)
+        counters = self.counters[record.topic]
+        if kind == proto.ACCEPT:
+            counters.accepted += 1
+        elif kind == proto.RELEASE:
+            counters.released += 1
+        else:
+            counters.rejected += 1
+
+    async def _serve(self, member: _Member, pump: anyio.CancelScope) -> None:
+        spec, consumer = member.spec, member.consumer
         processor = Processor(
             compose(spec.fn, self.middleware),
             _decoder(spec.key_codec, spec.value_codec),
@@ -231,12 +337,14 @@ class ShareRuntime:
             producer=self.producer,
             group_id=consumer.group_id,
             counters=self.counters,
+            timing=self.timing,
         )
+        counters = self.counters
         send, receive = anyio.create_memory_object_stream[_Record](0)
         try:
             async with anyio.create_task_group() as tg:
-                for _ in range(spec.concurrency):
-                    tg.start_soon(self._work, processor, consumer, receive.clone())
+                for slot in range(spec.concurrency):
+                    tg.start_soon(self._work, processor, member, slot, receive.clone())
                 receive.close()
                 with pump, send:
                     while True:
@@ -255,14 +363,25 @@ class ShareRuntime:
                             raw.timestamp,
                             count,
                         )
+                        topic_counters = counters[topic]
+                        topic_counters.fetched += 1
+                        if count > 1:
+                            topic_counters.redelivered += 1
                         if self._stop.is_set():  # fetched while stopping: give it back
-                            consumer.settle(topic, partition, raw.offset, proto.RELEASE)
+                            self._settle(consumer, record, proto.RELEASE)
                             continue
                         try:
-                            await send.send(record)
-                        except BaseException:
-                            consumer.settle(topic, partition, raw.offset, proto.RELEASE)
-                            raise
+                            send.send_nowait(record)  # a worker waits for it
+                        except anyio.WouldBlock:
+                            member.waiting = True
+                            try:
+                                await send.send(record)
+                            except BaseException:
+                                self._settle(consumer, record, proto.RELEASE)
+                                raise
+                            finally:
+                                member.waiting = False
+                                member.resumed_at = time.monotonic()
                 # stopping: the stream is closed, the workers finish what they run
         finally:
             with anyio.CancelScope(shield=True):
@@ -271,14 +390,18 @@ class ShareRuntime:
     async def _work(
         self,
         processor: Processor,
-        consumer: ShareConsumer,
+        member: _Member,
+        slot: int,
         receive: MemoryObjectReceiveStream[_Record],
     ) -> None:
+        running = member.running
+        counters = self.counters
         async with receive:
             async for record in receive:
+                running[slot] = record
                 kind = proto.RELEASE  # if cancelled, or stopping on the error
                 try:
-                    skipped = self.counters[record.topic].skipped
+                    skipped = counters[record.topic].skipped
                     try:
                         delay = await processor.process(record, record.delivery_count)
                     except Exception as exc:  # on_failure="stop", or a dead letter failed
@@ -291,7 +414,7 @@ class ShareRuntime:
                     if delay is None:
                         kind = (
                             proto.REJECT
-                            if self.counters[record.topic].skipped > skipped
+                            if counters[record.topic].skipped > skipped
                             else proto.ACCEPT
                         )
                     else:
@@ -299,4 +422,10 @@ class ShareRuntime:
                         # give it back; it comes again with delivery_count + 1
                         await anyio.sleep(delay)
                 finally:
-                    consumer.settle(record.topic, record.partition, record.offset, kind)
+                    running[slot] = None
+                    self._settle(member.consumer, record, kind)
+
+
+async def _within(scope: anyio.CancelScope, fn: Any) -> None:
+    with scope:
+        await fn()
