@@ -1,9 +1,9 @@
 """Share handlers: ``@app.share_handler`` records run by a pool of workers.
 
 One :class:`ShareRuntime` per app runs every share handler: for each, one
-:class:`~._consumer.ShareConsumer` (the share group), a pump that takes its records,
-and ``concurrency`` worker tasks (a fixed pool: no task per record) that run them
-through the handler's :class:`~.._runtime._pipeline.Processor` (decoding, middleware,
+:class:`~._consumer.ShareConsumer` (the share group) and ``concurrency`` worker tasks
+(a fixed pool: no task per record) that take its records and run them through the
+handler's :class:`~.._runtime._pipeline.Processor` (decoding, middleware,
 ``publish_to``, retries, dead letters, counters). Outcomes become acknowledgements:
 
 ==============================================  ==================================
@@ -31,7 +31,6 @@ from typing import Any, Literal, NamedTuple
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._codecs import CodecSpec, resolve_codec
 from .._errors import ConfigurationError
@@ -168,7 +167,7 @@ class ShareRuntime:
         self.counters = counters
         self.shutdown_timeout = shutdown_timeout
         self._stop = anyio.Event()
-        self._pumps: list[anyio.CancelScope] = []
+        self._waiting: set[anyio.CancelScope] = set()  # workers waiting for a fetch
         self._scope: anyio.CancelScope | None = None  # set once stopping
         self.failure: BaseException | None = None
 
@@ -204,22 +203,18 @@ class ShareRuntime:
                     acquire_mode="record_limit",
                 )
                 await consumer.start()
-                pump = anyio.CancelScope()
-                self._pumps.append(pump)
-                tg.start_soon(self._serve, spec, consumer, pump)
+                tg.start_soon(self._serve, spec, consumer)
             task_status.started()
             await self._stop.wait()
             # graceful: no more records; the ones running finish (up to shutdown_timeout)
-            for pump in self._pumps:
-                pump.cancel()
+            for waiting in list(self._waiting):
+                waiting.cancel()
             tg.cancel_scope.deadline = anyio.current_time() + self.shutdown_timeout
             self._scope = tg.cancel_scope
         if self.failure is not None:
             raise self.failure
 
-    async def _serve(
-        self, spec: ShareHandlerSpec, consumer: ShareConsumer, pump: anyio.CancelScope
-    ) -> None:
+    async def _serve(self, spec: ShareHandlerSpec, consumer: ShareConsumer) -> None:
         processor = Processor(
             compose(spec.fn, self.middleware),
             _decoder(spec.key_codec, spec.value_codec),
@@ -232,71 +227,66 @@ class ShareRuntime:
             group_id=consumer.group_id,
             counters=self.counters,
         )
-        send, receive = anyio.create_memory_object_stream[_Record](0)
         try:
             async with anyio.create_task_group() as tg:
                 for _ in range(spec.concurrency):
-                    tg.start_soon(self._work, processor, consumer, receive.clone())
-                receive.close()
-                with pump, send:
-                    while True:
-                        try:
-                            raw, topic, partition, count = await consumer.next_record()
-                        except Exception as exc:  # the share group failed (ShareGroupError)
-                            self.fail(exc)
-                            break
-                        record = _Record(
-                            topic,
-                            partition,
-                            raw.offset,
-                            raw.key,
-                            raw.value,
-                            raw.headers,
-                            raw.timestamp,
-                            count,
-                        )
-                        if self._stop.is_set():  # fetched while stopping: give it back
-                            consumer.settle(topic, partition, raw.offset, proto.RELEASE)
-                            continue
-                        try:
-                            await send.send(record)
-                        except BaseException:
-                            consumer.settle(topic, partition, raw.offset, proto.RELEASE)
-                            raise
-                # stopping: the stream is closed, the workers finish what they run
+                    tg.start_soon(self._work, processor, consumer)
+            # stopping: the workers finished what they ran
         finally:
             with anyio.CancelScope(shield=True):
                 await consumer.stop()
 
-    async def _work(
-        self,
-        processor: Processor,
-        consumer: ShareConsumer,
-        receive: MemoryObjectReceiveStream[_Record],
-    ) -> None:
-        async with receive:
-            async for record in receive:
-                kind = proto.RELEASE  # if cancelled, or stopping on the error
+    async def _work(self, processor: Processor, consumer: ShareConsumer) -> None:
+        """Take the consumer's next record, run it, settle it, until stopping. Only a
+        free worker takes a record (none waits locked for one), and a buffered record
+        is taken without a task switch; waiting for a fetch is what a stop cancels."""
+        while not self._stop.is_set():
+            taken = None
+            try:
+                if consumer.buffered:
+                    taken = await consumer.next_record()  # returns at once
+                else:
+                    with anyio.CancelScope() as waiting:
+                        self._waiting.add(waiting)
+                        try:
+                            taken = await consumer.next_record()
+                        finally:
+                            self._waiting.discard(waiting)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:  # the share group failed (ShareGroupError)
+                self.fail(exc)
+                return
+            if taken is None:  # stopping
+                return
+            raw, topic, partition, count = taken
+            if self._stop.is_set():  # taken while stopping: give it back
+                consumer.settle(topic, partition, raw.offset, proto.RELEASE)
+                return
+            record = _Record(
+                topic, partition, raw.offset, raw.key, raw.value, raw.headers, raw.timestamp, count
+            )
+            kind = proto.RELEASE  # if cancelled, or stopping on the error
+            try:
+                skipped = self.counters[record.topic].skipped
                 try:
-                    skipped = self.counters[record.topic].skipped
-                    try:
-                        delay = await processor.process(record, record.delivery_count)
-                    except Exception as exc:  # on_failure="stop", or a dead letter failed
-                        exc.add_note(
-                            f"asyncconsumer: handling {record.topic}[{record.partition}]"
-                            f"@{record.offset} (delivery {record.delivery_count}); released"
-                        )
-                        self.fail(exc)
-                        return
-                    if delay is None:
-                        kind = (
-                            proto.REJECT
-                            if self.counters[record.topic].skipped > skipped
-                            else proto.ACCEPT
-                        )
-                    else:
-                        # a retry: hold the record (its lock) for the backoff, then
-                        # give it back; it comes again with delivery_count + 1
-                        await anyio.sleep(delay)
-                finally:
-                    consumer.settle(record.topic, record.partition, record.offset, kind)
+                    delay = await processor.process(record, record.delivery_count)
+                except Exception as exc:  # on_failure="stop", or a dead letter failed
+                    exc.add_note(
+                        f"asyncconsumer: handling {record.topic}[{record.partition}]"
+                        f"@{record.offset} (delivery {record.delivery_count}); released"
+                    )
+                    self.fail(exc)
+                    return
+                if delay is None:
+                    kind = (
+                        proto.REJECT
+                        if self.counters[record.topic].skipped > skipped
+                        else proto.ACCEPT
+                    )
+                else:
+                    # a retry: hold the record (its lock) for the backoff, then
+                    # give it back; it comes again with delivery_count + 1
+                    await anyio.sleep(delay)
+            finally:
+                consumer.settle(record.topic, record.partition, record.offset, kind)
