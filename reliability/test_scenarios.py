@@ -672,6 +672,7 @@ def test_share_group_broker_node_killed_and_restarted(cluster: ApacheKafka, tmp_
         restarted_at = time.monotonic()
         time.sleep(AFTER)
         producer.stop()
+        stopped = time.monotonic()
         assert not producer.failed, producer.failed[:5]
         wanted = {(p.partition, p.offset) for p in producer.acked}
 
@@ -704,12 +705,22 @@ def test_share_group_broker_node_killed_and_restarted(cluster: ApacheKafka, tmp_
     )  # fmt: skip
     window = [r for r, t in first.items() if killed_at - ACK_IN_FLIGHT_S <= t <= window_end]
     outside = sorted(r for r in duplicated if r not in set(window))
+    stamps: dict[int, list[float]] = defaultdict(list)
+    for (p, _), t in first.items():
+        if t <= stopped:
+            stamps[p].append(t)
+    stall = max(
+        (b - a for ts in stamps.values() for a, b in itertools.pairwise(sorted(ts))), default=0.0
+    )
     figures = {
         "scenario": "share-broker-kill",
+        "ordering": "none",
+        "concurrency": 20,
         "produced": len(wanted),
         "handled": len(records),
         "duplicates": len(records) - len(counts),
         "duplicated_records": len(duplicated),
+        "duplicate_bound": len(window),
         "lost": len(wanted - set(counts)),
         "window_records": len(window),
         "window_s": round(window_end - killed_at + ACK_IN_FLIGHT_S, 1),
@@ -719,6 +730,7 @@ def test_share_group_broker_node_killed_and_restarted(cluster: ApacheKafka, tmp_
         "led_partitions": sorted(p for p, n in led.items() if n == node_id),
         "per_member": [sum(1 for e in m.events() if e["ev"] == "rec") for m in group],
         "drain_s": round(drain, 2),
+        "max_stall_s": round(stall, 2),
         "wall_s": round(time.monotonic() - started, 1),
     }
     record(figures)

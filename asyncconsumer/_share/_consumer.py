@@ -248,6 +248,7 @@ class ShareConsumer:
         # buffer runs below _low_water records (see _refilled).
         self._fetching: dict[int | None, asyncio.Task[None]] = {}  # by broker
         self._nodes = 1  # brokers fetched from, as of the last _start_fetches
+        self._fetch_ended = asyncio.Event()  # set (and replaced) whenever a fetch ends
         self._low_water = 0
         self._rtt = 0.0  # seconds a ShareFetch round that brought records takes (average)
         self._pace = 0.0  # seconds between two records handed out (average)
@@ -666,8 +667,7 @@ class ShareConsumer:
         except Exception as exc:  # surfaces in the loop
             self._error = exc
         finally:
-            if self._fetching.get(node) is asyncio.current_task():
-                del self._fetching[node]
+            self._ended(node)
 
     async def _plan_task(self, idle: bool) -> None:
         """Learn the leaders of assigned partitions; ``idle`` (nothing to fetch from):
@@ -686,8 +686,7 @@ class ShareConsumer:
         except Exception as exc:  # surfaces in the loop
             self._error = exc
         finally:
-            if self._fetching.get(None) is asyncio.current_task():
-                del self._fetching[None]
+            self._ended(None)
 
     def _refilled(self, rtt: float) -> None:
         """Records arrived, after ``rtt`` seconds. The next fetch starts once the
@@ -702,10 +701,18 @@ class ShareConsumer:
 
     async def _fetch_more(self) -> None:
         """Start the fetches not in flight, and wait until one of them ends (they go
-        on if the wait is cancelled; :meth:`stop` releases what they bring)."""
-        self._start_fetches()
-        if self._fetching:
-            await asyncio.wait(self._fetching.values(), return_when=asyncio.FIRST_COMPLETED)
+        on if the wait is cancelled; :meth:`stop` releases what they bring). Any number
+        of callers may wait at once (a share handler's workers)."""
+        if len(self._fetching) < self._nodes or not self._fetching:
+            self._start_fetches()
+        await self._fetch_ended.wait()
+
+    def _ended(self, key: int | None) -> None:
+        """A fetch task ends: it leaves ``_fetching``, and the waiters wake."""
+        if self._fetching.get(key) is asyncio.current_task():
+            del self._fetching[key]
+        self._fetch_ended.set()
+        self._fetch_ended = asyncio.Event()
 
     async def _finish_fetches(self) -> None:
         """Wait for the fetches in flight (a long poll ends within
