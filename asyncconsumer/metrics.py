@@ -70,19 +70,20 @@ class HandlerTimer:
     call_next)``), for a chain of your own.
     """
 
-    __slots__ = ("bounds", "by_topic")
+    __slots__ = ("_first", "bounds", "by_topic")
 
     def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
         self.bounds = tuple(sorted(bounds))
+        # The lowest bound: fast handlers' attempts fall below it, without a search.
+        self._first = self.bounds[0] if self.bounds else float("inf")
         # topic -> [count per bucket (the last one: above every bound)..., sum]
         self.by_topic: dict[str, list[float]] = {}
 
     def observe(self, topic: str, seconds: float) -> None:
-        try:
-            counts = self.by_topic[topic]
-        except KeyError:
+        counts = self.by_topic.get(topic)
+        if counts is None:
             counts = self.by_topic[topic] = [0.0] * (len(self.bounds) + 2)
-        counts[bisect_left(self.bounds, seconds)] += 1
+        counts[0 if seconds <= self._first else bisect_left(self.bounds, seconds)] += 1
         counts[-1] += seconds
 
     async def __call__(self, msg: Any, call_next: Any) -> Any:

@@ -26,6 +26,7 @@ from asyncconsumer.metrics import HandlerTimer
 
 MODES = ("partition", "partition + metrics", "key (concurrency 100)", "none (concurrency 100)")
 PARTITIONS = 4
+KEYS = 250  # per partition
 POLL = 1000
 
 
@@ -38,11 +39,23 @@ class _Owner(LaneOwner):
 
 
 def _records(tp: TopicPartition, count: int) -> list[ConsumerRecord]:
+    # 1,000 keys over 4 partitions, as scenario 1's topics: about 250 keys per
+    # partition, so a poll of 1,000 records holds each key about 4 times.
     value = b'{"order":1,"sku":"a-1","qty":3}'
     headers = [("source", b"checkout")]
     return [
         ConsumerRecord(
-            tp.topic, tp.partition, o, 0, 0, b"k%d" % (o % 1000), value, None, 4, 31, headers
+            tp.topic,
+            tp.partition,
+            o,
+            0,
+            0,
+            b"k%d-%d" % (tp.partition, o % KEYS),
+            value,
+            None,
+            4,
+            31,
+            headers,
         )
         for o in range(count)
     ]

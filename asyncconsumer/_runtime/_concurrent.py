@@ -2,16 +2,26 @@
 
 Each such handler has a :class:`WorkerPool`: ``concurrency`` long-lived worker
 tasks, shared by the handler's partitions. Each partition has a
-:class:`KeyedLane` that decides which of its records are *ready*:
+:class:`KeyedLane` that decides which of its records may run:
 
-- ``key``: a record is ready when no earlier record with the same key is waiting
+- ``key``: a record may run when no earlier record with the same key is waiting
   or running (records without a key share one lane per partition), so records
   of a key run in offset order while different keys run concurrently;
-- ``none``: every record is ready at once.
+- ``none``: every record may run at once.
 
-Workers take ready records round-robin across lanes. Records complete out of
-order, so the lane's :class:`~._offsets.CompletionTracker` keeps the committable
-offset at the lowest record not completed yet.
+Workers take records round-robin across lanes. A lane looks at a record's key
+when a worker takes it, not when it arrives (:meth:`KeyedLane.take`): a record
+whose key is taken waits behind that key, and the worker looks at the next one.
+When handlers finish before the next record is taken (fast handlers), no key is
+ever taken at that point, so records run in offset order with no queue per key:
+the fast path costs about what a partition lane costs. Records may complete out
+of order, so the lane's :class:`~._offsets.CompletionTracker` keeps the
+committable offset at the lowest record not completed yet.
+
+Arriving records wake one idle worker, which wakes two more if more records may
+run, and so on (:meth:`WorkerPool.wake`): with handlers that do not suspend, the
+first worker runs every record before the others get the loop, and waking one
+worker per record would wake the whole pool for nothing.
 
 A record to retry does not keep its worker: it is *parked* (it still holds its
 key, and the committed offset, back) and the pool's timer task makes it ready
@@ -64,6 +74,7 @@ class WorkerPool:
         "_ready",
         "_seq",
         "_timer_wakeup",
+        "_waking",
         "_workers",
         "name",
         "processor",
@@ -76,6 +87,7 @@ class WorkerPool:
         self.name = name
         self._ready: deque[KeyedLane] = deque()  # lanes with ready records, round-robin
         self._idle: list[anyio.Event] = []
+        self._waking = 0  # idle workers woken that have not run yet
         self._workers: list[_Worker] = []
         self._closed = False
         # (due, seq, lane, record, lane generation): records waiting for a retry
@@ -115,15 +127,28 @@ class WorkerPool:
             if not lane.closed and gen == lane.gen:
                 lane.requeue(record)
 
-    def schedule(self, lane: KeyedLane, ready: int) -> None:
-        """``lane`` has ``ready`` more records that may run."""
+    def schedule(self, lane: KeyedLane) -> None:
+        """``lane`` has more records that may run."""
         if not lane.queued:
             lane.queued = True
             self._ready.append(lane)
+        if not self._waking:
+            self.wake(1)
+
+    def wake(self, count: int) -> None:
+        """Wake up to ``count`` idle workers.
+
+        Records arriving wake one worker (unless one is waking already), and a woken
+        worker that takes a record while more may run wakes two more, so a burst
+        reaches the whole pool in a few loop iterations (1, 2, 4, ...). Waking one
+        idle worker per record instead woke ``concurrency`` workers per poll when
+        handlers do not suspend: the first one runs every record before the others
+        get the loop, and they woke for nothing (now: three at most)."""
         idle = self._idle
-        while ready and idle:
+        while count and idle:
+            self._waking += 1
             idle.pop().set()
-            ready -= 1
+            count -= 1
 
     def close(self) -> None:
         """Stop every worker (after the lanes were drained)."""
@@ -163,6 +188,7 @@ class _Worker:
         ready_lanes = pool._ready
         process = pool.processor.process
         scope = self.scope
+        woken = False
         while not pool._closed:
             if scope.cancel_called:
                 # A drain cancelled the record this worker ran, but it finished
@@ -176,25 +202,25 @@ class _Worker:
                 try:
                     await event.wait()
                 finally:
-                    if not event.is_set():  # cancelled while idle: not idle any more
+                    if event.is_set():
+                        pool._waking -= 1
+                        woken = True
+                    else:  # cancelled while idle: not idle any more
                         idle.remove(event)
                 continue
             lane = ready_lanes.popleft()
-            ready = lane.ready
-            if not ready:
+            record = lane.take()
+            if record is None:
                 lane.queued = False
                 continue
-            record = ready.popleft()
-            if ready:
+            if lane.ready or lane.incoming:
                 ready_lanes.append(lane)  # round-robin across partitions
             else:
                 lane.queued = False
-            # lane.taken(record), inline (per record):
-            lane._buffered -= 1
-            if lane.count_bytes:
-                lane.buffered_bytes -= size_of(record)
-            if lane.paused and lane._buffered <= lane.bound.low_records:
-                lane._drained()
+            if woken:
+                woken = False
+                if ready_lanes:
+                    pool.wake(2)  # more may run: the burst spreads (see wake())
             # Keyed by worker, not offset: after a seek back, a replayed record
             # can run while its obsolete twin (same offset) still runs.
             running = lane.running_workers
@@ -233,6 +259,7 @@ class KeyedLane(Lane):
         "attempts",
         "by_key",
         "gen",
+        "incoming",
         "pool",
         "queued",
         "ready",
@@ -265,8 +292,14 @@ class KeyedLane(Lane):
         self.pool = pool
         self.by_key = by_key
         self.tracker = CompletionTracker(offsets)
+        # Received records not looked at yet, in offset order: a worker takes the
+        # first whose key is free (see take()).
+        self.incoming: deque[ConsumerRecord] = deque()
+        # Records whose key is theirs already (the next of a key whose record
+        # completed, a retry whose backoff is over): they run first.
         self.ready: deque[ConsumerRecord] = deque()
-        # key -> records waiting behind the running/ready one (None: nothing waits)
+        # Keys taken (by a record running, parked for a retry or in ``ready``) ->
+        # the records of the key waiting behind it (None: none)
         self._keys: dict[Any, deque[ConsumerRecord] | None] = {}
         self._buffered = 0
         self.running_workers: dict[_Worker, ConsumerRecord] = {}
@@ -340,27 +373,50 @@ class KeyedLane(Lane):
         else:
             records = self._admit(records)
         self._buffered += len(records)
+        self.incoming.extend(records)
+        if records and self.started and not self.closed:
+            self.pool.schedule(self)
+        return self.full()
+
+    def take(self) -> ConsumerRecord | None:
+        """The next record to run, its key taken (``None``: none may run now).
+
+        Keys are looked at here, when a worker is free, not when the records
+        arrive: a record whose key is taken joins the records waiting behind that
+        key, and the next incoming record is looked at. When handlers complete
+        before the next record is taken (fast handlers), every key is free again
+        by then, so records run and complete in offset order with no waiting
+        queue, as in a partition lane."""
         ready = self.ready
-        if self.by_key:
-            keys = self._keys
-            new_ready = 0
-            for record in records:
-                key = record.key
-                if key in keys:
+        if ready:
+            record = ready.popleft()
+        else:
+            incoming = self.incoming
+            if not self.by_key:
+                if not incoming:
+                    return None
+                record = incoming.popleft()
+            else:
+                keys = self._keys
+                while True:
+                    if not incoming:
+                        return None
+                    record = incoming.popleft()
+                    key = record.key
+                    if key not in keys:
+                        keys[key] = None
+                        break
                     waiting = keys[key]
                     if waiting is None:
-                        keys[key] = waiting = deque()
-                    waiting.append(record)
-                    continue
-                keys[key] = None
-                ready.append(record)
-                new_ready += 1
-        else:
-            ready.extend(records)
-            new_ready = len(records)
-        if new_ready and self.started and not self.closed:
-            self.pool.schedule(self, new_ready)
-        return self.full()
+                        keys[key] = deque((record,))
+                    else:
+                        waiting.append(record)
+        self._buffered -= 1
+        if self.count_bytes:
+            self.buffered_bytes -= size_of(record)
+        if self.paused and self._buffered <= self.bound.low_records:
+            self._drained()
+        return record
 
     def _admit(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
         """Receive ``records`` (unless ``at_most_once`` committed them already), drop
@@ -386,8 +442,8 @@ class KeyedLane(Lane):
 
     def start(self, tg: TaskGroup) -> None:
         self.started = True
-        if self.ready and not self.closed:
-            self.pool.schedule(self, len(self.ready))
+        if (self.incoming or self.ready) and not self.closed:
+            self.pool.schedule(self)
 
     def complete(self, record: ConsumerRecord) -> None:
         self.tracker.complete(record.offset)
@@ -401,15 +457,19 @@ class KeyedLane(Lane):
         self._release(record)
 
     def _release(self, record: ConsumerRecord) -> None:
-        """``record`` no longer runs: the next record of its key may."""
+        """``record`` no longer runs: the next record of its key may. (Called by the
+        worker that ran it, which takes a ready record next: no worker to wake.)"""
         if self.by_key and not self.closed:
+            keys = self._keys
             key = record.key
-            waiting = self._keys.get(key)
+            waiting = keys.get(key)
             if waiting:
                 self.ready.append(waiting.popleft())
-                self.pool.schedule(self, 1)
+                if not self.queued:
+                    self.queued = True
+                    self.pool._ready.append(self)
             else:
-                self._keys.pop(key, None)
+                keys.pop(key, None)
         if self.closed and not self.running_workers:
             self.done.set()
 
@@ -429,7 +489,7 @@ class KeyedLane(Lane):
         if self.count_bytes:
             self.buffered_bytes += size_of(record)
         self.ready.appendleft(record)
-        self.pool.schedule(self, 1)
+        self.pool.schedule(self)
 
     def failed(self, record: ConsumerRecord, exc: Exception) -> None:
         first = not self.closed
@@ -444,6 +504,7 @@ class KeyedLane(Lane):
             self.done.set()
 
     def _clear(self) -> None:
+        self.incoming.clear()
         self.ready.clear()
         self._keys.clear()
         self.attempts.clear()

@@ -97,6 +97,78 @@ async def test_same_key_in_order_different_keys_overlap() -> None:
     assert lane.buffered == 0
 
 
+async def test_fast_handlers_run_in_offset_order_with_no_queue_per_key() -> None:
+    # The key-ordering fast path: a handler that completes before the next record
+    # is taken leaves its key free, so records of a poll (here 1,000 records of 250
+    # keys) run and complete in offset order, as in a partition lane; before, the
+    # first record of each key ran first and the others queued behind their keys.
+    rng = random.Random(5)
+    order: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        order.append(msg.offset)
+
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 100, "h")
+    lane = lane_for(pool, Owner())
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        await wait_for(lambda: len(pool._idle) == 100)
+        lane.push(records([b"k%d" % rng.randrange(250) for _ in range(1000)]))
+        await wait_for(lambda: lane.offsets.completed == 1000)
+        pool.close()
+    assert order == list(range(1000))
+    assert not lane.offsets.above  # nothing completed out of order
+
+
+async def test_a_poll_wakes_a_few_workers_not_the_whole_pool() -> None:
+    # With 100 idle workers and 1,000 records, waking one worker per record woke
+    # all 100: the first ran every record (its handler never suspends) and the
+    # 99 others woke for nothing. Now the poll wakes one, which wakes two more.
+    idle_seen: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        idle_seen.append(len(pool._idle))
+
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 100, "h")
+    lane = lane_for(pool, Owner(), by_key=False)
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        try:
+            await wait_for(lambda: len(pool._idle) == 100)
+            lane.push(records([None] * 1000))
+            assert len(pool._idle) == 99
+            await wait_for(lambda: lane.offsets.completed == 1000)
+        finally:
+            pool.close()
+    assert len(idle_seen) == 1000
+    assert min(idle_seen) == 97  # one woken by the poll, two by the first worker
+
+
+async def test_handlers_that_wait_still_run_the_whole_pool_at_once() -> None:
+    gate = anyio.Event()
+    started: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        started.append(msg.offset)
+        await gate.wait()
+
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 8, "h")
+    lane = lane_for(pool, Owner())
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        await wait_for(lambda: len(pool._idle) == 8)
+        lane.push(records([b"a", b"a"] + [b"k%d" % i for i in range(20)]))
+        await wait_for(lambda: len(started) == 8)
+        await anyio.sleep(0.01)
+        assert sorted(started) == [0, *range(2, 9)]  # offset 1 waits behind key a
+        gate.set()
+        await wait_for(lambda: lane.offsets.completed == 22)
+        pool.close()
+
+
 async def test_unordered_runs_up_to_concurrency_and_a_slow_record_holds_the_commit() -> None:
     release = anyio.Event()
     started: list[int] = []
