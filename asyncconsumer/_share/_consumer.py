@@ -632,11 +632,9 @@ class ShareConsumer:
         fetching = self._fetching
         now = time.monotonic()
         handed = self._handed - self._handed_at_refill
-        if handed > 0:
+        if handed > 0 and self._refilled_at:  # the pace since records last arrived
             pace = (now - self._refilled_at) / handed
             self._pace = pace if not self._pace else 0.7 * self._pace + 0.3 * pace
-            self._handed_at_refill = self._handed
-            self._refilled_at = now
         wanted: dict[int, set[Key]] = {}
         unknown = False
         for key in self._assigned:
@@ -698,6 +696,8 @@ class ShareConsumer:
         self._rtt = rtt if not self._rtt else 0.7 * self._rtt + 0.3 * rtt
         if self._pace > 0:
             self._low_water = min(self._max_records, int(2 * self._rtt / self._pace))
+        self._refilled_at = time.monotonic()
+        self._handed_at_refill = self._handed
 
     async def _fetch_more(self) -> None:
         """Start the fetches not in flight, and wait until one of them ends (they go

@@ -100,3 +100,58 @@ async def test_a_broker_without_records_does_not_hold_up_the_others() -> None:
     consumer._closed = True  # no group to leave: only the fetches in flight end
     await consumer._finish_fetches()
     assert consumer._fetching == {}
+
+
+class OneBroker:
+    """Partition 0 on node 1, 10 more records per fetch, each answer after ``delay``;
+    ``overlapped`` counts the fetches sent while the consumer still had records buffered."""
+
+    def __init__(self, consumer_buffer: Any, delay: float) -> None:
+        self.buffer = consumer_buffer
+        self.delay = delay
+        self.fetches = 0
+        self.overlapped = 0
+        self.next_offset = 0
+
+    async def send(self, node: int, call: Any) -> Any:
+        self.fetches += 1
+        if self.buffer():
+            self.overlapped += 1
+        await asyncio.sleep(self.delay)
+        first, self.next_offset = self.next_offset, self.next_offset + 10
+        return _answer(0, first, 10)
+
+
+async def _run(delay: float, work: float, count: int) -> OneBroker:
+    consumer = _consumer(TwoBrokers())
+    consumer._leaders = {(TOPIC_ID, 0): 1}
+    consumer._assigned = {(TOPIC_ID, 0)}
+    client = OneBroker(lambda: len(consumer._buffer), delay)
+    consumer._client = client  # type: ignore[assignment]
+    got = []
+    with anyio.fail_after(10):
+        async for msg in consumer:
+            got.append(msg.offset)
+            if work:
+                await asyncio.sleep(work)
+            if len(got) == count:
+                break
+    assert got == list(range(count))
+    consumer._closed = True
+    await consumer._finish_fetches()
+    return client
+
+
+async def test_the_next_fetch_goes_out_while_records_are_handled() -> None:
+    """Records handed out fast (no await), fetches of 20 ms: after the first two
+    fetches (which measure the round trip and the pace), each fetch goes out before the
+    buffer runs out."""
+    client = await _run(delay=0.02, work=0.0, count=100)
+    assert client.overlapped >= client.fetches - 3
+
+
+async def test_a_slow_loop_fetches_once_its_records_ran_out() -> None:
+    """The control: a loop slower per record than two round trips fetches only when the
+    buffer is empty, as before (no extra records held locked while it works)."""
+    client = await _run(delay=0.0, work=0.02, count=30)
+    assert client.overlapped == 0
