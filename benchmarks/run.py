@@ -1,7 +1,7 @@
 """Run every benchmark against one broker and print one table.
 
     python -m benchmarks.run [--broker embedded|apache-kafka] [--records 200000]
-                             [--repeat 3] [--scenarios 1,2,3,4,6,7,8] [--quick]
+                             [--repeat 3] [--scenarios 1,2,3,4,5,6,7,8] [--quick]
                              [--shapes 100b,json,json32] [--contenders NAME,...]
 
 Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts the broker --broker names (the
@@ -160,6 +160,60 @@ def report(results: dict[str, Any]) -> None:
         )
 
 
+async def on_broker(bootstrap: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The scenarios that need a broker (all but 7)."""
+    scenarios = set(args.scenarios.split(","))
+    if "1" in scenarios:
+        shapes = (
+            throughput.SHAPES
+            if args.shapes == "all"
+            else {key: throughput.SHAPES[key] for key in args.shapes.split(",")}
+        )
+        only = set(args.contenders.split(",")) if args.contenders else None
+        results["throughput"] = {
+            "records": args.records,
+            "repeat": args.repeat,
+            "shapes": {},
+        }
+        for shape in shapes.values():
+            print(f"\n1. throughput, {shape.name}: producing {args.records:,} ...", flush=True)
+            results["throughput"]["shapes"][shape.name] = await throughput.run(
+                bootstrap, shape, args.records, args.repeat, only
+            )
+    if "2" in scenarios:
+        print("\n2. I/O-bound handler (5 ms) ...", flush=True)
+        results["io_bound"] = await io_bound.run(bootstrap)
+    if "3" in scenarios:
+        print("\n3. memory under backpressure ...", flush=True)
+        results["memory"] = await memory.run(
+            bootstrap,
+            records=20_000 if args.quick else memory.RECORDS,
+            seconds=10.0 if args.quick else memory.SECONDS,
+        )
+    if "4" in scenarios:
+        print("\n4. memory with a stalled record per partition (key ordering) ...", flush=True)
+        results["stalled"] = await memory.run(
+            bootstrap,
+            records=20_000 if args.quick else memory.STALLED_RECORDS,
+            seconds=10.0 if args.quick else memory.SECONDS,
+            mode="stalled",
+        )
+    if "6" in scenarios:
+        print("\n6. consume, transform, produce (publish_to) ...", flush=True)
+        results["publish"] = await publish.run(
+            bootstrap, args.records, args.repeat, transactions=results["broker"] != "embedded"
+        )
+    if "5" in scenarios:
+        print("\n5. latency at a steady 5,000 records/s ...", flush=True)
+        seconds = 5.0 if args.quick else latency.SECONDS
+        results["latency"] = await latency.run(bootstrap, seconds=seconds, repeat=args.repeat)
+    if "8" in scenarios and results["broker"] == "embedded":
+        print("\n8. share groups: skipped (they need Apache Kafka: --broker apache-kafka)")
+    elif "8" in scenarios:
+        records = share.RECORDS if not args.quick else 20_000
+        results["share"] = await share.run(bootstrap, records, args.repeat)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -172,7 +226,7 @@ async def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--scenarios",
-        default="1,2,3,4,6,7,8",
+        default="1,2,3,4,5,6,7,8",
         help="which to run, e.g. 3 or 1,2 (8, share groups: Apache Kafka only)",
     )
     parser.add_argument(
@@ -207,57 +261,9 @@ async def main() -> int:
     if "7" in scenarios:
         print("\n7. the framework's cost per record, no broker ...", flush=True)
         results["dispatch"] = await dispatch.run(20_000 if args.quick else 200_000)
-    async with broker(args.broker) as bootstrap:
-        if "1" in scenarios:
-            shapes = (
-                throughput.SHAPES
-                if args.shapes == "all"
-                else {key: throughput.SHAPES[key] for key in args.shapes.split(",")}
-            )
-            only = set(args.contenders.split(",")) if args.contenders else None
-            results["throughput"] = {
-                "records": args.records,
-                "repeat": args.repeat,
-                "shapes": {},
-            }
-            for shape in shapes.values():
-                print(f"\n1. throughput, {shape.name}: producing {args.records:,} ...", flush=True)
-                results["throughput"]["shapes"][shape.name] = await throughput.run(
-                    bootstrap, shape, args.records, args.repeat, only
-                )
-        if "2" in scenarios:
-            print("\n2. I/O-bound handler (5 ms) ...", flush=True)
-            results["io_bound"] = await io_bound.run(bootstrap)
-        if "3" in scenarios:
-            print("\n3. memory under backpressure ...", flush=True)
-            results["memory"] = await memory.run(
-                bootstrap,
-                records=20_000 if args.quick else memory.RECORDS,
-                seconds=10.0 if args.quick else memory.SECONDS,
-            )
-        if "4" in scenarios:
-            print("\n4. memory with a stalled record per partition (key ordering) ...", flush=True)
-            results["stalled"] = await memory.run(
-                bootstrap,
-                records=20_000 if args.quick else memory.STALLED_RECORDS,
-                seconds=10.0 if args.quick else memory.SECONDS,
-                mode="stalled",
-            )
-        if "6" in scenarios:
-            print("\n6. consume, transform, produce (publish_to) ...", flush=True)
-            results["publish"] = await publish.run(
-                bootstrap, args.records, args.repeat, transactions=results["broker"] != "embedded"
-            )
-        if "8" in scenarios and results["broker"] == "embedded":
-            print("\n8. share groups: skipped (they need Apache Kafka: --broker apache-kafka)")
-        elif "8" in scenarios:
-            results["share"] = await share.run(
-                bootstrap, share.RECORDS if not args.quick else 20_000, args.repeat
-            )
-        if "5" in scenarios:
-            print("\n5. latency at a steady 5,000 records/s ...", flush=True)
-            seconds = 5.0 if args.quick else latency.SECONDS
-            results["latency"] = await latency.run(bootstrap, seconds=seconds, repeat=args.repeat)
+    if scenarios - {"7"}:
+        async with broker(args.broker) as bootstrap:
+            await on_broker(bootstrap, args, results)
     report(results)
     if "publish" in results:
         publish.report(results["publish"])

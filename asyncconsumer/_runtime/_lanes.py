@@ -610,6 +610,7 @@ class PartitionLane(Lane):
         track = not self.commit_ahead
         unacked = self._unacked
         window = self.bound.window
+        low_records = self.bound.low_records
         txn = self.txn
         sent = self._sent if self.processor.publish_to is not None or txn else None
         if txn is not None:
@@ -650,8 +651,8 @@ class PartitionLane(Lane):
                     else:
                         abandon(sent)
                     self.current = None
-                    if self.paused:
-                        self._drained()
+                    if self.paused and len(records) <= low_records:
+                        self._drained()  # (only below the mark: not per record)
                 await self._settled()
                 if txn is not None and txn.open:
                     await self._commit_transaction()
