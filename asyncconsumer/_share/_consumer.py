@@ -472,6 +472,12 @@ class ShareConsumer:
                 return record, topic, partition, count
             await self._fetch_more()
 
+    @property
+    def buffered(self) -> int:
+        """Records fetched and not handed out yet (:meth:`next_record` returns one of
+        them without waiting)."""
+        return len(self._buffer)
+
     def settle(self, topic: str, partition: int, offset: int, kind: int) -> None:
         """Acknowledge a record from :meth:`next_record` (``kind``: ACCEPT, RELEASE or
         REJECT of ``asyncconsumer._share._protocol``)."""

@@ -1,8 +1,10 @@
 """Share handlers: ``@app.share_handler`` records run by a pool of workers.
 
 One :class:`ShareRuntime` per app runs every share handler: for each, one
-:class:`~._consumer.ShareConsumer` (the share group), a pump that takes its records,
-and ``concurrency`` worker tasks (a fixed pool: no task per record) that run them
+:class:`~._consumer.ShareConsumer` (the share group) and ``concurrency`` worker
+tasks (a fixed pool: no task per record) that take its records themselves (a
+buffered record without a task switch; only a free worker takes one, so none waits
+locked for a worker) and run them
 through the handler's :class:`~.._runtime._pipeline.Processor` (decoding, middleware,
 ``publish_to``, retries, dead letters, counters). Outcomes become acknowledgements:
 
@@ -33,7 +35,6 @@ from typing import Any, Literal, NamedTuple
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._codecs import CodecSpec, resolve_codec
 from .._errors import ConfigurationError
@@ -155,14 +156,14 @@ def _decoder(key_codec: CodecSpec, value_codec: CodecSpec) -> Any:
 class _Member:
     """One share handler while the app runs: its consumer, and what its workers run."""
 
-    __slots__ = ("consumer", "resumed_at", "running", "spec", "waiting")
+    __slots__ = ("consumer", "running", "spec", "waiting", "waiting_since")
 
     def __init__(self, spec: ShareHandlerSpec, consumer: ShareConsumer) -> None:
         self.spec = spec
         self.consumer = consumer
         self.running: list[_Record | None] = [None] * spec.concurrency  # per worker
-        self.waiting = False  # the pump holds a record until a worker is free
-        self.resumed_at = 0.0  # when it last stopped waiting (monotonic)
+        self.waiting = 0  # workers waiting for a fetch (the buffer was empty)
+        self.waiting_since = 0.0  # since when one has waited (monotonic)
 
     def statistics(self, now: float) -> tuple[HandlerStatistics, ShareStatistics]:
         consumer = self.consumer
@@ -170,15 +171,16 @@ class _Member:
         handler = HandlerStatistics(
             partitions=len(assigned),
             in_flight=sum(record is not None for record in self.running),
-            buffered=len(consumer._buffer) + self.waiting,
+            buffered=consumer.buffered,
         )
         share = ShareStatistics(
             group=consumer.group_id,
             assigned=assigned,
             joined=consumer.joined,
             heartbeat_age=now - consumer.heartbeat_at,
-            # waiting for a worker, the pump fetches nothing: that is no stall
-            fetch_age=0.0 if self.waiting else now - max(consumer.answered_at, self.resumed_at),
+            # every worker busy: nothing is fetched until one is free, and that is no
+            # stall; a worker waiting for records waits for a fetch that must answer
+            fetch_age=now - max(consumer.answered_at, self.waiting_since) if self.waiting else 0.0,
             lock_renewals=consumer.lock_renewals,
             lock_expiries=consumer.lock_expiries,
             acknowledge_errors=consumer.acknowledge_errors,
@@ -230,7 +232,7 @@ class ShareRuntime:
             liveness.add_source(self._describe_running)
         self._members: list[_Member] = []
         self._stop = anyio.Event()
-        self._pumps: list[anyio.CancelScope] = []
+        self._waiting: set[anyio.CancelScope] = set()  # workers waiting for a fetch
         self._scope: anyio.CancelScope | None = None  # set once stopping
         self.failure: BaseException | None = None
 
@@ -293,9 +295,7 @@ class ShareRuntime:
                 await consumer.start()
                 member = _Member(spec, consumer)
                 self._members.append(member)
-                pump = anyio.CancelScope()
-                self._pumps.append(pump)
-                tg.start_soon(self._serve, member, pump)
+                tg.start_soon(self._serve, member)
                 log.info(
                     "share handler %s: %s in share group %s, concurrency %d",
                     spec.name,
@@ -307,8 +307,8 @@ class ShareRuntime:
             await self._stop.wait()
             # graceful: no more records; the ones running finish (up to shutdown_timeout)
             monitor.cancel()
-            for pump in self._pumps:
-                pump.cancel()
+            for waiting in list(self._waiting):
+                waiting.cancel()
             tg.cancel_scope.deadline = anyio.current_time() + self.shutdown_timeout
             self._scope = tg.cancel_scope
         if self.failure is not None:
@@ -324,7 +324,7 @@ class ShareRuntime:
         else:
             counters.rejected += 1
 
-    async def _serve(self, member: _Member, pump: anyio.CancelScope) -> None:
+    async def _serve(self, member: _Member) -> None:
         spec, consumer = member.spec, member.consumer
         processor = Processor(
             compose(spec.fn, self.middleware),
@@ -339,91 +339,81 @@ class ShareRuntime:
             counters=self.counters,
             timing=self.timing,
         )
-        counters = self.counters
-        send, receive = anyio.create_memory_object_stream[_Record](0)
         try:
             async with anyio.create_task_group() as tg:
                 for slot in range(spec.concurrency):
-                    tg.start_soon(self._work, processor, member, slot, receive.clone())
-                receive.close()
-                with pump, send:
-                    while True:
-                        try:
-                            raw, topic, partition, count = await consumer.next_record()
-                        except Exception as exc:  # the share group failed (ShareGroupError)
-                            self.fail(exc)
-                            break
-                        record = _Record(
-                            topic,
-                            partition,
-                            raw.offset,
-                            raw.key,
-                            raw.value,
-                            raw.headers,
-                            raw.timestamp,
-                            count,
-                        )
-                        topic_counters = counters[topic]
-                        topic_counters.fetched += 1
-                        if count > 1:
-                            topic_counters.redelivered += 1
-                        if self._stop.is_set():  # fetched while stopping: give it back
-                            self._settle(consumer, record, proto.RELEASE)
-                            continue
-                        try:
-                            send.send_nowait(record)  # a worker waits for it
-                        except anyio.WouldBlock:
-                            member.waiting = True
-                            try:
-                                await send.send(record)
-                            except BaseException:
-                                self._settle(consumer, record, proto.RELEASE)
-                                raise
-                            finally:
-                                member.waiting = False
-                                member.resumed_at = time.monotonic()
-                # stopping: the stream is closed, the workers finish what they run
+                    tg.start_soon(self._work, processor, member, slot)
+            # stopping: the workers finished what they ran
         finally:
             with anyio.CancelScope(shield=True):
                 await consumer.stop()
 
-    async def _work(
-        self,
-        processor: Processor,
-        member: _Member,
-        slot: int,
-        receive: MemoryObjectReceiveStream[_Record],
-    ) -> None:
-        running = member.running
-        counters = self.counters
-        async with receive:
-            async for record in receive:
-                running[slot] = record
-                kind = proto.RELEASE  # if cancelled, or stopping on the error
+    async def _next(self, member: _Member) -> tuple[Any, str, int, int] | None:
+        """The consumer's next record: at once if one is buffered; else wait for a
+        fetch (what a stop cancels: ``None``)."""
+        consumer = member.consumer
+        if consumer.buffered:
+            return await consumer.next_record()  # returns without a task switch
+        if not member.waiting:
+            member.waiting_since = time.monotonic()
+        member.waiting += 1
+        try:
+            with anyio.CancelScope() as waiting:
+                self._waiting.add(waiting)
                 try:
-                    skipped = counters[record.topic].skipped
-                    try:
-                        delay = await processor.process(record, record.delivery_count)
-                    except Exception as exc:  # on_failure="stop", or a dead letter failed
-                        exc.add_note(
-                            f"asyncconsumer: handling {record.topic}[{record.partition}]"
-                            f"@{record.offset} (delivery {record.delivery_count}); released"
-                        )
-                        self.fail(exc)
-                        return
-                    if delay is None:
-                        kind = (
-                            proto.REJECT
-                            if counters[record.topic].skipped > skipped
-                            else proto.ACCEPT
-                        )
-                    else:
-                        # a retry: hold the record (its lock) for the backoff, then
-                        # give it back; it comes again with delivery_count + 1
-                        await anyio.sleep(delay)
+                    return await consumer.next_record()
                 finally:
-                    running[slot] = None
-                    self._settle(member.consumer, record, kind)
+                    self._waiting.discard(waiting)
+            return None
+        finally:
+            member.waiting -= 1
+
+    async def _work(self, processor: Processor, member: _Member, slot: int) -> None:
+        """Take the consumer's next record, run it, settle it, until stopping."""
+        consumer, running, counters = member.consumer, member.running, self.counters
+        while not self._stop.is_set():
+            try:
+                taken = await self._next(member)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:  # the share group failed (ShareGroupError)
+                self.fail(exc)
+                return
+            if taken is None:  # stopping
+                return
+            raw, topic, partition, count = taken
+            record = _Record(
+                topic, partition, raw.offset, raw.key, raw.value, raw.headers, raw.timestamp, count
+            )
+            topic_counters = counters[topic]
+            topic_counters.fetched += 1
+            if count > 1:
+                topic_counters.redelivered += 1
+            if self._stop.is_set():  # taken while stopping: give it back
+                self._settle(consumer, record, proto.RELEASE)
+                return
+            running[slot] = record
+            kind = proto.RELEASE  # if cancelled, or stopping on the error
+            try:
+                skipped = topic_counters.skipped
+                try:
+                    delay = await processor.process(record, record.delivery_count)
+                except Exception as exc:  # on_failure="stop", or a dead letter failed
+                    exc.add_note(
+                        f"asyncconsumer: handling {record.topic}[{record.partition}]"
+                        f"@{record.offset} (delivery {record.delivery_count}); released"
+                    )
+                    self.fail(exc)
+                    return
+                if delay is None:
+                    kind = proto.REJECT if topic_counters.skipped > skipped else proto.ACCEPT
+                else:
+                    # a retry: hold the record (its lock) for the backoff, then
+                    # give it back; it comes again with delivery_count + 1
+                    await anyio.sleep(delay)
+            finally:
+                running[slot] = None
+                self._settle(consumer, record, kind)
 
 
 async def _within(scope: anyio.CancelScope, fn: Any) -> None:

@@ -172,17 +172,17 @@ def test_a_members_statistics() -> None:
     now = time.monotonic()
     m.consumer.heartbeat_at = now - 4.0
     m.consumer.answered_at = now - 1.5
+    # no worker waits for records (all busy): no fetch is due, no stall
     handler, share = m.statistics(now)
     assert handler == HandlerStatistics(partitions=0, in_flight=1, buffered=0)
     assert share.group == "workers"
-    assert (share.joined, share.heartbeat_age, share.fetch_age) == (False, 4.0, 1.5)
+    assert (share.joined, share.heartbeat_age, share.fetch_age) == (False, 4.0, 0.0)
     assert (share.lock_expiries, share.acknowledgements_dropped) == (2, 3)
-    # the pump holds a record for a busy pool: no fetch is due, no stall
-    m.waiting = True
-    handler, share = m.statistics(now)
-    assert (handler.buffered, share.fetch_age) == (1, 0.0)
-    # just after waiting, the age counts from then, not from the last fetch answer
-    m.waiting, m.resumed_at = False, now - 0.2
+    # workers wait for a fetch: its age counts from the last fetch answer ...
+    m.waiting, m.waiting_since = 2, now - 9.0
+    assert m.statistics(now)[1].fetch_age == pytest.approx(1.5)
+    # ... or from when they began to wait, if that came later
+    m.waiting_since = now - 0.2
     assert m.statistics(now)[1].fetch_age == pytest.approx(0.2)
 
 
