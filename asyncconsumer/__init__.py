@@ -29,7 +29,7 @@ from ._runtime._pipeline import DLQ_HEADERS, CallNext, Middleware
 from ._security import SASL, TLS, SaslMechanism, Security
 from ._seeking import Timestamp
 from ._share import ShareConsumer, ShareGroupError, ShareMessage
-from ._statistics import HandlerStatistics, Statistics, TopicStatistics
+from ._statistics import HandlerStatistics, ShareStatistics, Statistics, TopicStatistics
 
 __version__ = "0.1.0"
 
@@ -70,6 +70,7 @@ __all__ = [
     "ShareConsumer",
     "ShareGroupError",
     "ShareMessage",
+    "ShareStatistics",
     "Statistics",
     "Timestamp",
     "TopicPartition",

@@ -26,6 +26,8 @@ from ._runtime._lanes import DEFAULT_WINDOW
 from ._runtime._observe import Observers
 from ._runtime._pipeline import CounterMap, Middleware
 from ._runtime._rebalance import RebalanceHook
+from ._runtime._snapshot import with_share
+from ._runtime._together import Part, TrackedStatus, run_together
 from ._security import Security, split_security_options
 from ._seeking import Timestamp, timestamp_ms
 from ._share._runner import ShareHandlerSpec, ShareRuntime
@@ -333,10 +335,13 @@ class ConsumerApp:
         after the last attempt ``on_failure`` applies: ``"dead_letter"`` (published,
         then accepted), ``"skip"`` (rejected: archived by the broker) or ``"stop"``
         (released; the app stops). Middleware and ``publish_to`` apply as for
-        :meth:`handler`. ``auto_offset_reset`` and ``group_configs`` set the share
-        group's configs, as for :class:`~asyncconsumer.ShareConsumer`.
+        :meth:`handler`; the app's ``security`` secures its connections (aiokafka's own
+        security options do not: a ``ConfigurationError``). ``auto_offset_reset`` and
+        ``group_configs`` set the share group's configs, as for
+        :class:`~asyncconsumer.ShareConsumer`.
 
-        An app runs either share handlers or consumer-group handlers, not both (yet).
+        An app may have both share handlers and consumer-group handlers: they start and
+        stop together, and an error in either stops both.
         """
 
         def register(fn: F) -> F:
@@ -393,7 +398,7 @@ class ConsumerApp:
         follows the run: ``starting``, ``running`` once subscribed, then
         ``stopped``, or ``failed`` with :attr:`error`.
         """
-        if self._engine is not None:
+        if self.running:
             raise RuntimeError("this app is already running")
         self._state, self._error = "starting", None
         try:
@@ -407,14 +412,75 @@ class ConsumerApp:
         self._state = "stopped"
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
-        if self._share_specs:
-            await self._run_share(task_status)
-            return
-        if not self._registry:
-            raise ConfigurationError("no handlers registered: use @app.handler(...)")
-        if self.offset_store is not None:
+        self._check_handlers()
+        engine = self._engine = self._make_engine() if self._registry else None
+        runtime = self._share_runtime = self._make_share_runtime(engine)
+        parts: list[Part] = [part for part in (engine, runtime) if part is not None]
+        self._producer._transport = self._transport
+        if self._stop_early:
+            for part in parts:
+                part.request_stop()
+        failure: Exception | None = None
+        try:
+            await self._producer.start()
+            try:
+                async with self._lifespan_context():
+                    try:
+                        await run_together(parts, task_status=task_status)
+                    except Exception as exc:
+                        # The lifespan closes its resources the normal way; the
+                        # error is raised once it has.
+                        failure = exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._producer.stop()
+        finally:
+            self._engine = self._share_runtime = None
+            self._stop_early = False
+            self._has_run = True
+        if failure is not None:
+            raise failure
+
+    def _check_handlers(self) -> None:
+        if not self._registry and not self._share_specs:
+            raise ConfigurationError(
+                "no handlers registered: use @app.handler(...) or @app.share_handler(...)"
+            )
+        if self.offset_store is not None and self._registry:
             self._registry.check_in_order("an offset_store")
-        engine = self._engine = Engine(
+        if self._share_specs and split_security_options(self.settings.kafka_options):
+            raise ConfigurationError(
+                "share handlers are secured by security= (an asyncconsumer.Security), "
+                "not by aiokafka's own security options"
+            )
+        if self._registry:
+            for spec in self._share_specs:
+                if (spec.group_id or self.settings.group_id) == self.settings.group_id:
+                    raise ConfigurationError(
+                        f"share handler {spec.name}: give it a group_id of its own; the app's "
+                        f"{self.settings.group_id!r} names its consumer group, and a consumer "
+                        "group and a share group cannot have the same id"
+                    )
+
+    def _make_share_runtime(self, engine: Engine | None) -> ShareRuntime | None:
+        if not self._share_specs:
+            return None
+        return ShareRuntime(
+            self._share_specs,
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.settings.group_id or "",
+            middleware=self.middleware,
+            producer=self._producer,
+            counters=self._counters,
+            shutdown_timeout=self.settings.shutdown_timeout,
+            timing=self._observers.timing,
+            # one monitor of the event loop: the engine's, when there is one
+            liveness=engine.liveness if engine is not None else None,
+            security=self.settings.security,
+        )
+
+    def _make_engine(self) -> Engine:
+        return Engine(
             self.settings,
             self._registry,
             self._on_assign,
@@ -432,80 +498,26 @@ class ConsumerApp:
             transport=self._transport,
             backoff_scale=self._backoff_scale,
         )
-        self._producer._transport = self._transport
-        if self._stop_early:
-            engine.request_stop()
-        failure: Exception | None = None
-        try:
-            await self._producer.start()
-            try:
-                async with self._lifespan_context():
-                    try:
-                        await engine.run(task_status=task_status)
-                    except Exception as exc:
-                        # The lifespan closes its resources the normal way; the
-                        # error is raised once it has.
-                        failure = exc
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._producer.stop()
-        finally:
-            self._engine = None
-            self._stop_early = False
-            self._has_run = True
-        if failure is not None:
-            raise failure
-
-    async def _run_share(self, task_status: TaskStatus[None]) -> None:
-        if self._registry:
-            raise ConfigurationError(
-                "an app runs either share handlers or consumer-group handlers, not both"
-            )
-        runtime = self._share_runtime = ShareRuntime(
-            self._share_specs,
-            bootstrap_servers=self.settings.bootstrap_servers,
-            group_id=self.settings.group_id or "",
-            middleware=self.middleware,
-            producer=self._producer,
-            counters=self._counters,
-            shutdown_timeout=self.settings.shutdown_timeout,
-        )
-        if self._stop_early:
-            runtime.request_stop()
-        try:
-            await self._producer.start()
-            try:
-                async with self._lifespan_context():
-                    await runtime.run(task_status=task_status)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._producer.stop()
-        finally:
-            self._share_runtime = None
-            self._stop_early = False
-            self._has_run = True
 
     def stop(self) -> None:
         """Ask the app to stop gracefully; returns at once (``run()`` returns when stopped).
 
         Called before the app's first ``run()`` (a signal during start-up), that
         run stops at once; called after a run returned, it does nothing."""
-        if self._engine is not None:
-            self._engine.request_stop()
-        elif self._share_runtime is not None:
-            self._share_runtime.request_stop()
-        elif not self._has_run:
+        parts = [p for p in (self._engine, self._share_runtime) if p is not None]
+        for part in parts:
+            part.request_stop()
+        if not parts and not self._has_run:
             self._stop_early = True
 
     def abort(self) -> None:
         """Stop now: in-flight handlers are cancelled without waiting (their
         records are not committed); completed offsets are still committed.
         Before the first ``run()`` and after a run, like :meth:`stop`."""
-        if self._engine is not None:
-            self._engine.abort()
-        elif self._share_runtime is not None:
-            self._share_runtime.abort()
-        elif not self._has_run:
+        parts = [p for p in (self._engine, self._share_runtime) if p is not None]
+        for part in parts:
+            part.abort()
+        if not parts and not self._has_run:
             self._stop_early = True
 
     async def __aenter__(self) -> ConsumerApp:
@@ -588,8 +600,16 @@ class ConsumerApp:
         return self._engine.assignment() if self._engine is not None else frozenset()
 
     def statistics(self) -> Statistics:
-        """A snapshot of the runtime: assigned, in-flight, buffered, paused, offsets, loop lag."""
-        return self._running().statistics()
+        """A snapshot of the runtime: assigned, in-flight, buffered, paused, offsets, loop
+        lag; share handlers in ``share`` (and in ``handlers``, ``topics``)."""
+        runtime = self._share_runtime
+        if runtime is None:
+            return self._running().statistics()
+        base = None
+        if self._registry:
+            base = self._running().statistics()
+        handlers, share = runtime.statistics()
+        return with_share(base, handlers, share, self._counters, runtime.liveness)
 
     @property
     def producer(self) -> Producer:
@@ -599,7 +619,7 @@ class ConsumerApp:
 
     @property
     def running(self) -> bool:
-        return self._engine is not None
+        return self._engine is not None or self._share_runtime is not None
 
     @property
     def state(self) -> State:
@@ -618,7 +638,13 @@ class ConsumerApp:
         if self._state == "running":
             with suppress(ConsumerStoppedError):
                 statistics = self.statistics()
-        return evaluate(self._state, statistics, error=self._error, bounds=bounds)
+        return evaluate(
+            self._state,
+            statistics,
+            error=self._error,
+            bounds=bounds,
+            consumer_group=bool(self._registry),
+        )
 
     def _running(self) -> Engine:
         if self._engine is None or self._engine.client is None:
@@ -632,18 +658,6 @@ class ConsumerApp:
         else:
             async with self._lifespan(self):
                 yield
-
-
-class TrackedStatus(TaskStatus[None]):
-    """Passes ``started()`` on and remembers that it was called."""
-
-    def __init__(self, inner: TaskStatus[None]) -> None:
-        self._inner = inner
-        self.called = False
-
-    def started(self, value: None = None) -> None:
-        self.called = True
-        self._inner.started(value)
 
 
 class _Lifecycle(TaskStatus[None]):

@@ -12,6 +12,13 @@ the same, and tests can check every rule without a broker.
   requests within ``max_unreachable`` (see ``Statistics.unreachable_for``: a poll
   that returns nothing because no broker answers is no sign of health); no
   rebalance has lasted beyond ``max_rebalance``; the event-loop lag is below ``max_loop_lag``.
+
+  Share handlers (``Statistics.share``) have two checks of their own, in place of the
+  consumer group's in an app without consumer-group handlers: ``share_group``, the
+  coordinator accepted each member and answered a heartbeat within
+  ``max_unreachable`` (a dead membership, an unreachable coordinator); ``share_fetch``,
+  each member's share fetches were answered within ``max_poll_age`` (a stuck fetch
+  loop, a share session lost again and again, an unreachable leader).
 """
 
 from __future__ import annotations
@@ -84,18 +91,35 @@ def evaluate(
     *,
     error: BaseException | None = None,
     bounds: HealthBounds = DEFAULT_BOUNDS,
+    consumer_group: bool = True,
 ) -> Health:
     """Liveness and readiness from the lifecycle ``state`` and a statistics snapshot
-    (``None`` when the app is not running)."""
+    (``None`` when the app is not running). ``consumer_group``: whether the app has
+    consumer-group handlers (whose checks then apply)."""
     live = state != "failed"
     detail_error = repr(error) if error is not None else None
     started = Check("started", state == "running", state)
     if statistics is None or state != "running":
         return Health(state, live, False, (started,), detail_error)
     s = statistics
+    checks = [started]
+    if consumer_group:
+        checks += _consumer_group_checks(s, bounds)
+    if s.share:
+        checks += _share_checks(s, bounds)
+    checks.append(
+        Check(
+            "event_loop",
+            s.loop_lag <= bounds.max_loop_lag,
+            f"lag {s.loop_lag:.3f}s (bound {bounds.max_loop_lag:g}s)",
+        )
+    )
+    return Health(state, live, all(c.ok for c in checks), tuple(checks), detail_error)
+
+
+def _consumer_group_checks(s: Statistics, bounds: HealthBounds) -> list[Check]:
     assigned = len(s.assigned)
-    checks = (
-        started,
+    return [
         Check(
             "assignment",
             assigned > 0 or s.rebalances > 0,
@@ -123,10 +147,32 @@ def evaluate(
             if s.rebalance_age
             else "none in progress",
         ),
+    ]
+
+
+def _share_checks(s: Statistics, bounds: HealthBounds) -> list[Check]:
+    """One check for the share handlers' memberships, one for their fetches; a
+    failing one names the handlers at fault."""
+    members, fetches = [], []
+    for name, m in sorted(s.share.items()):
+        if not m.joined:
+            members.append(f"{name}: joining share group {m.group} for {m.heartbeat_age:.1f}s")
+        elif m.heartbeat_age > bounds.max_unreachable:
+            members.append(
+                f"{name}: no heartbeat answer from share group {m.group} for "
+                f"{m.heartbeat_age:.1f}s (bound {bounds.max_unreachable:g}s)"
+            )
+        if m.fetch_age > bounds.max_poll_age:
+            fetches.append(
+                f"{name}: no share fetch answered for {m.fetch_age:.1f}s "
+                f"(bound {bounds.max_poll_age:g}s)"
+            )
+    partitions = sum(len(m.assigned) for m in s.share.values())
+    return [
         Check(
-            "event_loop",
-            s.loop_lag <= bounds.max_loop_lag,
-            f"lag {s.loop_lag:.3f}s (bound {bounds.max_loop_lag:g}s)",
+            "share_group",
+            not members,
+            "; ".join(members) or f"{len(s.share)} member(s), {partitions} partitions",
         ),
-    )
-    return Health(state, live, all(c.ok for c in checks), checks, detail_error)
+        Check("share_fetch", not fetches, "; ".join(fetches) or "fetching"),
+    ]

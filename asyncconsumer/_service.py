@@ -14,8 +14,9 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.abc import TaskStatus
 
-from ._app import ConsumerApp, TrackedStatus
+from ._app import ConsumerApp
 from ._health import DEFAULT_BOUNDS, Health, HealthBounds, State
+from ._runtime._together import TrackedStatus
 
 __all__ = ["AppService", "service_for"]
 

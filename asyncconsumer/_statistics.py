@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 from aiokafka.structs import TopicPartition
 
-__all__ = ["HandlerStatistics", "Statistics", "TopicStatistics"]
+__all__ = ["HandlerStatistics", "ShareStatistics", "Statistics", "TopicStatistics"]
 
 
 class HandlerStatistics(NamedTuple):
@@ -39,6 +41,47 @@ class TopicStatistics(NamedTuple):
     """Kafka transactions committed (``delivery="exactly_once"``)."""
     aborted_transactions: int = 0
     """Kafka transactions aborted (their records ran again, or the app stopped)."""
+    accepted: int = 0
+    """Share handlers: records acknowledged as done (handled, or dead-lettered)."""
+    released: int = 0
+    """Share handlers: records given back for redelivery (a retry, ``on_failure="stop"``,
+    or fetched while the app stopped)."""
+    rejected: int = 0
+    """Share handlers: records archived by the broker (``on_failure="skip"``)."""
+    redelivered: int = 0
+    """Share handlers: records fetched with ``delivery_count`` > 1 (released before, or
+    their acquisition lock expired: a member died or was too slow)."""
+
+
+class ShareStatistics(NamedTuple):
+    """One share handler's membership of its share group (``@app.share_handler``).
+
+    Its records' totals are in :attr:`Statistics.topics`, its running and fetched
+    records in :attr:`Statistics.handlers`."""
+
+    group: str
+    """The share group."""
+    assigned: frozenset[TopicPartition]
+    """Partitions the group coordinator gave this member (others may have them too)."""
+    joined: bool
+    """Whether the group coordinator has accepted the member."""
+    heartbeat_age: float
+    """Seconds since the group coordinator last answered a heartbeat (since the start,
+    before the first answer): heartbeats go every few seconds, so a large value means
+    the coordinator is unreachable or the membership is lost."""
+    fetch_age: float
+    """Seconds since a share fetch was last answered without an error; 0.0 while every
+    worker is busy (no fetch is due: backpressure, not a stall)."""
+    lock_renewals: int
+    """Acquisition locks renewed for records still running (KIP-1222)."""
+    lock_expiries: int
+    """Records decided after their acquisition lock expired (another member may have
+    handled them too)."""
+    acknowledge_errors: int
+    """Acknowledgements the broker refused."""
+    acknowledgements_dropped: int
+    """Acknowledgements never delivered (a failed request, a lost share session): those
+    records come back once their lock expires."""
 
 
 class Statistics(NamedTuple):
@@ -78,3 +121,7 @@ class Statistics(NamedTuple):
     """Seconds since a broker last answered one of the member's requests, while its
     requests fail or none is sent (small while the member is healthy: fetch responses
     and heartbeats keep arriving); 0.0 while a request waits for its answer."""
+    share: Mapping[str, ShareStatistics] = MappingProxyType({})
+    """Per share handler (by qualified name): its share-group membership. The other
+    fields above describe the consumer group only, except ``in_flight``, ``buffered``,
+    ``loop_lag``, ``max_loop_lag``, ``handlers`` and ``topics``, which cover both."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from ._app import ConsumerApp
 from ._errors import ConsumerStoppedError
-from ._statistics import Statistics
+from ._statistics import ShareStatistics, Statistics
 
 __all__ = ["CONTENT_TYPE", "ConsumerMetrics", "HandlerTimer", "instrument"]
 
@@ -53,6 +53,33 @@ _TOPIC_COUNTERS = (
     ("skipped", "Failed records skipped."),
     ("transactions", "Kafka transactions committed (delivery='exactly_once')."),
     ("aborted_transactions", "Kafka transactions aborted (delivery='exactly_once')."),
+    ("accepted", "Share handlers: records acknowledged as done."),
+    ("released", "Share handlers: records released for redelivery."),
+    ("rejected", "Share handlers: records rejected (archived by the broker)."),
+    ("redelivered", "Share handlers: records fetched with a delivery count above 1."),
+)
+_SHARE_COUNTERS = (
+    ("lock_renewals", "Acquisition locks renewed for records still running."),
+    ("lock_expiries", "Records decided after their acquisition lock expired."),
+    ("acknowledge_errors", "Acknowledgements the broker refused."),
+    ("acknowledgements_dropped", "Acknowledgements never delivered (redelivered later)."),
+)
+_SHARE_GAUGES: tuple[tuple[str, str, Callable[[ShareStatistics], float]], ...] = (
+    (
+        "assigned_partitions",
+        "Partitions the share group coordinator gave the member.",
+        lambda m: len(m.assigned),
+    ),
+    (
+        "heartbeat_age_seconds",
+        "Seconds since the share group coordinator last answered a heartbeat.",
+        lambda m: m.heartbeat_age,
+    ),
+    (
+        "fetch_age_seconds",
+        "Seconds since a share fetch was last answered (0 while every worker is busy).",
+        lambda m: m.fetch_age,
+    ),
 )
 
 
@@ -198,10 +225,31 @@ class _StatisticsCollector(Collector):
         yield running
         if stats is None:
             return
-        yield from _from_statistics(ns, group, stats)
+        share_only = bool(self._app._share_specs) and not self._app._registry
+        yield from _from_statistics(ns, group, stats, consumer_group=not share_only)
+        if stats.share:
+            yield from _share_families(ns, group, stats)
 
 
-def _from_statistics(ns: str, group: str, s: Statistics) -> Iterator[Metric]:
+def _share_families(ns: str, group: str, s: Statistics) -> Iterator[Metric]:
+    """Per share handler: its membership and acknowledgements."""
+    labels = ["group", "handler", "share_group"]
+    members = sorted(s.share.items())
+    for field, doc in _SHARE_COUNTERS:
+        family = CounterMetricFamily(f"{ns}_share_{field}", doc, labels=labels)
+        for name, m in members:
+            family.add_metric([group, name, m.group], getattr(m, field))
+        yield family
+    for field, doc, value in _SHARE_GAUGES:
+        gauge = GaugeMetricFamily(f"{ns}_share_{field}", doc, labels=labels)
+        for name, m in members:
+            gauge.add_metric([group, name, m.group], value(m))
+        yield gauge
+
+
+def _from_statistics(
+    ns: str, group: str, s: Statistics, *, consumer_group: bool = True
+) -> Iterator[Metric]:
     topics = sorted(s.topics.items())
     for field, doc in _TOPIC_COUNTERS:
         family = CounterMetricFamily(f"{ns}_records_{field}", doc, labels=["group", "topic"])
@@ -223,6 +271,25 @@ def _from_statistics(ns: str, group: str, s: Statistics) -> Iterator[Metric]:
     yield in_flight
     yield buffered
 
+    if consumer_group:
+        yield from _consumer_group_families(ns, group, s)
+    loop_lag = GaugeMetricFamily(
+        f"{ns}_event_loop_lag_seconds",
+        "Event-loop lag at the last check (every 0.25 s).",
+        labels=["group"],
+    )
+    loop_lag.add_metric([group], s.loop_lag)
+    yield loop_lag
+    max_lag = GaugeMetricFamily(
+        f"{ns}_event_loop_lag_max_seconds",
+        "Largest event-loop lag since the app started.",
+        labels=["group"],
+    )
+    max_lag.add_metric([group], s.max_loop_lag)
+    yield max_lag
+
+
+def _consumer_group_families(ns: str, group: str, s: Statistics) -> Iterator[Metric]:
     assigned = GaugeMetricFamily(
         f"{ns}_assigned_partitions", "Partitions this member handles.", labels=["group"]
     )
@@ -290,20 +357,6 @@ def _from_statistics(ns: str, group: str, s: Statistics) -> Iterator[Metric]:
     )
     unreachable.add_metric([group], s.unreachable_for)
     yield unreachable
-    loop_lag = GaugeMetricFamily(
-        f"{ns}_event_loop_lag_seconds",
-        "Event-loop lag at the last check (every 0.25 s).",
-        labels=["group"],
-    )
-    loop_lag.add_metric([group], s.loop_lag)
-    yield loop_lag
-    max_lag = GaugeMetricFamily(
-        f"{ns}_event_loop_lag_max_seconds",
-        "Largest event-loop lag since the app started.",
-        labels=["group"],
-    )
-    max_lag.add_metric([group], s.max_loop_lag)
-    yield max_lag
 
 
 def instrument(app: ConsumerApp, *, registry: CollectorRegistry | None = None) -> ConsumerMetrics:

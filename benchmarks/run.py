@@ -1,7 +1,7 @@
 """Run every benchmark against one broker and print one table.
 
     python -m benchmarks.run [--broker embedded|apache-kafka] [--records 200000]
-                             [--repeat 3] [--scenarios 1,2,3,4,5,6,7] [--quick]
+                             [--repeat 3] [--scenarios 1,2,3,4,5,6,7,8] [--quick]
                              [--shapes 100b,json,json32] [--contenders NAME,...]
 
 Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts the broker --broker names (the
@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from . import dispatch, io_bound, latency, memory, publish, throughput
+from . import dispatch, io_bound, latency, memory, publish, share, throughput
 from ._common import broker, c_extension_loaded
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -207,6 +207,11 @@ async def on_broker(bootstrap: str, args: argparse.Namespace, results: dict[str,
         print("\n5. latency at a steady 5,000 records/s ...", flush=True)
         seconds = 5.0 if args.quick else latency.SECONDS
         results["latency"] = await latency.run(bootstrap, seconds=seconds, repeat=args.repeat)
+    if "8" in scenarios and results["broker"] == "embedded":
+        print("\n8. share groups: skipped (they need Apache Kafka: --broker apache-kafka)")
+    elif "8" in scenarios:
+        records = share.RECORDS if not args.quick else 20_000
+        results["share"] = await share.run(bootstrap, records, args.repeat)
 
 
 async def main() -> int:
@@ -219,7 +224,11 @@ async def main() -> int:
     )
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="which to run, e.g. 3 or 1,2")
+    parser.add_argument(
+        "--scenarios",
+        default="1,2,3,4,5,6,7,8",
+        help="which to run, e.g. 3 or 1,2 (8, share groups: Apache Kafka only)",
+    )
     parser.add_argument(
         "--shapes",
         default="all",
@@ -260,6 +269,8 @@ async def main() -> int:
         publish.report(results["publish"])
     if "latency" in results:
         latency.report(results["latency"])
+    if "share" in results:
+        share.report(results["share"])
     out = anyio.Path(RESULTS)
     await out.mkdir(exist_ok=True)
     await (out / "results.json").write_text(json.dumps(results, indent=2))

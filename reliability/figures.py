@@ -80,6 +80,14 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "dead-letter topic read back: attempts, exception type, key); no loss, order, "
         "safe commits, zero duplicates",
     ),
+    "share-broker-kill": (
+        "10. share group (`@app.share_handler`, 3 members, lock 5 s): SIGKILL of the broker "
+        "node leading most partitions, restarted 5 s later",
+        "every record handled and accepted; nothing delivered for a lock duration after "
+        "all were (none left acquired); duplicates only among the records first handled "
+        "from 2 s before the kill to the end of the fail-over (their number: the bound); "
+        "no member exits",
+    ),
     "sustained-load": (
         "sustained load: 3 members, 2,000 records/s for 60 s, no fault",
         "lag at most 10,000 (5 s of production) throughout, zero after; each member's "

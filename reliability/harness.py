@@ -55,6 +55,7 @@ class Member:
     index: int
     env: dict[str, str]
     directory: Path
+    app: str = "reliability.member_app:app"  # what `asyncconsumer run` runs
     incarnation: int = 0
     proc: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
@@ -74,7 +75,7 @@ class Member:
         stderr = open(self.directory / f"{self.member_id}.stderr", "wb")  # noqa: SIM115
         command = [sys.executable, "-m", "asyncconsumer", "--log-level", "WARNING", "run"]
         self.proc = subprocess.Popen(
-            [*command, "reliability.member_app:app"],
+            [*command, self.app],
             cwd=ROOT,
             env={**self.env, "RELY_MEMBER": self.member_id, "RELY_LOG": str(log)},
             stdin=subprocess.DEVNULL,
@@ -129,6 +130,7 @@ class Group:
     group_id: str
     directory: Path
     members: list[Member] = field(default_factory=list)
+    app: str = "reliability.member_app:app"
 
     def add(self, count: int, **settings: Any) -> list[Member]:
         env = {
@@ -139,7 +141,7 @@ class Group:
             "RELY_TOPIC": self.topic,
             **{f"RELY_{k.upper()}": str(v) for k, v in settings.items()},
         }
-        added = [Member(len(self.members) + i, env, self.directory) for i in range(count)]
+        added = [Member(len(self.members) + i, env, self.directory, self.app) for i in range(count)]
         self.members.extend(added)
         for member in added:
             member.start()

@@ -18,22 +18,20 @@ dead-letter topic ``<topic>.DLQ``; each failed attempt is logged as a ``fail`` e
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import time
 from typing import Any, Literal, cast
 
 import anyio
 
 from asyncconsumer import Backoff, CommitError, ConsumerApp, Message, Retry, TopicPartition
 
+from .eventlog import emit
 from .policy import ATTEMPTS, BACKOFF_S, PermanentFailure, TransientFailure, fate
 
 Ordering = Literal["partition", "key", "none"]
 
 env = os.environ
-MEMBER = env["RELY_MEMBER"]
 TOPIC = env["RELY_TOPIC"]
 ORDERING = cast(Ordering, env.get("RELY_ORDERING", "partition"))
 WORK = float(env.get("RELY_WORK_MS", "1")) / 1000.0
@@ -45,16 +43,6 @@ POLICY = env.get("RELY_POLICY") == "1"
 POLL: dict[str, Any] = {}
 if "RELY_MAX_POLL_MS" in env:
     POLL["max_poll_interval_ms"] = int(env["RELY_MAX_POLL_MS"])
-
-_fd = os.open(env["RELY_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-
-
-def emit(event: dict[str, Any]) -> None:
-    """Append one JSON line with one write(2), stamped with the member and both clocks."""
-    event["m"] = MEMBER
-    event["mono"] = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
-    event["wall"] = time.time()
-    os.write(_fd, (json.dumps(event, separators=(",", ":")) + "\n").encode())
 
 
 def _parts(tps: list[TopicPartition] | dict[TopicPartition, int]) -> list[list[Any]]:

@@ -7,5 +7,6 @@
   in offset order (the place where ordering modes plug in);
 - ``_liveness``: the event-loop lag and fetch-loop watch;
 - ``_engine``: the task group that owns the fetch, commit and liveness tasks and
-  the lanes, and the rebalance and stop sequences.
+  the lanes, and the rebalance and stop sequences;
+- ``_together``: an app's engine and share runtime run in one task group.
 """

@@ -32,7 +32,7 @@ class LivenessMonitor:
     __slots__ = (
         "_beat",
         "_culprit",
-        "_describe_running",
+        "_sources",
         "interval",
         "last_poll",
         "loop_lag",
@@ -53,7 +53,7 @@ class LivenessMonitor:
         unreachable_for: Callable[[], float] = lambda: 0.0,
         unreachable_after: float = 15.0,
     ) -> None:
-        self._describe_running = describe_running
+        self._sources = [describe_running]
         self.unreachable_for = unreachable_for
         self.unreachable_after = unreachable_after
         self.interval = interval
@@ -64,6 +64,14 @@ class LivenessMonitor:
         self.last_poll = time.monotonic()
         self._beat = self.last_poll  # when the monitor's current sleep began
         self._culprit: str | None = None  # what ran while the loop was blocked
+
+    def add_source(self, describe_running: Callable[[], Iterable[str]]) -> None:
+        """Also name what ``describe_running`` says runs when the loop is blocked
+        (the share handlers of an app with consumer-group handlers too)."""
+        self._sources.append(describe_running)
+
+    def _describe_running(self) -> list[str]:
+        return [what for describe in self._sources for what in describe()]
 
     def polled(self) -> None:
         """The fetch loop calls this after every poll."""

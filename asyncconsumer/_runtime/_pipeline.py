@@ -103,6 +103,11 @@ class TopicCounters:
     skipped: int = 0
     transactions: int = 0
     aborted_transactions: int = 0
+    # share handlers: acknowledgements, and records delivered more than once
+    accepted: int = 0
+    released: int = 0
+    rejected: int = 0
+    redelivered: int = 0
 
 
 def compose(handler: Handler, middleware: Sequence[Middleware]) -> CallNext:

@@ -6,13 +6,13 @@ from collections.abc import Mapping
 
 from aiokafka.structs import TopicPartition
 
-from .._statistics import HandlerStatistics, Statistics, TopicStatistics
+from .._statistics import HandlerStatistics, ShareStatistics, Statistics, TopicStatistics
 from .._transport import ConsumerClient, Reachability
 from ._lanes import Lane
 from ._liveness import LivenessMonitor
 from ._pipeline import CounterMap
 
-__all__ = ["snapshot"]
+__all__ = ["snapshot", "topic_statistics", "with_share"]
 
 _NO_STATS = HandlerStatistics(partitions=0, in_flight=0, buffered=0)
 
@@ -58,20 +58,64 @@ def snapshot(
         loop_lag=liveness.loop_lag,
         max_loop_lag=liveness.max_loop_lag,
         handlers=handlers,
-        topics={
-            topic: TopicStatistics(
-                fetched=c.fetched,
-                handled=c.handled,
-                failed=c.failed,
-                retried=c.retried,
-                dead_lettered=c.dead_lettered,
-                skipped=c.skipped,
-                transactions=c.transactions,
-                aborted_transactions=c.aborted_transactions,
-            )
-            for topic, c in counters.items()
-        },
+        topics=topic_statistics(counters),
         unreachable_for=reachability.unreachable_for(),
+    )
+
+
+def topic_statistics(counters: CounterMap) -> dict[str, TopicStatistics]:
+    """Per topic, the totals since the app was created."""
+    return {
+        topic: TopicStatistics(
+            fetched=c.fetched,
+            handled=c.handled,
+            failed=c.failed,
+            retried=c.retried,
+            dead_lettered=c.dead_lettered,
+            skipped=c.skipped,
+            transactions=c.transactions,
+            aborted_transactions=c.aborted_transactions,
+            accepted=c.accepted,
+            released=c.released,
+            rejected=c.rejected,
+            redelivered=c.redelivered,
+        )
+        for topic, c in counters.items()
+    }
+
+
+def with_share(
+    base: Statistics | None,
+    handlers: Mapping[str, HandlerStatistics],
+    share: Mapping[str, ShareStatistics],
+    counters: CounterMap,
+    liveness: LivenessMonitor,
+) -> Statistics:
+    """``base`` (the consumer group's snapshot; ``None`` when the app has no
+    consumer-group handlers) with the share handlers added: their running and
+    fetched records, and their membership."""
+    if base is None:
+        base = Statistics(
+            assigned=frozenset(),
+            in_flight=0,
+            buffered=0,
+            paused=frozenset(),
+            completed={},
+            committed={},
+            highwater={},
+            rebalances=0,
+            rebalance_age=0.0,
+            poll_age=0.0,
+            loop_lag=liveness.loop_lag,
+            max_loop_lag=liveness.max_loop_lag,
+            handlers={},
+            topics=topic_statistics(counters),
+        )
+    return base._replace(
+        in_flight=base.in_flight + sum(h.in_flight for h in handlers.values()),
+        buffered=base.buffered + sum(h.buffered for h in handlers.values()),
+        handlers={**base.handlers, **handlers},
+        share=dict(share),
     )
 
 

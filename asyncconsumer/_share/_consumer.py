@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
+import anyio
 from aiokafka.errors import KafkaError
 
 from .._codecs import CodecSpec, resolve_codec
@@ -23,6 +24,7 @@ from .._errors import (
     DeserializationError,
 )
 from .._message import TopicPartition
+from .._security import Security, check_security
 from .._transport._share import ShareClient, record_batches
 from . import _protocol as proto
 
@@ -169,6 +171,9 @@ class ShareConsumer:
     (it comes back until the delivery limit archives it); the loop may go on.
     Share groups keep no order: records of one partition may be handed to
     several members at once.
+
+    ``security`` (a :class:`~asyncconsumer.Security`: TLS, SASL) secures the
+    connections, as for :class:`~asyncconsumer.Consumer`.
     """
 
     def __init__(
@@ -187,6 +192,7 @@ class ShareConsumer:
         client_id: str = "asyncconsumer-share",
         request_timeout_ms: int = 40_000,
         renew_locks: bool = True,
+        security: Security | None = None,
     ) -> None:
         if not topics or not all(isinstance(t, str) and t for t in topics):
             raise ConfigurationError("ShareConsumer needs one or more topic names")
@@ -207,6 +213,8 @@ class ShareConsumer:
             )
         if max_records < 1:
             raise ConfigurationError(f"max_records must be >= 1, not {max_records}")
+        check_security(security, {}, "the share consumer")
+        self._security = security
         self.topics = sorted(set(topics))
         self.group_id = group_id
         self.member_id = _member_id()
@@ -243,6 +251,18 @@ class ShareConsumer:
         self._held: dict[tuple[Key, int], float] = {}
         self._renew = renew_locks
         self._renewer: asyncio.Task[None] | None = None
+        # The fetch in flight (a task, so that it goes on while records are handled):
+        # started when the loop finds the buffer empty, or before that, once the
+        # buffer runs below _low_water records (see _refilled).
+        self._fetching: dict[int | None, asyncio.Task[None]] = {}  # by broker
+        self._nodes = 1  # brokers fetched from, as of the last _start_fetches
+        self._fetch_ended = asyncio.Event()  # set (and replaced) whenever a fetch ends
+        self._low_water = 0
+        self._rtt = 0.0  # seconds a ShareFetch round that brought records takes (average)
+        self._pace = 0.0  # seconds between two records handed out (average)
+        self._handed = 0  # records handed out, ever
+        self._handed_at_refill = 0
+        self._refilled_at = 0.0
         self.lock_renewals = 0
         """Acquisition locks renewed (records whose handling outlasted a third of the lock)."""
         self.lock_expiries = 0
@@ -256,6 +276,13 @@ class ShareConsumer:
         self.acknowledge_errors = 0
         """Acknowledgements the broker refused, counted per partition response (a late
         acknowledgement is not refused by Kafka 4.3: see ``lock_expiries``)."""
+        self.acknowledgements_dropped = 0
+        """Acknowledgements never delivered (a failed request, a lost share session, a
+        partition no longer fetched): the broker redelivers those records once their
+        lock expires."""
+        # Monotonic times of the last answers, for health: a ShareFetch answered without
+        # an error (or a round with nothing to fetch), a heartbeat answered without one.
+        self.answered_at = self.heartbeat_at = time.monotonic()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -267,6 +294,7 @@ class ShareConsumer:
             self._bootstrap,
             client_id=self._client_id,
             request_timeout_ms=self._request_timeout_ms,
+            security_options=None if self._security is None else self._security.kafka_options(),
         )
         try:
             await self._client.start()
@@ -307,6 +335,7 @@ class ShareConsumer:
         try:
             if self._current is not None:
                 self._decide(self._current, proto.ACCEPT if accept_current else proto.RELEASE)
+            await self._finish_fetches()  # what they acquire is released below
             while self._buffer:
                 record, topic, partition, _, _ = self._buffer.popleft()
                 self._pending.setdefault((self._ids[topic], partition), {})[record.offset] = (
@@ -336,7 +365,10 @@ class ShareConsumer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await asyncio.shield(self.stop(accept_current=exc_type is None))
+        # left by an anyio cancellation (a timeout, a task group's): close before going
+        # on, not in the background (asyncio.shield alone returns at once)
+        with anyio.CancelScope(shield=True):
+            await asyncio.shield(self.stop(accept_current=exc_type is None))
 
     # -- acknowledgements -------------------------------------------------------------------
 
@@ -385,6 +417,7 @@ class ShareConsumer:
                 if result.error_code in _SESSION_LOST:
                     self._sessions.pop(node, None)
                     log.warning("share session with node %s lost; acknowledgements dropped", node)
+                    self.acknowledgements_dropped += sum(map(len, acks.values()))
                     continue
                 if result.error_code:
                     raise ShareGroupError(
@@ -411,8 +444,13 @@ class ShareConsumer:
             if self._closed:
                 raise StopAsyncIteration
             if self._buffer:
-                return self._hand_out()
-            await self._fetch()
+                fetching = len(self._fetching)
+                msg = self._hand_out()
+                if len(self._fetching) > fetching:
+                    # a fetch started: it sends its request now, not once the loop awaits
+                    await asyncio.sleep(0)
+                return msg
+            await self._fetch_more()
 
     # -- for runners that decode and acknowledge records themselves (share handlers) ------
 
@@ -428,8 +466,17 @@ class ShareConsumer:
             if self._buffer:
                 record, topic, partition, count, fetched = self._buffer.popleft()
                 self._held[((self._ids[topic], partition), record.offset)] = fetched
+                self._handed += 1
+                if len(self._buffer) < self._low_water and len(self._fetching) < self._nodes:
+                    self._start_fetches()
                 return record, topic, partition, count
-            await self._fetch()
+            await self._fetch_more()
+
+    @property
+    def buffered(self) -> int:
+        """Records fetched and not handed out yet (:meth:`next_record` returns one of
+        them without waiting)."""
+        return len(self._buffer)
 
     def settle(self, topic: str, partition: int, offset: int, kind: int) -> None:
         """Acknowledge a record from :meth:`next_record` (``kind``: ACCEPT, RELEASE or
@@ -456,6 +503,9 @@ class ShareConsumer:
 
     def _hand_out(self) -> ShareMessage:
         record, topic, partition, count, fetched = self._buffer.popleft()
+        self._handed += 1
+        if len(self._buffer) < self._low_water and len(self._fetching) < self._nodes:
+            self._start_fetches()
         key, value = record.key, record.value
         what = "key"
         try:
@@ -482,6 +532,11 @@ class ShareConsumer:
         self._current = msg
         self._held[((self._ids[topic], partition), msg.offset)] = fetched
         return msg
+
+    @property
+    def joined(self) -> bool:
+        """Whether the group coordinator has accepted this member (it heartbeats)."""
+        return self._epoch > 0
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -560,6 +615,7 @@ class ShareConsumer:
                 self._assignment_changed.set()
                 return
             subscribed = None
+            self.heartbeat_at = time.monotonic()
             if result.member_id:
                 self.member_id = result.member_id
             self._epoch = result.member_epoch
@@ -593,32 +649,117 @@ class ShareConsumer:
 
     # -- internals: fetching -------------------------------------------------------------------
 
-    async def _fetch(self) -> None:
-        """One round of ShareFetch requests (one per leader broker, concurrently),
-        carrying the acknowledgements decided so far."""
-        if any(key not in self._leaders for key in self._assigned):
-            with contextlib.suppress(KafkaError):
-                await self._refresh_metadata()
+    def _start_fetches(self) -> bool:
+        """Start a ShareFetch to every broker to fetch from that has none in flight,
+        each in a task of its own: a broker with no records long-polls without holding
+        up the others. While an assigned partition's leader is unknown, or nothing is
+        to be fetched, a task of its own (key ``None``) refreshes the metadata or waits
+        for an assignment. True if a task started."""
+        fetching = self._fetching
+        now = time.monotonic()
+        handed = self._handed - self._handed_at_refill
+        if handed > 0 and self._refilled_at:  # the pace since records last arrived
+            pace = (now - self._refilled_at) / handed
+            self._pace = pace if not self._pace else 0.7 * self._pace + 0.3 * pace
         wanted: dict[int, set[Key]] = {}
+        unknown = False
         for key in self._assigned:
             leader = self._leaders.get(key)
-            if leader is not None:
+            if leader is None:
+                unknown = True
+            else:
                 wanted.setdefault(leader, set()).add(key)
         nodes = set(wanted) | {n for n, s in self._sessions.items() if s.partitions}
-        if not nodes:
-            self._drop_stale_acks()
-            self._assignment_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._assignment_changed.wait(), self._max_wait_ms / 1000)
-            return
-        await asyncio.gather(*(self._fetch_from(node, wanted.get(node, set())) for node in nodes))
+        self._nodes = max(len(nodes), 1)
+        started = False
+        for node in nodes:
+            if node not in fetching:
+                task = asyncio.create_task(
+                    self._fetch_task(node, wanted.get(node, set()), now), name="share-fetch"
+                )
+                fetching[node] = task
+                started = True
+        if (unknown or not nodes) and None not in fetching:
+            fetching[None] = asyncio.create_task(self._plan_task(not nodes), name="share-plan")
+            started = True
+        return started
 
-    async def _fetch_from(self, node: int, wanted: set[Key]) -> None:
+    async def _fetch_task(self, node: int, wanted: set[Key], started: float) -> None:
+        try:
+            if await self._fetch_from(node, wanted):
+                self._refilled(time.monotonic() - started)
+        except Exception as exc:  # surfaces in the loop
+            self._error = exc
+        finally:
+            self._ended(node)
+
+    async def _plan_task(self, idle: bool) -> None:
+        """Learn the leaders of assigned partitions; ``idle`` (nothing to fetch from):
+        wait for an assignment, at most ``fetch_max_wait_ms``."""
+        try:
+            if any(key not in self._leaders for key in self._assigned):
+                with contextlib.suppress(KafkaError):
+                    await self._refresh_metadata()
+            if idle:
+                self._drop_stale_acks()
+                self._assignment_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._assignment_changed.wait(), self._max_wait_ms / 1000
+                    )
+                self.answered_at = time.monotonic()  # nothing to fetch: idle, not stuck
+        except Exception as exc:  # surfaces in the loop
+            self._error = exc
+        finally:
+            self._ended(None)
+
+    def _refilled(self, rtt: float) -> None:
+        """Records arrived, after ``rtt`` seconds. The next fetch starts once the
+        buffer holds fewer records than the loop hands out in two such rounds (at most
+        ``max_records``), so that it is back about when the buffer runs out: records
+        flow without a pause for the round trip, and a fetched record waits about as
+        long as it would without the early start. While records are handed out slower
+        than one per two rounds, the next fetch starts only once the buffer is empty."""
+        self._rtt = rtt if not self._rtt else 0.7 * self._rtt + 0.3 * rtt
+        if self._pace > 0:
+            self._low_water = min(self._max_records, int(2 * self._rtt / self._pace))
+        self._refilled_at = time.monotonic()
+        self._handed_at_refill = self._handed
+
+    async def _fetch_more(self) -> None:
+        """Start the fetches not in flight, and wait until one of them ends (they go
+        on if the wait is cancelled; :meth:`stop` releases what they bring). Any number
+        of callers may wait at once (a share handler's workers)."""
+        if len(self._fetching) < self._nodes or not self._fetching:
+            self._start_fetches()
+        await self._fetch_ended.wait()
+
+    def _ended(self, key: int | None) -> None:
+        """A fetch task ends: it leaves ``_fetching``, and the waiters wake."""
+        if self._fetching.get(key) is asyncio.current_task():
+            del self._fetching[key]
+        self._fetch_ended.set()
+        self._fetch_ended = asyncio.Event()
+
+    async def _finish_fetches(self) -> None:
+        """Wait for the fetches in flight (a long poll ends within
+        ``fetch_max_wait_ms``)."""
+        tasks = list(self._fetching.values())
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=self._max_wait_ms / 1000 + 5)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+    async def _fetch_from(self, node: int, wanted: set[Key]) -> int:
+        """One ShareFetch to ``node``; the number of records it buffered."""
         session = self._sessions.setdefault(node, _Session())
         async with session.lock:
-            await self._fetch_in(node, session, wanted)
+            return await self._fetch_in(node, session, wanted)
 
-    async def _fetch_in(self, node: int, session: _Session, wanted: set[Key]) -> None:
+    async def _fetch_in(self, node: int, session: _Session, wanted: set[Key]) -> int:
         client = self._require_client()
         if session.epoch == 0:
             session.partitions = set()
@@ -648,11 +789,12 @@ class ShareConsumer:
             result = await client.send(node, request)
         except KafkaError as exc:
             log.warning("ShareFetch to node %s failed: %r; acknowledgements dropped", node, exc)
+            self.acknowledgements_dropped += sum(map(len, acks.values()))
             self._sessions.pop(node, None)
             with contextlib.suppress(KafkaError):
                 await self._refresh_metadata()
             await asyncio.sleep(_RETRY_BACKOFF)
-            return
+            return 0
         if result.error_code in _SESSION_LOST:
             log.warning(
                 "share session with node %s lost (%s); %d acknowledgement(s) dropped",
@@ -660,12 +802,15 @@ class ShareConsumer:
                 result.error_code,
                 sum(len(v) for v in acks.values()),
             )
+            self.acknowledgements_dropped += sum(map(len, acks.values()))
             self._sessions.pop(node, None)
-            return
+            return 0
         if result.error_code:
             self._error = ShareGroupError("ShareFetch", result.error_code, result.error_message)
-            return
+            return 0
+        self.answered_at = time.monotonic()
         session.advance()
+        buffered = len(self._buffer)
         session.partitions = (session.partitions | add) - forget
         self.lock_timeout_ms = result.lock_timeout_ms
         for part in result.partitions:
@@ -689,6 +834,7 @@ class ShareConsumer:
                 continue
             if part.acquired:
                 self._take(key, part.records, part.acquired, sent_at)
+        return len(self._buffer) - buffered
 
     def _take(
         self,
@@ -748,6 +894,7 @@ class ShareConsumer:
         in_session = set().union(*(s.partitions for s in self._sessions.values()))
         for key in [k for k in self._pending if k not in in_session]:
             dropped = self._pending.pop(key)
+            self.acknowledgements_dropped += len(dropped)
             log.warning(
                 "share group %s: %d acknowledgement(s) for %s[%s] dropped: the partition is no "
                 "longer fetched; the broker redelivers them after their lock expires",
@@ -839,6 +986,7 @@ class ShareConsumer:
                     )
             except KafkaError as exc:
                 log.warning("closing the share session with node %s failed: %r", node, exc)
+                self.acknowledgements_dropped += sum(map(len, acks.values()))
                 continue
             if result.error_code:
                 log.warning(

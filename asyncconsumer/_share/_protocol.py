@@ -398,6 +398,19 @@ def _write_ack_batches(w: Writer, batches: Sequence[AckBatch]) -> None:
         w.tagged_fields()
 
 
+def _write_acks(w: Writer, acks: Mapping[uuid.UUID, Mapping[int, Sequence[AckBatch]]]) -> None:
+    """The topics array of acknowledgements (ShareFetch, ShareAcknowledge)."""
+    w.compact_array_length(len(acks))
+    for topic_id, by_partition in acks.items():
+        w.uuid(topic_id)
+        w.compact_array_length(len(by_partition))
+        for index, batches in by_partition.items():
+            w.int32(index)
+            _write_ack_batches(w, batches)
+            w.tagged_fields()
+        w.tagged_fields()
+
+
 def share_fetch_request(
     group_id: str,
     member_id: str,
@@ -438,15 +451,7 @@ def share_fetch_request(
         if version >= 2:
             w.int8(acquire_mode)
             w.boolean(False)  # is_renew_ack
-        w.compact_array_length(len(topics))
-        for topic_id, by_partition in topics.items():
-            w.uuid(topic_id)
-            w.compact_array_length(len(by_partition))
-            for index, batches in by_partition.items():
-                w.int32(index)
-                _write_ack_batches(w, batches)
-                w.tagged_fields()
-            w.tagged_fields()
+        _write_acks(w, topics)
         w.compact_array_length(len(forgotten))
         for topic_id, indexes in forgotten.items():
             w.uuid(topic_id)
@@ -473,15 +478,7 @@ def share_acknowledge_request(
     w.int32(session_epoch)
     if renew:
         w.boolean(True)  # is_renew_ack (version 2)
-    w.compact_array_length(len(acks))
-    for topic_id, by_partition in acks.items():
-        w.uuid(topic_id)
-        w.compact_array_length(len(by_partition))
-        for index, batches in by_partition.items():
-            w.int32(index)
-            _write_ack_batches(w, batches)
-            w.tagged_fields()
-        w.tagged_fields()
+    _write_acks(w, acks)
     w.tagged_fields()
     if renew:
         return KafkaCall(

@@ -8,12 +8,14 @@ the record batches of ShareFetch responses with aiokafka's record decoder.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from aiokafka.record.memory_records import MemoryRecords
+
+from . import _refusals
 
 try:  # aiokafka >= 0.13 keeps coordinator traffic on its own connections
     from aiokafka.client import ConnectionGroup
@@ -33,16 +35,25 @@ class ShareClient:
     heartbeat never waits behind a long-polling fetch."""
 
     def __init__(
-        self, bootstrap_servers: str | list[str], *, client_id: str, request_timeout_ms: int
+        self,
+        bootstrap_servers: str | list[str],
+        *,
+        client_id: str,
+        request_timeout_ms: int,
+        security_options: Mapping[str, Any] | None = None,
     ) -> None:
+        _refusals.install()  # before the client exists
         self._client = AIOKafkaClient(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
             request_timeout_ms=request_timeout_ms,
+            **(security_options or {}),
         )
 
     async def start(self) -> None:
-        await self._client.bootstrap()
+        """Connect; a connection refused for a security reason (credentials, TLS)
+        raises :class:`~asyncconsumer.AuthenticationError` naming the cause."""
+        await _refusals.start_checked(self._client.bootstrap, self._client)
 
     async def close(self) -> None:
         await self._client.close()

@@ -1,7 +1,8 @@
 """A share-group member in its own process, for the multi-process tests.
 
 ``python share_member.py BOOTSTRAP TOPIC GROUP SLEEP_S LOCK_MS`` prints ``ready`` once
-started, then ``partition offset delivery_count`` for each record it finished (printed
+started and assigned partitions (so that a test produces only once every member takes
+part), then ``partition offset delivery_count`` for each record it finished (printed
 just before the loop asks for the next record, which accepts it); SIGTERM stops it
 gracefully.
 """
@@ -29,6 +30,8 @@ async def main(bootstrap: str, topic: str, group: str, sleep: float, lock_ms: st
         max_records=100,
         acquire_mode="record_limit",
     ) as consumer:
+        while not consumer.assignment:  # the group's heartbeats bring it within seconds
+            await asyncio.sleep(0.05)
         print("ready", flush=True)
         async for msg in consumer:
             if sleep:

@@ -35,6 +35,8 @@ from asyncconsumer import (
     Message,
     Producer,
     Security,
+    ShareConsumer,
+    ShareMessage,
     TopicPartition,
 )
 from asyncconsumer._http import serve_probes
@@ -153,6 +155,60 @@ async def test_an_app_and_a_consumer_over_sasl_ssl(kafka: ApacheKafka) -> None:
 
 async def test_an_app_and_a_consumer_over_mutual_tls(kafka: ApacheKafka) -> None:
     await app_scenario(kafka, kafka.ssl_bootstrap_servers, kafka.mtls_security())
+
+
+async def test_share_handlers_and_share_consumers_over_sasl_ssl_and_mutual_tls(
+    kafka: ApacheKafka,
+) -> None:
+    """An app with both kinds of handlers over SASL_SSL: the share handler's connections
+    are secured with the app's ``security`` too; a ShareConsumer over mutual TLS."""
+    orders, jobs = await secured_topic(kafka, "sec-mixed"), await secured_topic(kafka, "sec-jobs")
+    bootstrap, security = kafka.sasl_ssl_bootstrap_servers, kafka.sasl_security()
+    producer = Producer(bootstrap, security=security)
+    await producer.start()
+    try:
+        for i in range(10):
+            await producer.send(orders, f"o{i}")
+            await producer.send(jobs, f"j{i}")
+        await producer.client.flush()
+    finally:
+        await producer.stop()
+    app = ConsumerApp(
+        bootstrap_servers=bootstrap,
+        security=security,
+        group_id=unique("g-sec-mixed"),
+        auto_offset_reset="earliest",
+    )
+    handled: list[bytes] = []
+
+    @app.handler(orders)
+    async def handle(msg: Message[bytes]) -> None:
+        handled.append(msg.value)
+
+    @app.share_handler(jobs, group_id=unique("s-sec-mixed"), auto_offset_reset="earliest")
+    async def run_job(msg: ShareMessage) -> None:
+        handled.append(msg.value)
+
+    with anyio.fail_after(60):
+        async with app:
+            await wait_until(lambda: len(handled) == 20, 45, "20 records handled")
+    assert sorted(handled) == sorted(
+        [b"o%d" % i for i in range(10)] + [b"j%d" % i for i in range(10)]
+    )
+    async with ShareConsumer(
+        orders,
+        bootstrap_servers=kafka.ssl_bootstrap_servers,
+        security=kafka.mtls_security(),
+        group_id=unique("s-sec-mtls"),
+        auto_offset_reset="earliest",
+    ) as consumer:
+        values: list[bytes] = []
+        with anyio.fail_after(30):
+            async for msg in consumer:
+                values.append(msg.value)
+                if len(values) == 10:
+                    break
+    assert sorted(values) == sorted(b"o%d" % i for i in range(10))
 
 
 async def test_exactly_once_over_sasl_ssl(kafka: ApacheKafka) -> None:
@@ -313,6 +369,23 @@ async def test_a_refused_connection_fails_an_async_for_consumer(
             await consumer.start()
         with pytest.raises(ConsumerStoppedError):
             await consumer.getmany()
+    assert len(errors_logged(caplog)) <= 3, errors_logged(caplog)
+
+
+@pytest.mark.parametrize("case", CASES)
+async def test_a_refused_connection_fails_a_share_consumer(
+    kafka: ApacheKafka, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bootstrap, security, phrase = refused_cases(kafka)[case]
+    consumer = ShareConsumer(
+        unique("sec-never"), bootstrap_servers=bootstrap, security=security, group_id="s"
+    )
+    with (
+        caplog.at_level(logging.INFO),
+        anyio.fail_after(FAIL_WITHIN),
+        pytest.raises(AuthenticationError, match=phrase),
+    ):
+        await consumer.start()
     assert len(errors_logged(caplog)) <= 3, errors_logged(caplog)
 
 

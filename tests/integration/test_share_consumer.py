@@ -298,3 +298,26 @@ async def test_locks_of_slow_records_are_renewed(
     else:  # the control: without renewal the lock expires
         assert [(m.value, m.delivery_count) for m in others] == [(b"slow", 2)]
         assert a.lock_expiries == 1
+
+
+async def test_a_cancelled_loop_leaves_async_with_only_once_the_consumer_closed(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """Under an anyio cancellation (a task group's, a timeout) the acknowledgements are
+    sent and the group left before ``async with`` is left, not in the background."""
+    topic = await topics.create("share-cancelled")
+    group = unique("share-cancelled")
+    await aproduce(kafka_bootstrap, topic, [(None, b"one")])
+    got: list[bytes] = []
+    with anyio.move_on_after(30) as timeout:
+        async with share_consumer(kafka_bootstrap, topic, group) as consumer:
+            async for msg in consumer:  # the loop then waits for more: cancelled there
+                got.append(msg.value)
+                timeout.deadline = anyio.current_time() + 1.0
+    assert got == [b"one"]
+    assert consumer._client is None, "closed when async with was left"
+    # "one" was accepted before the loop waited: a new member gets only what comes now
+    await aproduce(kafka_bootstrap, topic, [(None, b"two")])
+    async with share_consumer(kafka_bootstrap, topic, group) as consumer:
+        (msg,) = await take(consumer, 1)
+    assert (msg.value, msg.delivery_count) == (b"two", 1)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -65,7 +67,14 @@ async def test_on_failure_stop_stops_the_app(kafka_bootstrap: str, topics: Topic
     topic = await topics.create("share-stop")
     await aproduce(kafka_bootstrap, topic, [(None, b"bad")])
     group = unique("share-stop")
-    app = ConsumerApp(bootstrap_servers=kafka_bootstrap, group_id=group)
+    closed: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: ConsumerApp) -> AsyncIterator[None]:
+        yield
+        closed.append("normally")  # not reached if the error were thrown in here
+
+    app = ConsumerApp(bootstrap_servers=kafka_bootstrap, group_id=group, lifespan=lifespan)
 
     @app.share_handler(topic, auto_offset_reset="earliest")
     async def work(msg: ShareMessage) -> None:
@@ -74,6 +83,7 @@ async def test_on_failure_stop_stops_the_app(kafka_bootstrap: str, topics: Topic
     with anyio.fail_after(60), pytest.raises(Flaky) as raised:
         await app.run()
     assert "released" in str(raised.value.__notes__)
+    assert closed == ["normally"], "the lifespan exits normally, then run() raises"
     # released, not accepted: the group delivers it again. (Its delivery count may be 3:
     # the fetch waiting at the broker when the app stopped can acquire it once more.)
     async with ShareConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group) as c:

@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "handlers": {},
     "topics": {},
     "unreachable_for": 0.0,
+    "share": {},
 }
 
 

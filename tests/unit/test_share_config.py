@@ -35,19 +35,6 @@ def test_share_handler_checks_its_settings() -> None:
         app.share_handler("t")(lambda msg: None)
 
 
-async def test_an_app_runs_share_or_group_handlers_not_both() -> None:
-    app = ConsumerApp(bootstrap_servers="127.0.0.1:9092", group_id="g")
-
-    @app.share_handler("jobs")
-    async def work(msg: ShareMessage) -> None: ...
-
-    @app.handler("orders")
-    async def orders(msg: object) -> None: ...
-
-    with pytest.raises(ConfigurationError, match="not both"):
-        await app.run()
-
-
 def test_share_message_repr_and_tp() -> None:
     msg = ShareMessage("t", 1, 5, b"k", b"v", [], 0, 2)
     assert msg.tp == ("t", 1)
