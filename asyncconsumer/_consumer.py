@@ -40,6 +40,7 @@ __all__ = ["Consumer"]
 log = logging.getLogger("asyncconsumer")
 
 _EMPTY: list[Any] = []
+POLL_RECORDS = 1000  # records per poll, unless max_poll_records says otherwise
 
 
 class Consumer:
@@ -155,6 +156,10 @@ class Consumer:
         self._gate: anyio.Event | None = None  # a revoke waits for the loop body
         self._resume: anyio.Event | None = None
         self._next_commit = 0.0
+        # Records per poll: what aiokafka decodes at once. Without a bound a poll
+        # decoded all it had buffered (up to fetch_max_bytes: 80,000 small records in
+        # one call), and the next fetch went out only once they were all consumed.
+        self._poll_records: int = kafka_options.get("max_poll_records") or POLL_RECORDS
         self._closed = False  # stop() began: iteration ends
         self._client_stopped = False
 
@@ -334,7 +339,7 @@ class Consumer:
                     return None
                 wait_ms = min(wait_ms, int(remaining * 1000) + 1)
             try:
-                batches = await client.getmany(timeout_ms=wait_ms)
+                batches = await client.getmany(timeout_ms=wait_ms, max_records=self._poll_records)
             except AioConsumerStoppedError:
                 raise StopAsyncIteration from None  # stopped from another task
             for tp, records in batches.items():

@@ -414,3 +414,28 @@ async def test_a_transactional_producer_that_cannot_start_stops_the_app_with_its
     with pytest.raises(AuthenticationError, match="SASL authentication failed"):
         async with TestClient(app, kafka):
             await anyio.sleep(1)
+
+
+async def test_a_consumer_decodes_at_most_max_poll_records_per_poll(
+    memory_kafka: MemoryKafka,
+) -> None:
+    # Without a bound, one poll took all a client had buffered (up to fetch_max_bytes:
+    # 80,000 small records at once on the benchmark's topic).
+    memory_kafka.create_topic("t", 1)
+    for _ in range(2500):
+        memory_kafka.publish("t", b"v", partition=0)
+    for options, bound in (({}, 1000), ({"max_poll_records": 300}, 300)):
+        async with Consumer(
+            "t",
+            bootstrap_servers=memory_kafka.bootstrap_servers,
+            group_id=f"g{bound}",
+            auto_offset_reset="earliest",
+            **options,
+        ) as consumer:
+            with anyio.fail_after(5):
+                await anext(consumer)
+            polled = len(consumer._batch) + sum(len(r) for _, r in consumer._pending)
+            assert polled == bound
+            with anyio.fail_after(5):
+                offsets = [(await anext(consumer)).offset for _ in range(2499)]
+            assert offsets == list(range(1, 2500))
