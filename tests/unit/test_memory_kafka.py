@@ -424,6 +424,7 @@ async def test_a_consumer_decodes_at_most_max_poll_records_per_poll(
     memory_kafka.create_topic("t", 1)
     for _ in range(2500):
         memory_kafka.publish("t", b"v", partition=0)
+    options: dict[str, Any]
     for options, bound in (({}, 1000), ({"max_poll_records": 300}, 300)):
         async with Consumer(
             "t",
