@@ -424,8 +424,8 @@ async def test_a_consumer_decodes_at_most_max_poll_records_per_poll(
     memory_kafka.create_topic("t", 1)
     for _ in range(2500):
         memory_kafka.publish("t", b"v", partition=0)
-    options: dict[str, Any]
-    for options, bound in (({}, 1000), ({"max_poll_records": 300}, 300)):
+    for bound in (1000, 300):
+        options: dict[str, Any] = {} if bound == 1000 else {"max_poll_records": bound}
         async with Consumer(
             "t",
             bootstrap_servers=memory_kafka.bootstrap_servers,
