@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from aiokafka.structs import RecordMetadata
 
@@ -35,12 +35,22 @@ _OWNED = {
 TRANSACTION_LINGER_MS = 5
 TRANSACTION_RETRY_BACKOFF_MS = 10
 
-TRANSACTION: ContextVar[ProducerClient | None] = ContextVar(
-    "asyncconsumer_transaction", default=None
-)
-"""In the task of a ``delivery="exactly_once"`` partition lane: that partition's
-transactional producer, which the app's producer sends through (so what a handler
-sends joins the transaction)."""
+
+class Transaction(Protocol):
+    """What the app's producer needs of a partition's open transaction."""
+
+    @property
+    def client(self) -> ProducerClient:
+        """The partition's transactional producer."""
+
+    def sent(self, future: asyncio.Future[RecordMetadata]) -> None:
+        """A record sent in the transaction: its commit checks the acknowledgement."""
+
+
+TRANSACTION: ContextVar[Transaction | None] = ContextVar("asyncconsumer_transaction", default=None)
+"""In the task of a ``delivery="exactly_once"`` lane or worker: the partition's
+transaction, which the app's producer sends through (so what a handler sends joins
+the transaction, and its commit checks that the broker took it)."""
 _PRODUCER_OPTIONS = PRODUCER_OPTIONS
 
 # Safer than aiokafka's acks=1: a record the producer reports as written (a
@@ -173,12 +183,20 @@ class Producer:
         ``AIOKafkaProducer``, or a :class:`~asyncconsumer.testing.MemoryKafka`'s. Inside
         a ``delivery="exactly_once"`` handler: its partition's transactional producer
         (a producer with a transactional id of its own keeps its own client)."""
-        routed = TRANSACTION.get()
-        if routed is not None and "transactional_id" not in self.options:
-            return routed
+        routed = self._transaction()
+        if routed is not None:
+            return routed.client
         if self._client is None:
             raise ConsumerStoppedError("the producer is not started (it runs with the app)")
         return self._client
+
+    def _transaction(self) -> Transaction | None:
+        """The transaction this producer's sends join (inside an ``exactly_once``
+        handler), unless it has a transactional id of its own."""
+        routed = TRANSACTION.get()
+        if routed is None or "transactional_id" in self.options:
+            return None
+        return routed
 
     async def start(self) -> None:
         if self._client is not None:
@@ -214,7 +232,9 @@ class Producer:
         Keys and values are encoded by type (:func:`encode`): bytes as they are,
         ``str`` as UTF-8, anything else as JSON.
         """
-        return await self.client.send(
+        routed = self._transaction()
+        client = routed.client if routed is not None else self.client
+        future = await client.send(
             topic,
             encode(value),
             key=encode(key),
@@ -222,6 +242,9 @@ class Producer:
             timestamp_ms=timestamp_ms,
             headers=encode_headers(headers),
         )
+        if routed is not None:
+            routed.sent(future)  # aiokafka would commit the transaction without it
+        return future
 
     async def send_and_wait(
         self,

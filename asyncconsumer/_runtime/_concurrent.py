@@ -190,7 +190,7 @@ class _Worker:
         process = pool.processor.process
         scope = self.scope
         woken = False
-        routed = None  # delivery="exactly_once": the producer this task's sends go to
+        routed = None  # delivery="exactly_once": the transaction this task's sends join
         while not pool._closed:
             if scope.cancel_called:
                 # A drain cancelled the record this worker ran, but it finished
@@ -230,10 +230,10 @@ class _Worker:
             running[self] = record
             self.lane, self.record = lane, record
             txn = lane.txn
-            if txn is not None and txn.producer is not routed:
+            if txn is not None and txn is not routed:
                 # What the handler sends joins the partition's transaction.
-                routed = txn.producer
-                TRANSACTION.set(txn.client)
+                routed = txn
+                TRANSACTION.set(txn)
             gen = lane.gen
             attempts = lane.attempts
             attempt = attempts.pop(record.offset, 1) if attempts else 1

@@ -539,8 +539,7 @@ class PartitionLane(Lane):
         txn = self.txn
         assert txn is not None
         try:
-            if await txn.recover(exc):
-                TRANSACTION.set(txn.client)  # a new producer
+            await txn.recover(exc)  # (a new producer: sends are routed through txn)
         except FENCED as fenced:
             self._fenced(fenced)
             return
@@ -579,7 +578,7 @@ class PartitionLane(Lane):
         txn = self.txn
         sent = self._sent if self.processor.publish_to is not None or txn else None
         if txn is not None:
-            TRANSACTION.set(txn.client)  # the app's producer sends in the transaction
+            TRANSACTION.set(txn)  # the app's producer sends in the transaction
         record: ConsumerRecord | None = None
         try:
             with self.scope:
@@ -694,7 +693,7 @@ class BatchLane(PartitionLane):
         txn = self.txn
         sent = self._sent if processor.publish_to is not None or txn else None
         if txn is not None:
-            TRANSACTION.set(txn.client)  # the app's producer sends in the transaction
+            TRANSACTION.set(txn)  # the app's producer sends in the transaction
         try:
             with self.scope:
                 while not self.closed:

@@ -130,6 +130,11 @@ class PartitionTransactions:
     def client(self) -> ProducerClient:
         return self.producer.client
 
+    def sent(self, future: Acknowledgement) -> None:
+        """A record the handler sent through the app's producer (routed here): the
+        commit checks its acknowledgement too."""
+        self.pending.append(future)
+
     async def start(self) -> None:
         """``InitProducerId``: fences the partition's previous owner (see the module)."""
         await self.producer.start()

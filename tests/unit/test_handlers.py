@@ -1,4 +1,5 @@
 import re
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -174,10 +175,10 @@ async def test_inside_a_transaction_the_apps_producer_sends_through_it() -> None
     transactional = Producer.transactional(producer, "asyncconsumer.g.t.0")
     assert transactional.options["transactional_id"] == "asyncconsumer.g.t.0"
     assert transactional.options["enable_idempotence"] is True
-    routed: Any = object()
+    routed: Any = SimpleNamespace(client=object())
     token = TRANSACTION.set(routed)
     try:
-        assert producer.client is routed
+        assert producer.client is routed.client
     finally:
         TRANSACTION.reset(token)
     with pytest.raises(Exception, match="not started"):

@@ -440,3 +440,38 @@ async def test_a_consumer_decodes_at_most_max_poll_records_per_poll(
             with anyio.fail_after(5):
                 offsets = [(await anext(consumer)).offset for _ in range(2499)]
             assert offsets == list(range(1, 2500))
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+async def test_exactly_once_a_failed_app_producer_send_aborts_and_redoes_the_transaction(
+    ordering: str,
+) -> None:
+    # A handler's own sends through app.producer join the partition's transaction;
+    # aiokafka commits a transaction even when one of its records was refused, so
+    # the commit must check those acknowledgements too (it checked only publish_to
+    # and dead letters: the refused output was lost and its input counted done).
+    kafka = MemoryKafka()
+    app = ConsumerApp(
+        bootstrap_servers="memory://eos", group_id="g", auto_offset_reset="earliest",
+        commit_interval=0.05,
+    )  # fmt: skip
+
+    refused: list[int] = []
+
+    @app.handler("in", delivery="exactly_once", ordering=ordering)  # type: ignore[arg-type]
+    async def handle(msg: Message[bytes]) -> None:
+        if msg.offset == 2 and not refused:
+            refused.append(msg.offset)
+            kafka.fail_next_send()  # refused by the broker, after the send returned
+        await app.producer.send("out", msg.value + b"!", key=msg.key)
+
+    kafka.create_topic("out", 1)
+    for i in range(5):
+        kafka.publish("in", b"%d" % i, key=b"k%d" % i)
+    async with TestClient(app, kafka) as client:
+        with anyio.fail_after(5):
+            while client.committed("in", 0) != 5:
+                await anyio.sleep(0.005)
+        outputs = sorted(m.value for m in client.records("out"))
+    assert outputs == [b"0!", b"1!", b"2!", b"3!", b"4!"]
+    assert refused == [2]
