@@ -438,18 +438,25 @@ class ShareConsumer:
     async def __anext__(self) -> ShareMessage:
         if self._current is not None:
             self._decide(self._current, proto.ACCEPT)
+        if self._error is not None or self._closed or not self._buffer:
+            await self._fill()
+        fetching = len(self._fetching)
+        msg = self._hand_out()
+        if len(self._fetching) > fetching:
+            # a fetch started: it sends its request now, not once the loop awaits
+            await asyncio.sleep(0)
+        return msg
+
+    async def _fill(self) -> None:
+        """Fetch until a record is buffered; raise the group's error, or
+        :class:`StopAsyncIteration` once stopped."""
         while True:
             if self._error is not None:
                 raise self._error
             if self._closed:
                 raise StopAsyncIteration
             if self._buffer:
-                fetching = len(self._fetching)
-                msg = self._hand_out()
-                if len(self._fetching) > fetching:
-                    # a fetch started: it sends its request now, not once the loop awaits
-                    await asyncio.sleep(0)
-                return msg
+                return
             await self._fetch_more()
 
     # -- for runners that decode and acknowledge records themselves (share handlers) ------
@@ -458,19 +465,19 @@ class ShareConsumer:
         """The next acquired record, undecoded, as ``(record, topic, partition,
         delivery_count)``; nothing is accepted implicitly: every record must be
         settled with :meth:`settle`. Raises :class:`StopAsyncIteration` once stopped."""
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self._closed:
-                raise StopAsyncIteration
-            if self._buffer:
-                record, topic, partition, count, fetched = self._buffer.popleft()
-                self._held[((self._ids[topic], partition), record.offset)] = fetched
-                self._handed += 1
-                if len(self._buffer) < self._low_water and len(self._fetching) < self._nodes:
-                    self._start_fetches()
-                return record, topic, partition, count
-            await self._fetch_more()
+        if self._error is not None or self._closed or not self._buffer:
+            await self._fill()
+        return self._next_buffered()
+
+    def _next_buffered(self) -> tuple[Any, str, int, int]:
+        """The next buffered record, now held (its lock counts from its fetch); the
+        next fetch starts once few records are left (see :meth:`_refilled`)."""
+        record, topic, partition, count, fetched = self._buffer.popleft()
+        self._held[((self._ids[topic], partition), record.offset)] = fetched
+        self._handed += 1
+        if len(self._buffer) < self._low_water and len(self._fetching) < self._nodes:
+            self._start_fetches()
+        return record, topic, partition, count
 
     @property
     def buffered(self) -> int:
@@ -502,10 +509,7 @@ class ShareConsumer:
             )
 
     def _hand_out(self) -> ShareMessage:
-        record, topic, partition, count, fetched = self._buffer.popleft()
-        self._handed += 1
-        if len(self._buffer) < self._low_water and len(self._fetching) < self._nodes:
-            self._start_fetches()
+        record, topic, partition, count = self._next_buffered()
         key, value = record.key, record.value
         what = "key"
         try:
@@ -515,9 +519,9 @@ class ShareConsumer:
             if value is not None and self._value_codec is not None:
                 value = self._value_codec(value)
         except Exception as exc:
-            self._pending.setdefault((self._ids[topic], partition), {})[record.offset] = (
-                proto.RELEASE
-            )
+            held = (self._ids[topic], partition)
+            del self._held[(held, record.offset)]  # decided here: released
+            self._pending.setdefault(held, {})[record.offset] = proto.RELEASE
             raise DeserializationError(topic, partition, record.offset, what) from exc
         msg = ShareMessage(
             topic,
@@ -530,7 +534,6 @@ class ShareConsumer:
             count,
         )
         self._current = msg
-        self._held[((self._ids[topic], partition), msg.offset)] = fetched
         return msg
 
     @property
