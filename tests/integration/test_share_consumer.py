@@ -69,6 +69,28 @@ async def test_released_record_comes_back_with_delivery_count_2(
     assert (msg.value, msg.offset, msg.delivery_count) == (b"job", 0, 2)
 
 
+async def test_a_record_that_cannot_be_decoded_raises_and_is_released(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    from asyncconsumer import DeserializationError
+
+    topic = await topics.create("share-undecodable")
+    await aproduce(kafka_bootstrap, topic, [(None, b"not json"), (None, b'{"ok": 1}')])
+    consumer = share_consumer(
+        kafka_bootstrap, topic, unique("share-undecodable"), value_codec="json"
+    )
+    async with consumer:
+        with anyio.fail_after(60), pytest.raises(DeserializationError):
+            await anext(consumer)  # released at once, not held (not skipped either)
+        with anyio.fail_after(15):  # well within the 30 s lock: released, not expired
+            ok = await anext(consumer)
+            assert ok.value == {"ok": 1}
+            # the released record comes back (nothing else is left to come)
+            with pytest.raises(DeserializationError) as again:
+                await anext(consumer)
+            assert again.value.offset == 0
+
+
 async def test_delivery_count_limit_archives_a_record_released_every_time(
     kafka_bootstrap: str, topics: Topics
 ) -> None:
