@@ -246,7 +246,10 @@ async def test_three_processes_accept_every_record_once(
 ) -> None:
     topic = await topics.create("share-procs", partitions=2)
     total = 20_000
-    members = start_members(kafka_bootstrap, topic, unique("share-procs"), 0, 30_000)
+    # 1 ms per record: the drain takes seconds, not the fraction of a second in which
+    # two fast members could take every record before the third's first fetch returns
+    # (it got none of 20,000 once, on a quiet machine)
+    members = start_members(kafka_bootstrap, topic, unique("share-procs"), 0.001, 30_000)
     try:
         await anyio.sleep(3)  # the members get their assignments (heartbeats every second)
         await aproduce(kafka_bootstrap, topic, [(None, b"x%d" % i) for i in range(total)])
