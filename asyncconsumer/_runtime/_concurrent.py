@@ -63,6 +63,10 @@ if TYPE_CHECKING:
 
 __all__ = ["KeyedLane", "WorkerPool"]
 
+RUN = 64
+"""A worker runs up to this many records of a lane in a row before it takes the next
+lane in turn (see :meth:`_Worker._run`)."""
+
 
 class WorkerPool:
     """``size`` workers running one handler's ready records, and a timer task
@@ -155,7 +159,7 @@ class WorkerPool:
         """Stop every worker (after the lanes were drained)."""
         self._closed = True
         for worker in self._workers:
-            worker.scope.cancel()
+            worker.cancel()
         for event in self._idle:
             event.set()
         self._idle.clear()
@@ -164,13 +168,17 @@ class WorkerPool:
 
 
 class _Worker:
-    __slots__ = ("lane", "pool", "record", "scope")
+    __slots__ = ("cancelled", "lane", "pool", "scope")
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
         self.scope = anyio.CancelScope(shield=True)
-        self.lane: KeyedLane | None = None
-        self.record: ConsumerRecord | None = None
+        self.cancelled = False  # scope.cancel() was called (cheaper to read than the scope)
+        self.lane: KeyedLane | None = None  # while it runs records of this lane
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.scope.cancel()
 
     async def run(self) -> None:
         pool = self.pool
@@ -178,21 +186,19 @@ class _Worker:
             # Shielded: only a lane's drain or the pool's close cancels a worker.
             with self.scope:
                 await self._loop()
-            lane, record = self.lane, self.record
-            self.lane = self.record = None
-            if lane is not None and record is not None:
+            lane, self.lane = self.lane, None
+            if lane is not None:
                 lane.abandon(self)  # cancelled: not completed, not committed
             self.scope = anyio.CancelScope(shield=True)
+            self.cancelled = False
 
     async def _loop(self) -> None:
         pool = self.pool
         ready_lanes = pool._ready
-        process = pool.processor.process
-        scope = self.scope
         woken = False
         routed = None  # delivery="exactly_once": the transaction this task's sends join
         while not pool._closed:
-            if scope.cancel_called:
+            if self.cancelled:
                 # A drain cancelled the record this worker ran, but it finished
                 # first: take the next record under a fresh scope, or the
                 # cancellation would hit that one.
@@ -211,54 +217,131 @@ class _Worker:
                         idle.remove(event)
                 continue
             lane = ready_lanes.popleft()
-            # hold: the lane's transaction commits (see _keyed_txn)
-            record = None if lane.hold else lane.take()
-            if record is None:
+            if lane.hold:  # the lane's transaction commits (see _keyed_txn)
                 lane.queued = False
                 continue
-            if lane.ready or lane.incoming:
-                ready_lanes.append(lane)  # round-robin across partitions
-            else:
-                lane.queued = False
-            if woken:
-                woken = False
-                if ready_lanes:
-                    pool.wake(2)  # more may run: the burst spreads (see wake())
-            # Keyed by worker, not offset: after a seek back, a replayed record
-            # can run while its obsolete twin (same offset) still runs.
-            running = lane.running_workers
-            running[self] = record
-            self.lane, self.record = lane, record
             txn = lane.txn
             if txn is not None and txn is not routed:
                 # What the handler sends joins the partition's transaction.
                 routed = txn
                 TRANSACTION.set(txn)
+            if await self._run(lane, woken):
+                woken = False
+
+    async def _run(self, lane: KeyedLane, woken: bool) -> bool:
+        """Run records of ``lane``, up to :data:`RUN` in a row; ``False`` if none
+        may run now.
+
+        A record may run when no record of its key runs, is parked or is ready
+        (``ready`` holds those released to run next, and goes first); a record
+        whose key is taken waits behind it, and the next incoming one is looked
+        at. The lane stays in the pool's round-robin while this worker runs its
+        records, so other workers take them too whenever a handler waits.
+
+        This is the per-record path of ``key`` and ``none`` ordering, so the
+        lane's state is read once, not per record, and a record of a lane that
+        does not override :meth:`KeyedLane.complete` is completed inline.
+        """
+        pool = self.pool
+        process = pool.processor.process
+        ready_lanes = pool._ready
+        ready = lane.ready
+        incoming = lane.incoming
+        by_key = lane.by_key
+        keys = lane._keys
+        count_bytes = lane.count_bytes
+        low = lane.bound.low_records
+        # Keyed by worker, not offset: after a seek back, a replayed record can run
+        # while its obsolete twin (same offset) still runs.
+        running = lane.running_workers
+        attempts = lane.attempts
+        plain = lane.plain
+        tracker = lane.tracker
+        pending = tracker.pending
+        done = tracker.done
+        offsets = tracker.offsets
+        first = True
+        left = RUN
+        while True:
+            # -- take the next record that may run
+            if ready:
+                record = ready.popleft()
+            elif not incoming:
+                break
+            else:
+                record = incoming.popleft()
+                if by_key:
+                    key = record.key
+                    if key in keys:
+                        lane.wait_behind(key, record)
+                        continue
+                    keys[key] = None
+            if count_bytes:
+                lane.buffered_bytes -= size_of(record)
+            if lane.paused and len(incoming) <= low:
+                lane.check_drained()
+            if first:
+                first = False
+                self.lane = lane
+                if ready or incoming:
+                    ready_lanes.append(lane)  # round-robin across partitions
+                else:
+                    lane.queued = False
+                if woken and ready_lanes:
+                    pool.wake(2)  # more may run: the burst spreads (see wake())
+            # -- run it
+            running[self] = record
             gen = lane.gen
-            attempts = lane.attempts
             attempt = attempts.pop(record.offset, 1) if attempts else 1
             try:
                 delay = await process(record, attempt)
             except Exception as exc:
-                self.lane = self.record = None
+                self.lane = None
                 del running[self]
                 lane.failed(record, exc)
-                continue
-            self.lane = self.record = None
-            del running[self]
-            if gen != lane.gen:
-                lane.obsolete(record)
-            elif delay is None:
-                lane.complete(record)
+                return True
+            # -- complete it (lane.complete, inline)
+            if plain and delay is None and gen == lane.gen:
+                offset = record.offset
+                if pending and pending[0] == offset and not done:
+                    pending.popleft()
+                    offsets.completed = pending[0] if pending else offset + 1
+                else:
+                    tracker.complete(offset)
+                if by_key:
+                    waiting = keys.pop(record.key, None)
+                    if waiting is not None:
+                        lane.release_next(record.key, waiting)
+                if lane.paused and len(incoming) <= low:
+                    lane.check_drained()  # the window may have shrunk
             else:
-                lane.retry_later(record, attempt + 1, delay)
+                del running[self]
+                if gen != lane.gen:
+                    lane.obsolete(record)
+                elif delay is None:
+                    lane.complete(record)
+                else:
+                    lane.retry_later(record, attempt + 1, delay)
+            left -= 1
+            if not left or self.cancelled or lane.closed or lane.hold:
+                break
+        if first:  # nothing of it may run now
+            lane.queued = False
+            return False
+        self.lane = None
+        if running.pop(self, None) is not None and (lane.closed or lane.hold) and not running:
+            lane._idle()
+        if not lane.queued and (ready or incoming) and not lane.closed:
+            lane.queued = True  # records left after this run: back in turn
+            ready_lanes.append(lane)
+        return True
 
 
 class KeyedLane(Lane):
     """A partition's records for a pooled handler (``key`` or ``none`` ordering)."""
 
     __slots__ = (
-        "_buffered",
+        "_behind",
         "_held",
         "_keys",
         "_skip",
@@ -269,6 +352,7 @@ class KeyedLane(Lane):
         "gen",
         "hold",
         "incoming",
+        "plain",
         "pool",
         "queued",
         "ready",
@@ -309,8 +393,9 @@ class KeyedLane(Lane):
         self.ready: deque[ConsumerRecord] = deque()
         # Keys taken (by a record running, parked for a retry or in ``ready``) ->
         # the records of the key waiting behind it (None: none)
+        # (a deque is never empty: None stands for no record waiting)
         self._keys: dict[Any, deque[ConsumerRecord] | None] = {}
-        self._buffered = 0
+        self._behind = 0  # records waiting behind their key
         self.running_workers: dict[_Worker, ConsumerRecord] = {}
         self.queued = False
         self.hold = False  # workers leave the lane's records alone while set
@@ -322,10 +407,15 @@ class KeyedLane(Lane):
         self._held: list[ConsumerRecord] | None = [] if wait_for_skip else None
         self._window_full = False  # the window filled the lane: resume at its half
         self.attempts: dict[int, int] = {}  # offset -> next attempt, of parked records
+        # Workers complete the records of a lane that does not change what completing
+        # means inline, without calling complete() (see _Worker._run).
+        self.plain = type(self).complete is KeyedLane.complete
 
     @property
     def buffered(self) -> int:
-        return self._buffered
+        held = self._held
+        buffered = len(self.incoming) + len(self.ready) + self._behind
+        return buffered + len(held) if held else buffered
 
     @property
     def window(self) -> int:
@@ -363,7 +453,6 @@ class KeyedLane(Lane):
             self._skip_max = max(offsets)
         held, self._held = self._held, None
         if held:
-            self._buffered -= len(held)
             if self.count_bytes:
                 self.buffered_bytes -= sum(map(size_of, held))
             full = self.push(held)
@@ -374,7 +463,6 @@ class KeyedLane(Lane):
         held = self._held
         if held is not None:
             held.extend(records)
-            self._buffered += len(records)
             if self.count_bytes:
                 self.buffered_bytes += sum(map(size_of, records))
             return self.full()
@@ -382,51 +470,28 @@ class KeyedLane(Lane):
             self.tracker.receive_all(records)  # the common case: no per-record work here
         else:
             records = self._admit(records)
-        self._buffered += len(records)
         self.incoming.extend(records)
         if records and self.started and not self.closed:
             self.pool.schedule(self)
         return self.full()
 
-    def take(self) -> ConsumerRecord | None:
-        """The next record to run, its key taken (``None``: none may run now).
-
-        Keys are looked at here, when a worker is free, not when the records
-        arrive: a record whose key is taken joins the records waiting behind that
-        key, and the next incoming record is looked at. When handlers complete
-        before the next record is taken (fast handlers), every key is free again
-        by then, so records run and complete in offset order with no waiting
-        queue, as in a partition lane."""
-        ready = self.ready
-        if ready:
-            record = ready.popleft()
+    def wait_behind(self, key: Any, record: ConsumerRecord) -> None:
+        """``record``'s key is taken (a record of the key runs, is parked for a retry
+        or is ready): it waits behind that key, and runs once the records before it
+        did (see :meth:`release_next`)."""
+        keys = self._keys
+        waiting = keys[key]
+        if waiting is None:
+            keys[key] = deque((record,))
         else:
-            incoming = self.incoming
-            if not self.by_key:
-                if not incoming:
-                    return None
-                record = incoming.popleft()
-            else:
-                keys = self._keys
-                while True:
-                    if not incoming:
-                        return None
-                    record = incoming.popleft()
-                    key = record.key
-                    if key not in keys:
-                        keys[key] = None
-                        break
-                    waiting = keys[key]
-                    if waiting is None:
-                        keys[key] = deque((record,))
-                    else:
-                        waiting.append(record)
-        self._buffered -= 1
-        if self.count_bytes:
-            self.buffered_bytes -= size_of(record)
-        if self.paused and self._buffered <= self.bound.low_records:
+            waiting.append(record)
+        self._behind += 1
+
+    def check_drained(self) -> None:
+        """Paused: tell the owner if the lane is down to its low-water marks."""
+        low = self.bound.low_records
+        if len(self.incoming) <= low and self.buffered <= low:
             self._drained()
-        return record
 
     def _admit(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
         """Receive ``records`` (unless ``at_most_once`` committed them already), drop
@@ -458,8 +523,8 @@ class KeyedLane(Lane):
     def complete(self, record: ConsumerRecord) -> None:
         self.tracker.complete(record.offset)
         self._release(record)
-        if self.paused and self._buffered <= self.bound.low_records:
-            self._drained()  # the window may have shrunk
+        if self.paused:
+            self.check_drained()  # the window may have shrunk
 
     def obsolete(self, record: ConsumerRecord) -> None:
         """A record that ran during a seek finished: it completes nothing, and frees
@@ -470,18 +535,21 @@ class KeyedLane(Lane):
         """``record`` no longer runs: the next record of its key may. (Called by the
         worker that ran it, which takes a ready record next: no worker to wake.)"""
         if self.by_key and not self.closed:
-            keys = self._keys
-            key = record.key
-            waiting = keys.get(key)
-            if waiting:
-                self.ready.append(waiting.popleft())
-                if not self.queued:
-                    self.queued = True
-                    self.pool._ready.append(self)
-            else:
-                keys.pop(key, None)
+            waiting = self._keys.pop(record.key, None)
+            if waiting is not None:
+                self.release_next(record.key, waiting)
         if (self.closed or self.hold) and not self.running_workers:
             self._idle()
+
+    def release_next(self, key: Any, waiting: deque[ConsumerRecord]) -> None:
+        """The record of ``key`` that ran is over: the first of ``waiting`` (the
+        records behind it) is ready, and holds the key now."""
+        self.ready.append(waiting.popleft())
+        self._behind -= 1
+        self._keys[key] = waiting or None
+        if not self.queued:
+            self.queued = True
+            self.pool._ready.append(self)
 
     def _idle(self) -> None:
         """Closed (or held) and no record of the lane runs any more."""
@@ -499,7 +567,6 @@ class KeyedLane(Lane):
 
     def requeue(self, record: ConsumerRecord) -> None:
         """A parked record's backoff is over: ready again, ahead of the others."""
-        self._buffered += 1
         if self.count_bytes:
             self.buffered_bytes += size_of(record)
         self.ready.appendleft(record)
@@ -522,7 +589,7 @@ class KeyedLane(Lane):
         self.ready.clear()
         self._keys.clear()
         self.attempts.clear()
-        self._buffered = 0
+        self._behind = 0
         self.buffered_bytes = 0
         self._skip = None
         if self._held is not None:
@@ -551,4 +618,4 @@ class KeyedLane(Lane):
 
     def cancel(self) -> None:
         for worker in list(self.running_workers):
-            worker.scope.cancel()
+            worker.cancel()

@@ -77,35 +77,35 @@ class CompletionTracker:
     topics, transaction markers): only received offsets count.
     """
 
-    __slots__ = ("_done", "_pending", "offsets")
+    __slots__ = ("done", "offsets", "pending")
 
     def __init__(self, offsets: PartitionOffsets) -> None:
         self.offsets = offsets
-        self._pending: deque[int] = deque()  # received, not yet passed by the watermark
-        self._done: set[int] = set()  # completed, above the watermark
-        offsets.above = self._done
+        self.pending: deque[int] = deque()  # received, not yet passed by the watermark
+        self.done: set[int] = set()  # completed, above the watermark
+        offsets.above = self.done
 
     @property
     def window(self) -> int:
         """Offsets received and not yet passed by the committable offset."""
-        return len(self._pending)
+        return len(self.pending)
 
     def receive(self, offset: int) -> None:
-        self._pending.append(offset)
+        self.pending.append(offset)
 
     def receive_all(self, records: Iterable[ConsumerRecord]) -> None:
         """:meth:`receive` for each record, in one call."""
-        self._pending.extend(map(_offset, records))
+        self.pending.extend(map(_offset, records))
 
     def complete(self, offset: int) -> None:
-        pending = self._pending
+        pending = self.pending
         if not pending:
             return  # reset (seek) while the record ran
         if pending[0] != offset:
-            self._done.add(offset)
+            self.done.add(offset)
             return
         pending.popleft()
-        done = self._done
+        done = self.done
         last = offset
         while pending and pending[0] in done:
             last = pending.popleft()
@@ -115,13 +115,13 @@ class CompletionTracker:
     def committable(self) -> tuple[int, set[int]]:
         """The offset to commit (the lowest received offset not completed; ``-1`` if
         none is known) and the completed offsets above it (the tracker's own set)."""
-        pending = self._pending
-        return (pending[0] if pending else self.offsets.completed), self._done
+        pending = self.pending
+        return (pending[0] if pending else self.offsets.completed), self.done
 
     def reset(self) -> None:
         """Forget everything received (a seek): nothing in flight counts any more."""
-        self._pending.clear()
-        self._done.clear()
+        self.pending.clear()
+        self.done.clear()
 
 
 def encode_completed(base: int, completed: Iterable[int]) -> str:
