@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
 from time import perf_counter
@@ -583,9 +584,16 @@ class PartitionLane(Lane):
         # Nothing to publish, no transaction: the first attempt runs inline (what
         # Processor.process does, without a coroutine of its own per record).
         inline = sent is None
-        decode, call, observe = processor.decode, processor.call, processor.observe
-        topic = self.tp.topic
-        counters = processor.counters[topic]
+        decode, call = processor.decode, processor.call
+        counters = processor.counters[self.tp.topic]
+        # Handler durations (metrics on): one clock read per record. ``clock`` is the
+        # end of the last attempt while the lane has not waited since (the next
+        # record starts then), else 0. The histogram: see HandlerTiming.series.
+        timing = processor.timing
+        durations = None if timing is None else timing.series(self.tp.topic)
+        bounds = () if timing is None else timing.bounds
+        first = bounds[0] if bounds else float("inf")
+        clock = 0.0
         record: Record | None = None
         try:
             with self.scope:
@@ -594,6 +602,7 @@ class PartitionLane(Lane):
                         await self._wait_or_redo()
                         continue
                     if not records:
+                        clock = 0.0
                         if txn is not None and txn.open:
                             await self._commit_idle_transaction()
                         else:
@@ -616,21 +625,28 @@ class PartitionLane(Lane):
                             delay = None
                         else:
                             try:
-                                if observe is None:
+                                if durations is None:
                                     await call(msg)
                                 else:
-                                    started = perf_counter()
+                                    started = clock or perf_counter()
                                     try:
                                         await call(msg)
                                     finally:
-                                        observe(topic, perf_counter() - started)
+                                        clock = perf_counter()
+                                        took = clock - started
+                                        durations[
+                                            0 if took <= first else bisect_left(bounds, took)
+                                        ] += 1
+                                        durations[-1] += took
                             except (Exception, asyncio.CancelledError) as exc:
+                                clock = 0.0
                                 delay = await processor.raised(record, exc, 1)
                             else:
                                 counters.handled += 1
                                 delay = None
                     attempt = 1
                     while delay is not None and await self._backoff(delay, gen):
+                        clock = 0.0
                         attempt += 1
                         delay = await process(record, attempt, sent)
                     if delay is None and gen == self._gen:

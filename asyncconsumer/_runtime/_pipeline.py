@@ -139,6 +139,7 @@ class Processor:
         "producer",
         "publish_to",
         "retry",
+        "timing",
     )
 
     def __init__(
@@ -171,6 +172,7 @@ class Processor:
         self.backoff_scale = backoff_scale  # retry delays x this (tests: 0, at once)
         self.counters = counters if counters is not None else CounterMap()
         # The timing's observe(topic, seconds), bound once: it runs per record.
+        self.timing = timing
         self.observe = timing.observe if timing is not None else None
 
     # -- one record ----------------------------------------------------------------
