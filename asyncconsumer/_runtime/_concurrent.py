@@ -58,8 +58,10 @@ from ._offsets import CompletionTracker, PartitionOffsets
 from ._pipeline import Processor
 
 if TYPE_CHECKING:
-    from aiokafka.structs import ConsumerRecord, TopicPartition
+    from aiokafka.structs import TopicPartition
     from anyio.abc import TaskGroup
+
+    from .._message import Record
 
 __all__ = ["KeyedLane", "WorkerPool"]
 
@@ -96,7 +98,7 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._closed = False
         # (due, seq, lane, record, lane generation): records waiting for a retry
-        self._parked: list[tuple[float, int, KeyedLane, ConsumerRecord, int]] = []
+        self._parked: list[tuple[float, int, KeyedLane, Record, int]] = []
         self._seq = itertools.count()
         self._timer_wakeup = anyio.Event()
 
@@ -107,7 +109,7 @@ class WorkerPool:
             tg.start_soon(worker.run, name=f"asyncconsumer worker {self.name}#{i}")
         tg.start_soon(self._timer, name=f"asyncconsumer retry timer {self.name}")
 
-    def park(self, lane: KeyedLane, record: ConsumerRecord, delay: float) -> None:
+    def park(self, lane: KeyedLane, record: Record, delay: float) -> None:
         """Make ``record`` ready again in ``delay`` seconds (unless its lane closes
         or seeks meanwhile)."""
         due = anyio.current_time() + delay
@@ -387,16 +389,16 @@ class KeyedLane(Lane):
         self.tracker = CompletionTracker(offsets)
         # Received records not looked at yet, in offset order: a worker takes the
         # first whose key is free (see take()).
-        self.incoming: deque[ConsumerRecord] = deque()
+        self.incoming: deque[Record] = deque()
         # Records whose key is theirs already (the next of a key whose record
         # completed, a retry whose backoff is over): they run first.
-        self.ready: deque[ConsumerRecord] = deque()
+        self.ready: deque[Record] = deque()
         # Keys taken (by a record running, parked for a retry or in ``ready``) ->
         # the records of the key waiting behind it (None: none)
         # (a deque is never empty: None stands for no record waiting)
-        self._keys: dict[Any, deque[ConsumerRecord] | None] = {}
+        self._keys: dict[Any, deque[Record] | None] = {}
         self._behind = 0  # records waiting behind their key
-        self.running_workers: dict[_Worker, ConsumerRecord] = {}
+        self.running_workers: dict[_Worker, Record] = {}
         self.queued = False
         self.hold = False  # workers leave the lane's records alone while set
         self.gen = 0
@@ -404,7 +406,7 @@ class KeyedLane(Lane):
         self._skip_max = -1
         # wait_for_skip: records pushed before skip_completed() wait here, so that
         # none runs before the lane knows which ones a previous owner completed.
-        self._held: list[ConsumerRecord] | None = [] if wait_for_skip else None
+        self._held: list[Record] | None = [] if wait_for_skip else None
         self._window_full = False  # the window filled the lane: resume at its half
         self.attempts: dict[int, int] = {}  # offset -> next attempt, of parked records
         # Workers complete the records of a lane that does not change what completing
@@ -459,7 +461,7 @@ class KeyedLane(Lane):
             if self.paused and not full:
                 self._drained()
 
-    def push(self, records: list[ConsumerRecord]) -> bool:
+    def push(self, records: list[Record]) -> bool:
         held = self._held
         if held is not None:
             held.extend(records)
@@ -475,7 +477,7 @@ class KeyedLane(Lane):
             self.pool.schedule(self)
         return self.full()
 
-    def wait_behind(self, key: Any, record: ConsumerRecord) -> None:
+    def wait_behind(self, key: Any, record: Record) -> None:
         """``record``'s key is taken (a record of the key runs, is parked for a retry
         or is ready): it waits behind that key, and runs once the records before it
         did (see :meth:`release_next`)."""
@@ -493,7 +495,7 @@ class KeyedLane(Lane):
         if len(self.incoming) <= low and self.buffered <= low:
             self._drained()
 
-    def _admit(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+    def _admit(self, records: list[Record]) -> list[Record]:
         """Receive ``records`` (unless ``at_most_once`` committed them already), drop
         those a previous owner completed, and count their bytes; return the rest."""
         tracker = self.tracker
@@ -520,18 +522,18 @@ class KeyedLane(Lane):
         if (self.incoming or self.ready) and not self.closed:
             self.pool.schedule(self)
 
-    def complete(self, record: ConsumerRecord) -> None:
+    def complete(self, record: Record) -> None:
         self.tracker.complete(record.offset)
         self._release(record)
         if self.paused:
             self.check_drained()  # the window may have shrunk
 
-    def obsolete(self, record: ConsumerRecord) -> None:
+    def obsolete(self, record: Record) -> None:
         """A record that ran during a seek finished: it completes nothing, and frees
         its key for the records of the new position."""
         self._release(record)
 
-    def _release(self, record: ConsumerRecord) -> None:
+    def _release(self, record: Record) -> None:
         """``record`` no longer runs: the next record of its key may. (Called by the
         worker that ran it, which takes a ready record next: no worker to wake.)"""
         if self.by_key and not self.closed:
@@ -541,7 +543,7 @@ class KeyedLane(Lane):
         if (self.closed or self.hold) and not self.running_workers:
             self._idle()
 
-    def release_next(self, key: Any, waiting: deque[ConsumerRecord]) -> None:
+    def release_next(self, key: Any, waiting: deque[Record]) -> None:
         """The record of ``key`` that ran is over: the first of ``waiting`` (the
         records behind it) is ready, and holds the key now."""
         self.ready.append(waiting.popleft())
@@ -556,7 +558,7 @@ class KeyedLane(Lane):
         if self.closed:
             self.done.set()
 
-    def retry_later(self, record: ConsumerRecord, attempt: int, delay: float) -> None:
+    def retry_later(self, record: Record, attempt: int, delay: float) -> None:
         """Park a failed record for a retry: it keeps its key (later records of the
         key wait) and stays uncompleted, but frees its worker."""
         if not self.closed:
@@ -565,14 +567,14 @@ class KeyedLane(Lane):
         if (self.closed or self.hold) and not self.running_workers:
             self._idle()
 
-    def requeue(self, record: ConsumerRecord) -> None:
+    def requeue(self, record: Record) -> None:
         """A parked record's backoff is over: ready again, ahead of the others."""
         if self.count_bytes:
             self.buffered_bytes += size_of(record)
         self.ready.appendleft(record)
         self.pool.schedule(self)
 
-    def failed(self, record: ConsumerRecord, exc: Exception) -> None:
+    def failed(self, record: Record, exc: Exception) -> None:
         first = not self.closed
         self.close()
         if first:

@@ -42,9 +42,10 @@ from ._offsets import CompletionTracker, PartitionOffsets, decode_completed, enc
 from ._transactions import FENCED, caused_by
 
 if TYPE_CHECKING:
-    from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata, TopicPartition
     from anyio.abc import TaskGroup
 
+    from .._message import Record
     from ._concurrent import WorkerPool, _Worker
     from ._lanes import BufferBound, LaneOwner
     from ._transactions import PartitionTransactions
@@ -126,7 +127,7 @@ class TransactionalKeyedLane(KeyedLane):
         name = f"asyncconsumer transactions {self.tp.topic}[{self.tp.partition}]"
         tg.start_soon(self._run, name=name)
 
-    def push(self, records: list[ConsumerRecord]) -> bool:
+    def push(self, records: list[Record]) -> bool:
         if self.base < 0 and records and self._held is None:
             self.base = records[0].offset
         return super().push(records)
@@ -141,7 +142,7 @@ class TransactionalKeyedLane(KeyedLane):
 
     # -- what the workers call -------------------------------------------------------
 
-    def complete(self, record: ConsumerRecord) -> None:
+    def complete(self, record: Record) -> None:
         super().complete(record)
         txn = self.txn
         assert txn is not None
@@ -152,7 +153,7 @@ class TransactionalKeyedLane(KeyedLane):
         elif txn.records >= txn.max_records:
             self._wakeup.set()
 
-    def failed(self, record: ConsumerRecord, exc: Exception) -> None:
+    def failed(self, record: Record, exc: Exception) -> None:
         if self.closed:
             self._abort = True  # what it sent before it failed must vanish
         elif caused_by(exc, FENCED):
