@@ -44,14 +44,17 @@ drain cancels the record it runs.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from collections import deque
 from collections.abc import Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._errors import DeserializationError
 from .._producer import TRANSACTION
 from ._lanes import BufferBound, Lane, LaneOwner, size_of
 from ._offsets import CompletionTracker, PartitionOffsets
@@ -245,7 +248,14 @@ class _Worker:
         does not override :meth:`KeyedLane.complete` is completed inline.
         """
         pool = self.pool
-        process = pool.processor.process
+        processor = pool.processor
+        process = processor.process
+        # Nothing to publish: a first attempt runs inline (what Processor.process
+        # does, without a coroutine of its own per record).
+        inline = processor.publish_to is None
+        decode, call, observe = processor.decode, processor.call, processor.observe
+        topic = lane.tp.topic
+        counters = processor.counters[topic]
         ready_lanes = pool._ready
         ready = lane.ready
         incoming = lane.incoming
@@ -296,7 +306,29 @@ class _Worker:
             gen = lane.gen
             attempt = attempts.pop(record.offset, 1) if attempts else 1
             try:
-                delay = await process(record, attempt)
+                if not inline or attempt > 1:
+                    delay = await process(record, attempt)
+                else:
+                    try:
+                        msg = record if decode is None else decode(record)
+                    except DeserializationError as exc:
+                        await processor.undecodable(record, exc)
+                        delay = None
+                    else:
+                        try:
+                            if observe is None:
+                                await call(msg)
+                            else:
+                                started = perf_counter()
+                                try:
+                                    await call(msg)
+                                finally:
+                                    observe(topic, perf_counter() - started)
+                        except (Exception, asyncio.CancelledError) as exc:
+                            delay = await processor.raised(record, exc, attempt)
+                        else:
+                            counters.handled += 1
+                            delay = None
             except Exception as exc:
                 self.lane = None
                 del running[self]
