@@ -283,11 +283,12 @@ class _Worker:
             else:
                 record = incoming.popleft()
                 if by_key:
-                    key = record.key
-                    if key in keys:
-                        lane.wait_behind(key, record)
+                    if lane.solo is not None:
+                        lane.register_solo()
+                    if keys and record.key in keys:
+                        lane.wait_behind(record.key, record)
                         continue
-                    keys[key] = None
+                    lane.solo = record  # its key is taken (see KeyedLane.solo)
             if count_bytes:
                 lane.buffered_bytes -= size_of(record)
             if lane.paused and len(incoming) <= low:
@@ -343,9 +344,12 @@ class _Worker:
                 else:
                     tracker.complete(offset)
                 if by_key:
-                    waiting = keys.pop(record.key, None)
-                    if waiting is not None:
-                        lane.release_next(record.key, waiting)
+                    if lane.solo is record:
+                        lane.solo = None  # no other record was taken meanwhile
+                    else:
+                        waiting = keys.pop(record.key, None)
+                        if waiting is not None:
+                            lane.release_next(record.key, waiting)
                 if lane.paused and len(incoming) <= low:
                     lane.check_drained()  # the window may have shrunk
             else:
@@ -391,6 +395,7 @@ class KeyedLane(Lane):
         "queued",
         "ready",
         "running_workers",
+        "solo",
         "tracker",
     )
 
@@ -429,6 +434,12 @@ class KeyedLane(Lane):
         # the records of the key waiting behind it (None: none)
         # (a deque is never empty: None stands for no record waiting)
         self._keys: dict[Any, deque[Record] | None] = {}
+        # The record taken last from ``incoming`` while it has not completed (it
+        # runs, or waits for a retry) and no record was taken after it: its key
+        # is taken too, but entered in ``_keys`` only when the next record is
+        # taken (register_solo). With handlers that complete before the next
+        # record is taken (fast ones), no key is ever hashed or entered.
+        self.solo: Record | None = None
         self._behind = 0  # records waiting behind their key
         self.running_workers: dict[_Worker, Record] = {}
         self.queued = False
@@ -509,6 +520,13 @@ class KeyedLane(Lane):
             self.pool.schedule(self)
         return self.full()
 
+    def register_solo(self) -> None:
+        """A record is taken while :attr:`solo` runs: enter its key in ``_keys``."""
+        solo = self.solo
+        assert solo is not None
+        self._keys[solo.key] = None
+        self.solo = None
+
     def wait_behind(self, key: Any, record: Record) -> None:
         """``record``'s key is taken (a record of the key runs, is parked for a retry
         or is ready): it waits behind that key, and runs once the records before it
@@ -568,7 +586,9 @@ class KeyedLane(Lane):
     def _release(self, record: Record) -> None:
         """``record`` no longer runs: the next record of its key may. (Called by the
         worker that ran it, which takes a ready record next: no worker to wake.)"""
-        if self.by_key and not self.closed:
+        if self.solo is record:
+            self.solo = None
+        elif self.by_key and not self.closed:
             waiting = self._keys.pop(record.key, None)
             if waiting is not None:
                 self.release_next(record.key, waiting)
@@ -614,7 +634,9 @@ class KeyedLane(Lane):
 
     def abandon(self, worker: _Worker) -> None:
         """``worker``'s record was cancelled (a drain): not completed, not committed."""
-        self.running_workers.pop(worker, None)
+        record = self.running_workers.pop(worker, None)
+        if record is not None and self.solo is record:
+            self.solo = None
         if (self.closed or self.hold) and not self.running_workers:
             self._idle()
 
@@ -622,6 +644,7 @@ class KeyedLane(Lane):
         self.incoming.clear()
         self.ready.clear()
         self._keys.clear()
+        self.solo = None
         self.attempts.clear()
         self._behind = 0
         self.buffered_bytes = 0

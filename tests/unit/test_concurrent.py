@@ -1,5 +1,6 @@
 """KeyedLane and WorkerPool: per-key order, overlap across keys, gaps, skips, cancellation."""
 
+import itertools
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -623,3 +624,64 @@ async def test_a_drains_cancel_that_misses_its_record_does_not_hit_the_next_one(
         finally:
             pool.close()
     assert handled == [(0, 0), (1, 0)]
+
+
+# -- the worker's run of records -----------------------------------------------------
+
+
+async def test_a_worker_runs_a_lanes_records_in_runs_of_at_most_RUN() -> None:
+    # One worker, two partitions with a backlog each: it takes RUN records of one
+    # in a row, then the other's in turn (a lane never holds a worker for good).
+    from asyncconsumer._runtime._concurrent import RUN
+
+    order: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        order.append(msg.partition)
+        await anyio.lowlevel.checkpoint()  # a handler that waits
+
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 1, "h")
+    bound = BufferBound(1000)
+    lanes = [
+        KeyedLane(TopicPartition("t", p), pool, PartitionOffsets(), Owner(), by_key=True,
+                  bound=bound)
+        for p in (0, 1)
+    ]  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        for p, lane in enumerate(lanes):
+            lane.start(tg)
+            lane.push([Message("t", p, o, b"k%d" % (o % 7), b"", (), 0) for o in range(3 * RUN)])
+        await wait_for(lambda: all(lane.offsets.completed == 3 * RUN for lane in lanes))
+        pool.close()
+    runs = [len(list(group)) for _, group in itertools.groupby(order)]
+    assert runs == [RUN] * 6
+
+
+async def test_a_record_failing_before_the_next_is_taken_keeps_its_key_while_parked() -> None:
+    # The record taken last has its key taken without entering it in the key
+    # table (KeyedLane.solo), so that a fast handler costs no key bookkeeping. One
+    # that fails without waiting is parked for its retry and still holds its key:
+    # the next record of the key must wait for it (it ran first when the park
+    # dropped the solo record's key).
+    from asyncconsumer import Backoff, Retry
+
+    calls: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        calls.append(msg.offset)
+        if msg.offset == 0 and calls.count(0) == 1:
+            raise ValueError("once")
+
+    retry = Retry(attempts=2, backoff=Backoff.constant(0.05))
+    pool = WorkerPool(Processor(handler, make_decoder(None, None), retry=retry), 4, "h")
+    lane = lane_for(pool, Owner(), low_water=10)
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        lane.push(records([b"a", b"a", b"b"]))
+        await wait_for(lambda: lane.offsets.completed == 3)
+        pool.close()
+    assert calls == [0, 2, 0, 1]  # b went on while a's first record waited its retry
+    assert not lane._keys  # every key given back
+    assert lane.solo is None
