@@ -149,16 +149,27 @@ class WorkerPool:
         """Wake up to ``count`` idle workers.
 
         Records arriving wake one worker (unless one is waking already), and a woken
-        worker that takes a record while more may run wakes two more, so a burst
-        reaches the whole pool in a few loop iterations (1, 2, 4, ...). Waking one
-        idle worker per record instead woke ``concurrency`` workers per poll when
-        handlers do not suspend: the first one runs every record before the others
-        get the loop, and they woke for nothing (now: three at most)."""
+        worker that takes a record while more may run wakes two more once it lets
+        the event loop run (:meth:`spread`), so a burst reaches the whole pool in a
+        few loop iterations (1, 2, 4, ...). Waking one idle worker per record
+        instead woke ``concurrency`` workers per poll when handlers do not suspend:
+        the first one runs every record before the others get the loop, and they
+        woke for nothing (now: none)."""
         idle = self._idle
         while count and idle:
             self._waking += 1
             idle.pop().set()
             count -= 1
+
+    def spread(self) -> None:
+        """A woken worker took a record while more may run: wake two more workers
+        when it lets the event loop run, if records are still waiting then (a
+        handler that does not wait runs them all before: no one to wake)."""
+        asyncio.get_running_loop().call_soon(self._spread)
+
+    def _spread(self) -> None:
+        if self._ready:
+            self.wake(2)
 
     def close(self) -> None:
         """Stop every worker (after the lanes were drained)."""
@@ -291,9 +302,10 @@ class _Worker:
                     lane.solo = record  # its key is taken (see KeyedLane.solo)
             if count_bytes:
                 lane.buffered_bytes -= size_of(record)
-            if lane.paused and len(incoming) <= low:
-                lane.check_drained()
             if first:
+                # (later in the run, the check after each record covers the take)
+                if lane.paused and len(incoming) <= low:
+                    lane.check_drained()
                 first = False
                 self.lane = lane
                 if ready or incoming:
@@ -301,7 +313,7 @@ class _Worker:
                 else:
                     lane.queued = False
                 if woken and ready_lanes:
-                    pool.wake(2)  # more may run: the burst spreads (see wake())
+                    pool.spread()  # more may run: the burst spreads (see wake())
             # -- run it
             running[self] = record
             gen = lane.gen
@@ -350,8 +362,6 @@ class _Worker:
                         waiting = keys.pop(record.key, None)
                         if waiting is not None:
                             lane.release_next(record.key, waiting)
-                if lane.paused and len(incoming) <= low:
-                    lane.check_drained()  # the window may have shrunk
             else:
                 del running[self]
                 if gen != lane.gen:
@@ -360,6 +370,8 @@ class _Worker:
                     lane.complete(record)
                 else:
                     lane.retry_later(record, attempt + 1, delay)
+            if lane.paused and len(incoming) <= low:
+                lane.check_drained()  # (the records taken, the window)
             left -= 1
             if not left or self.cancelled or lane.closed or lane.hold:
                 break
