@@ -9,19 +9,21 @@ tasks, shared by the handler's partitions. Each partition has a
   of a key run in offset order while different keys run concurrently;
 - ``none``: every record may run at once.
 
-Workers take records round-robin across lanes. A lane looks at a record's key
-when a worker takes it, not when it arrives (:meth:`KeyedLane.take`): a record
-whose key is taken waits behind that key, and the worker looks at the next one.
-When handlers finish before the next record is taken (fast handlers), no key is
-ever taken at that point, so records run in offset order with no queue per key:
-the fast path costs about what a partition lane costs. Records may complete out
-of order, so the lane's :class:`~._offsets.CompletionTracker` keeps the
-committable offset at the lowest record not completed yet.
+Workers take lanes round-robin, and run up to :data:`RUN` records of a lane in a
+row (:meth:`_Worker._run`, the per-record path). A record's key is looked at when
+a worker takes it, not when it arrives: a record whose key is taken waits behind
+that key, and the worker looks at the next one. When handlers finish before the
+next record is taken (fast handlers), no key is ever taken at that point, so
+records run in offset order with no queue per key, and the key of the record
+taken last is not even entered in the key table (:attr:`KeyedLane.solo`): the
+fast path costs little more than a partition lane. Records may complete out of
+order, so the lane's :class:`~._offsets.CompletionTracker` keeps the committable
+offset at the lowest record not completed yet.
 
-Arriving records wake one idle worker, which wakes two more if more records may
-run, and so on (:meth:`WorkerPool.wake`): with handlers that do not suspend, the
-first worker runs every record before the others get the loop, and waking one
-worker per record would wake the whole pool for nothing.
+Arriving records wake one idle worker, which wakes two more if records still wait
+when it lets the event loop run, and so on (:meth:`WorkerPool.wake`): with
+handlers that do not suspend, the first worker runs every record before the
+others get the loop, and waking more workers would wake them for nothing.
 
 A record to retry does not keep its worker: it is *parked* (it still holds its
 key, and the committed offset, back) and the pool's timer task makes it ready
@@ -437,7 +439,7 @@ class KeyedLane(Lane):
         self.by_key = by_key
         self.tracker = CompletionTracker(offsets)
         # Received records not looked at yet, in offset order: a worker takes the
-        # first whose key is free (see take()).
+        # first whose key is free (see _Worker._run).
         self.incoming: deque[Record] = deque()
         # Records whose key is theirs already (the next of a key whose record
         # completed, a retry whose backoff is over): they run first.
