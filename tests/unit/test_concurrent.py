@@ -687,3 +687,30 @@ async def test_a_record_failing_before_the_next_is_taken_keeps_its_key_while_par
     assert calls == [0, 2, 0, 1]  # b went on while a's first record waited its retry
     assert not lane._keys  # every key given back
     assert lane.solo is None
+
+
+async def test_at_most_once_records_never_move_the_offset_committed_ahead() -> None:
+    # delivery="at_most_once": the engine commits a poll's offsets before its lane
+    # gets the records, so the records completing (inline, in the worker's loop)
+    # must not move ``completed`` back.
+    seen: list[int] = []
+
+    async def handler(msg: Message[Any]) -> None:
+        seen.append(offsets.completed)
+
+    pool = WorkerPool(Processor(handler, make_decoder(None, None)), 4, "h")
+    offsets = PartitionOffsets()
+    lane = KeyedLane(
+        TP, pool, offsets, Owner(), by_key=True, bound=BufferBound(100), commit_ahead=True
+    )
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        lane.start(tg)
+        offsets.completed = 10  # committed ahead by the engine
+        lane.push(records([b"a", b"b", b"a"] * 3 + [b"c"]))
+        await wait_for(lambda: not lane.incoming and not lane.running_workers)
+        await anyio.sleep(0.01)
+        pool.close()
+    assert seen == [10] * 10
+    assert offsets.completed == 10
+    assert not offsets.above
