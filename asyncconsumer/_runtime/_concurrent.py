@@ -72,7 +72,7 @@ __all__ = ["KeyedLane", "WorkerPool"]
 
 RUN = 64
 """A worker runs up to this many records of a lane in a row before it takes the next
-lane in turn (see :meth:`_Worker._run`)."""
+lane in turn, if another lane waits for a worker (see :meth:`_Worker._run`)."""
 
 
 class WorkerPool:
@@ -247,8 +247,8 @@ class _Worker:
                 woken = False
 
     async def _run(self, lane: KeyedLane, woken: bool) -> bool:
-        """Run records of ``lane``, up to :data:`RUN` in a row; ``False`` if none
-        may run now.
+        """Run records of ``lane``, up to :data:`RUN` in a row while other lanes
+        wait for a worker (more if none does); ``False`` if none may run now.
 
         A record may run when no record of its key runs, is parked or is ready
         (``ready`` holds those released to run next, and goes first); a record
@@ -374,9 +374,13 @@ class _Worker:
                     lane.retry_later(record, attempt + 1, delay)
             if lane.paused and len(incoming) <= low:
                 lane.check_drained()  # (the records taken, the window)
-            left -= 1
-            if not left or self.cancelled or lane.closed or lane.hold:
+            if self.cancelled or lane.closed or lane.hold:
                 break
+            left -= 1
+            if not left:
+                if ready_lanes and (len(ready_lanes) > 1 or ready_lanes[0] is not lane):
+                    break  # other partitions wait: their turn
+                left = RUN
         if first:  # nothing of it may run now
             lane.queued = False
             return False
