@@ -26,7 +26,10 @@ leaves outputs that no commit may carry: the lane's open transaction is aborted 
 its running records are over.
 
 One task per lane runs the transactions (begin, wait until due, hold, commit or
-abort); workers only complete records into the open transaction and count them.
+abort); workers only complete records into the open transaction and count them. A
+record does not await the acknowledgements of what it published: the worker hands
+them to the transaction (:meth:`TransactionalKeyedLane.published`), whose commit
+checks them first (a refused one aborts it, and its records run again).
 """
 
 from __future__ import annotations
