@@ -33,7 +33,7 @@ from ._seeking import SeekTarget, Timestamp, lookup_offsets, timestamp_ms
 from ._transport import ConsumerClient
 
 if TYPE_CHECKING:
-    from aiokafka.structs import ConsumerRecord
+    from ._message import Record
 
 __all__ = ["Consumer"]
 
@@ -143,12 +143,12 @@ class Consumer:
         self._on_revoke = on_revoke
         self._client: ConsumerClient | None = None
         self._book = OffsetBook(self.settings.commit_timeout)
-        self._pending: deque[tuple[TopicPartition, list[ConsumerRecord]]] = deque()
-        self._batch: list[ConsumerRecord] = _EMPTY
+        self._pending: deque[tuple[TopicPartition, list[Record]]] = deque()
+        self._batch: list[Record] = _EMPTY
         self._batch_tp: TopicPartition | None = None
         self._batch_offsets = PartitionOffsets()
         self._index = 0
-        self._last: ConsumerRecord | None = None  # yielded, not yet processed
+        self._last: Record | None = None  # yielded, not yet processed
         self._last_offsets = self._batch_offsets
         # handed out by getmany(), not yet processed: (offsets, next offset, partition)
         self._held: list[tuple[PartitionOffsets, int, TopicPartition]] = []
@@ -257,7 +257,9 @@ class Consumer:
             assert fetched is not None  # no deadline: it waits
             batch, i = fetched, 0
         record = batch[i]
-        msg = self._decode(record)  # raises DeserializationError; the record stays next
+        decode = self._decode
+        # raises DeserializationError; the record stays next
+        msg = record if decode is None else decode(record)
         self._index = i + 1
         self._last = record
         return msg
@@ -291,9 +293,13 @@ class Consumer:
                 continue
             end = min(len(batch), start + max_records - len(out))
             taken = start
+            decode = self._decode
+            if decode is None:
+                out.extend(batch[start:end])
+                taken = end
             try:
                 while taken < end:
-                    out.append(self._decode(batch[taken]))
+                    out.append(decode(batch[taken]))  # type: ignore[misc]
                     taken += 1
             except DeserializationError:
                 if not out:
@@ -309,7 +315,7 @@ class Consumer:
                 break  # stopped before an undecodable record
         return out
 
-    async def _next_batch(self, deadline: float | None = None) -> list[ConsumerRecord] | None:
+    async def _next_batch(self, deadline: float | None = None) -> list[Record] | None:
         """Make the next fetched batch current; wait for one (until ``deadline``, a
         ``time.monotonic()`` value, then return ``None``)."""
         client = self._client
@@ -501,7 +507,7 @@ class Consumer:
             if self._index < len(self._batch):
                 first[self._batch_tp] = self._batch[self._index].offset
             self._batch, self._index, self._batch_tp = _EMPTY, 0, None
-        kept: deque[tuple[TopicPartition, list[ConsumerRecord]]] = deque()
+        kept: deque[tuple[TopicPartition, list[Record]]] = deque()
         for tp, records in self._pending:
             if tp in drop:
                 first.setdefault(tp, records[0].offset)

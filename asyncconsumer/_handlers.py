@@ -34,7 +34,7 @@ class HandlerSpec:
     name: str
     topics: tuple[str, ...]
     pattern: re.Pattern[str] | None
-    decode: Decoder
+    decode: Decoder | None  # None: the raw record is the message
     ordering: Ordering = "partition"
     concurrency: int = 1
     batch: BatchSettings | None = None

@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 import anyio
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 
-from asyncconsumer._message import make_decoder
+from asyncconsumer._message import Message, Record, make_decoder
 from asyncconsumer._runtime._concurrent import KeyedLane, WorkerPool
 from asyncconsumer._runtime._lanes import BufferBound, Lane, LaneOwner, PartitionLane
 from asyncconsumer._runtime._offsets import PartitionOffsets
@@ -31,32 +31,20 @@ POLL = 1000
 
 
 class _Owner(LaneOwner):
-    def lane_failed(self, lane: Lane, record: ConsumerRecord, exc: Exception) -> None:
+    def lane_failed(self, lane: Lane, record: Record | None, exc: Exception) -> None:
         raise exc
 
     def lane_drained(self, lane: Lane) -> None:
         lane.paused = False  # the fetch loop takes the partition again
 
 
-def _records(tp: TopicPartition, count: int) -> list[ConsumerRecord]:
+def _records(tp: TopicPartition, count: int) -> list[Record]:
     # 1,000 keys over 4 partitions, as scenario 1's topics: about 250 keys per
     # partition, so a poll of 1,000 records holds each key about 4 times.
     value = b'{"order":1,"sku":"a-1","qty":3}'
-    headers = [("source", b"checkout")]
+    headers = (("source", b"checkout"),)
     return [
-        ConsumerRecord(
-            tp.topic,
-            tp.partition,
-            o,
-            0,
-            0,
-            b"k%d-%d" % (tp.partition, o % KEYS),
-            value,
-            None,
-            4,
-            31,
-            headers,
-        )
+        Message(tp.topic, tp.partition, o, b"k%d-%d" % (tp.partition, o % KEYS), value, headers, 0)
         for o in range(count)
     ]
 

@@ -58,8 +58,10 @@ from ._offsets import CompletionTracker, PartitionOffsets
 from ._pipeline import Acknowledgement, Processor, abandon
 
 if TYPE_CHECKING:
-    from aiokafka.structs import ConsumerRecord, TopicPartition
+    from aiokafka.structs import TopicPartition
     from anyio.abc import TaskGroup
+
+    from .._message import Record
 
 __all__ = ["KeyedLane", "WorkerPool"]
 
@@ -92,7 +94,7 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._closed = False
         # (due, seq, lane, record, lane generation): records waiting for a retry
-        self._parked: list[tuple[float, int, KeyedLane, ConsumerRecord, int]] = []
+        self._parked: list[tuple[float, int, KeyedLane, Record, int]] = []
         self._seq = itertools.count()
         self._timer_wakeup = anyio.Event()
 
@@ -103,7 +105,7 @@ class WorkerPool:
             tg.start_soon(worker.run, name=f"asyncconsumer worker {self.name}#{i}")
         tg.start_soon(self._timer, name=f"asyncconsumer retry timer {self.name}")
 
-    def park(self, lane: KeyedLane, record: ConsumerRecord, delay: float) -> None:
+    def park(self, lane: KeyedLane, record: Record, delay: float) -> None:
         """Make ``record`` ready again in ``delay`` seconds (unless its lane closes
         or seeks meanwhile)."""
         due = anyio.current_time() + delay
@@ -170,7 +172,7 @@ class _Worker:
         self.pool = pool
         self.scope = anyio.CancelScope(shield=True)
         self.lane: KeyedLane | None = None
-        self.record: ConsumerRecord | None = None
+        self.record: Record | None = None
         # delivery="exactly_once": the acknowledgements of what the record published,
         # handed to its transaction, which checks them before it commits
         self.sent: list[Acknowledgement] = []
@@ -312,15 +314,15 @@ class KeyedLane(Lane):
         self.tracker = CompletionTracker(offsets)
         # Received records not looked at yet, in offset order: a worker takes the
         # first whose key is free (see take()).
-        self.incoming: deque[ConsumerRecord] = deque()
+        self.incoming: deque[Record] = deque()
         # Records whose key is theirs already (the next of a key whose record
         # completed, a retry whose backoff is over): they run first.
-        self.ready: deque[ConsumerRecord] = deque()
+        self.ready: deque[Record] = deque()
         # Keys taken (by a record running, parked for a retry or in ``ready``) ->
         # the records of the key waiting behind it (None: none)
-        self._keys: dict[Any, deque[ConsumerRecord] | None] = {}
+        self._keys: dict[Any, deque[Record] | None] = {}
         self._buffered = 0
-        self.running_workers: dict[_Worker, ConsumerRecord] = {}
+        self.running_workers: dict[_Worker, Record] = {}
         self.queued = False
         self.hold = False  # workers leave the lane's records alone while set
         self.gen = 0
@@ -328,7 +330,7 @@ class KeyedLane(Lane):
         self._skip_max = -1
         # wait_for_skip: records pushed before skip_completed() wait here, so that
         # none runs before the lane knows which ones a previous owner completed.
-        self._held: list[ConsumerRecord] | None = [] if wait_for_skip else None
+        self._held: list[Record] | None = [] if wait_for_skip else None
         self._window_full = False  # the window filled the lane: resume at its half
         self.attempts: dict[int, int] = {}  # offset -> next attempt, of parked records
 
@@ -379,7 +381,7 @@ class KeyedLane(Lane):
             if self.paused and not full:
                 self._drained()
 
-    def push(self, records: list[ConsumerRecord]) -> bool:
+    def push(self, records: list[Record]) -> bool:
         held = self._held
         if held is not None:
             held.extend(records)
@@ -397,7 +399,7 @@ class KeyedLane(Lane):
             self.pool.schedule(self)
         return self.full()
 
-    def take(self) -> ConsumerRecord | None:
+    def take(self) -> Record | None:
         """The next record to run, its key taken (``None``: none may run now).
 
         Keys are looked at here, when a worker is free, not when the records
@@ -437,7 +439,7 @@ class KeyedLane(Lane):
             self._drained()
         return record
 
-    def _admit(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+    def _admit(self, records: list[Record]) -> list[Record]:
         """Receive ``records`` (unless ``at_most_once`` committed them already), drop
         those a previous owner completed, and count their bytes; return the rest."""
         tracker = self.tracker
@@ -464,23 +466,23 @@ class KeyedLane(Lane):
         if (self.incoming or self.ready) and not self.closed:
             self.pool.schedule(self)
 
-    def complete(self, record: ConsumerRecord) -> None:
+    def complete(self, record: Record) -> None:
         self.tracker.complete(record.offset)
         self._release(record)
         if self.paused and self._buffered <= self.bound.low_records:
             self._drained()  # the window may have shrunk
 
-    def published(self, record: ConsumerRecord, sent: list[Acknowledgement]) -> None:
+    def published(self, record: Record, sent: list[Acknowledgement]) -> None:
         """``record`` completes with the acknowledgements of what it published still
         to come (``delivery="exactly_once"``: its transaction checks them)."""
         raise NotImplementedError
 
-    def obsolete(self, record: ConsumerRecord) -> None:
+    def obsolete(self, record: Record) -> None:
         """A record that ran during a seek finished: it completes nothing, and frees
         its key for the records of the new position."""
         self._release(record)
 
-    def _release(self, record: ConsumerRecord) -> None:
+    def _release(self, record: Record) -> None:
         """``record`` no longer runs: the next record of its key may. (Called by the
         worker that ran it, which takes a ready record next: no worker to wake.)"""
         if self.by_key and not self.closed:
@@ -502,7 +504,7 @@ class KeyedLane(Lane):
         if self.closed:
             self.done.set()
 
-    def retry_later(self, record: ConsumerRecord, attempt: int, delay: float) -> None:
+    def retry_later(self, record: Record, attempt: int, delay: float) -> None:
         """Park a failed record for a retry: it keeps its key (later records of the
         key wait) and stays uncompleted, but frees its worker."""
         if not self.closed:
@@ -511,7 +513,7 @@ class KeyedLane(Lane):
         if (self.closed or self.hold) and not self.running_workers:
             self._idle()
 
-    def requeue(self, record: ConsumerRecord) -> None:
+    def requeue(self, record: Record) -> None:
         """A parked record's backoff is over: ready again, ahead of the others."""
         self._buffered += 1
         if self.count_bytes:
@@ -519,7 +521,7 @@ class KeyedLane(Lane):
         self.ready.appendleft(record)
         self.pool.schedule(self)
 
-    def failed(self, record: ConsumerRecord, exc: Exception) -> None:
+    def failed(self, record: Record, exc: Exception) -> None:
         first = not self.closed
         self.close()
         if first:

@@ -66,10 +66,10 @@ from ._snapshot import snapshot
 from ._transactions import PartitionTransactions
 
 if TYPE_CHECKING:
-    from aiokafka.structs import ConsumerRecord
     from anyio.abc import TaskGroup, TaskStatus
 
     from .._handlers import HandlerRegistry, HandlerSpec
+    from .._message import Record
     from .._producer import Producer
 
 __all__ = ["CommitHook", "Engine"]
@@ -341,7 +341,7 @@ class Engine(LaneOwner):
                     if poll.cancelled_caught:
                         continue  # a lane drained: poll again, with it
                     polled()
-                    ahead: list[tuple[Lane, list[ConsumerRecord]]] | None = None
+                    ahead: list[tuple[Lane, list[Record]]] | None = None
                     for tp, records in batches.items():
                         lane = lanes.get(tp)
                         if lane is None:
@@ -363,7 +363,7 @@ class Engine(LaneOwner):
         except Exception as exc:
             self.fail(exc)
 
-    def _no_lane_yet(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+    def _no_lane_yet(self, tp: TopicPartition, records: list[Record]) -> None:
         """Records of a partition without a lane. If it was revoked meanwhile, the
         next owner fetches them. If it is still assigned, the client assigned it
         before calling ``_on_assigned`` (which may wait for the lock): the client's
@@ -377,12 +377,12 @@ class Engine(LaneOwner):
         client.pause(tp)
         self._awaiting_lane.add(tp)
 
-    def _push(self, lane: Lane, records: list[ConsumerRecord]) -> None:
+    def _push(self, lane: Lane, records: list[Record]) -> None:
         if lane.push(records) and not lane.paused:
             lane.paused = True
             self._full.add(lane.tp)
 
-    async def _commit_ahead(self, batches: list[tuple[Lane, list[ConsumerRecord]]]) -> None:
+    async def _commit_ahead(self, batches: list[tuple[Lane, list[Record]]]) -> None:
         """``at_most_once``: commit the records' offsets, then let their lanes run them.
 
         If the commit fails, the partitions are sought back to these records, which
@@ -665,7 +665,7 @@ class Engine(LaneOwner):
 
     # -- lanes ---------------------------------------------------------------
 
-    def lane_failed(self, lane: Lane, record: ConsumerRecord | None, exc: Exception) -> None:
+    def lane_failed(self, lane: Lane, record: Record | None, exc: Exception) -> None:
         if record is None:  # in the lane's transactions
             where = f"{lane.tp.topic}[{lane.tp.partition}]"
             exc.add_note(f"asyncconsumer: raised by the transactions of {where}")

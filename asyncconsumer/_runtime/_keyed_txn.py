@@ -46,9 +46,10 @@ from ._offsets import CompletionTracker, PartitionOffsets, decode_completed, enc
 from ._transactions import FENCED, caused_by
 
 if TYPE_CHECKING:
-    from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata, TopicPartition
     from anyio.abc import TaskGroup
 
+    from .._message import Record
     from ._concurrent import WorkerPool, _Worker
     from ._lanes import BufferBound, LaneOwner
     from ._pipeline import Acknowledgement
@@ -131,7 +132,7 @@ class TransactionalKeyedLane(KeyedLane):
         name = f"asyncconsumer transactions {self.tp.topic}[{self.tp.partition}]"
         tg.start_soon(self._run, name=name)
 
-    def push(self, records: list[ConsumerRecord]) -> bool:
+    def push(self, records: list[Record]) -> bool:
         if self.base < 0 and records and self._held is None:
             self.base = records[0].offset
         return super().push(records)
@@ -146,7 +147,7 @@ class TransactionalKeyedLane(KeyedLane):
 
     # -- what the workers call -------------------------------------------------------
 
-    def complete(self, record: ConsumerRecord) -> None:
+    def complete(self, record: Record) -> None:
         super().complete(record)
         txn = self.txn
         assert txn is not None
@@ -159,7 +160,7 @@ class TransactionalKeyedLane(KeyedLane):
         ):
             self._wakeup.set()  # due, or nothing more to run: see _until_due
 
-    def published(self, record: ConsumerRecord, sent: list[Acknowledgement]) -> None:
+    def published(self, record: Record, sent: list[Acknowledgement]) -> None:
         # The record completes now: its transaction checks these before it commits
         # (a refused one aborts it, and its records run again).
         txn = self.txn
@@ -168,7 +169,7 @@ class TransactionalKeyedLane(KeyedLane):
         sent.clear()
         self.processor.counters[record.topic].handled += 1
 
-    def failed(self, record: ConsumerRecord, exc: Exception) -> None:
+    def failed(self, record: Record, exc: Exception) -> None:
         if self.closed:
             self._abort = True  # what it sent before it failed must vanish
         elif caused_by(exc, FENCED):

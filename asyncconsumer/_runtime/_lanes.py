@@ -17,10 +17,13 @@ for a retry, the lane waits the backoff without holding up other partitions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -32,10 +35,10 @@ from ._pipeline import Acknowledgement, Processor, abandon
 from ._transactions import FENCED
 
 if TYPE_CHECKING:
-    from aiokafka.structs import ConsumerRecord, TopicPartition
+    from aiokafka.structs import TopicPartition
     from anyio.abc import TaskGroup
 
-    from .._message import Message
+    from .._message import Message, Record
     from ._transactions import PartitionTransactions
 
 __all__ = [
@@ -76,16 +79,16 @@ class BufferBound:
         self.low_window = window // 2
 
 
-def size_of(record: ConsumerRecord) -> int:
-    """A record's key plus value size in bytes (aiokafka says -1 for None)."""
-    size: int = max(record.serialized_key_size, 0) + max(record.serialized_value_size, 0)
-    return size
+def size_of(record: Record) -> int:
+    """A record's key plus value size in bytes (raw bytes or ``None``)."""
+    key, value = record.key, record.value
+    return (0 if key is None else len(key)) + (0 if value is None else len(value))
 
 
 class LaneOwner:
     """What a lane reports to (the engine)."""
 
-    def lane_failed(self, lane: Lane, record: ConsumerRecord | None, exc: Exception) -> None:
+    def lane_failed(self, lane: Lane, record: Record | None, exc: Exception) -> None:
         """``exc`` stops the app; ``record`` is where it was raised (``None``: in the
         lane's transactions, not in a record)."""
         raise NotImplementedError
@@ -168,7 +171,7 @@ class Lane:
         """How many records :meth:`running` lists (cheaper)."""
         return len(self.running())
 
-    def push(self, records: list[ConsumerRecord]) -> bool:
+    def push(self, records: list[Record]) -> bool:
         """Queue fetched records (in offset order); return whether the lane is full."""
         raise NotImplementedError
 
@@ -224,7 +227,7 @@ class _Unacked:
     def __init__(
         self,
         lane: PartitionLane,
-        records: list[ConsumerRecord],
+        records: list[Record],
         msgs: list[Message[Any]] | None,
         attempt: int,
         sent: list[Acknowledgement],
@@ -306,7 +309,7 @@ class PartitionLane(Lane):
             handler_name=handler_name,
             commit_ahead=commit_ahead,
         )
-        self._records: deque[ConsumerRecord] = deque()
+        self._records: deque[Record] = deque()
         self._wakeup = anyio.Event()
         self._waiting = False
         self._gen = 0
@@ -314,7 +317,7 @@ class PartitionLane(Lane):
         # Shielded: only the engine cancels a lane (after its grace period), so
         # an outer cancellation still gets a graceful drain.
         self.scope = anyio.CancelScope(shield=True)
-        self.current: ConsumerRecord | None = None
+        self.current: Record | None = None
         # publish_to pipelining: the acknowledgements of the record running now, the
         # records waiting for theirs (in offset order), how many of those still wait.
         self._sent: list[Acknowledgement] = []
@@ -341,7 +344,7 @@ class PartitionLane(Lane):
         offsets.extend(r.offset for entry in self._unacked for r in entry.records)
         return offsets
 
-    def push(self, records: list[ConsumerRecord]) -> bool:
+    def push(self, records: list[Record]) -> bool:
         self._records.extend(records)
         if self.count_bytes:
             self.buffered_bytes += sum(map(size_of, records))
@@ -410,9 +413,7 @@ class PartitionLane(Lane):
 
     # -- publish_to pipelining -------------------------------------------------------
 
-    def _finish(
-        self, records: list[ConsumerRecord], msgs: list[Message[Any]] | None, attempt: int
-    ) -> None:
+    def _finish(self, records: list[Record], msgs: list[Message[Any]] | None, attempt: int) -> None:
         """``records`` are done with: complete them now, or after the acknowledgements
         of what they (or records before them) published."""
         sent = self._sent
@@ -488,7 +489,7 @@ class PartitionLane(Lane):
         """``entry`` runs again (what a failure would name)."""
         self.current = entry.records[0]
 
-    def _live(self, entry: _Unacked) -> list[ConsumerRecord]:
+    def _live(self, entry: _Unacked) -> list[Record]:
         return entry.records
 
     async def _attempt(self, entry: _Unacked, attempt: int) -> float | None:
@@ -581,10 +582,24 @@ class PartitionLane(Lane):
         window = self.bound.window
         low_records = self.bound.low_records
         txn = self.txn
-        sent = self._sent if self.processor.publish_to is not None or txn else None
+        processor = self.processor
+        sent = self._sent if processor.publish_to is not None or txn else None
         if txn is not None:
             TRANSACTION.set(txn)  # the app's producer sends in the transaction
-        record: ConsumerRecord | None = None
+        # Nothing to publish, no transaction: the first attempt runs inline (what
+        # Processor.process does, without a coroutine of its own per record).
+        inline = sent is None
+        decode, call = processor.decode, processor.call
+        counters = processor.counters[self.tp.topic]
+        # Handler durations (metrics on): one clock read per record. ``clock`` is the
+        # end of the last attempt while the lane has not waited since (the next
+        # record starts then), else 0. The histogram: see HandlerTiming.series.
+        timing = processor.timing
+        durations = None if timing is None else timing.series(self.tp.topic)
+        bounds = () if timing is None else timing.bounds
+        first = bounds[0] if bounds else float("inf")
+        clock = 0.0
+        record: Record | None = None
         try:
             with self.scope:
                 while not self.closed:
@@ -592,6 +607,7 @@ class PartitionLane(Lane):
                         await self._wait_or_redo()
                         continue
                     if not records:
+                        clock = 0.0
                         if txn is not None and txn.open:
                             await self._commit_idle_transaction()
                         else:
@@ -604,9 +620,38 @@ class PartitionLane(Lane):
                     gen = self._gen
                     if txn is not None and not txn.open:
                         await txn.begin(record.offset)
-                    delay = await process(record, 1, sent)
+                    if not inline:
+                        delay = await process(record, 1, sent)
+                    else:
+                        try:
+                            msg = record if decode is None else decode(record)
+                        except DeserializationError as exc:
+                            await processor.undecodable(record, exc)
+                            delay = None
+                        else:
+                            try:
+                                if durations is None:
+                                    await call(msg)
+                                else:
+                                    started = clock or perf_counter()
+                                    try:
+                                        await call(msg)
+                                    finally:
+                                        clock = perf_counter()
+                                        took = clock - started
+                                        durations[
+                                            0 if took <= first else bisect_left(bounds, took)
+                                        ] += 1
+                                        durations[-1] += took
+                            except (Exception, asyncio.CancelledError) as exc:
+                                clock = 0.0
+                                delay = await processor.raised(record, exc, 1)
+                            else:
+                                counters.handled += 1
+                                delay = None
                     attempt = 1
                     while delay is not None and await self._backoff(delay, gen):
+                        clock = 0.0
                         attempt += 1
                         delay = await process(record, attempt, sent)
                     if delay is None and gen == self._gen:
@@ -666,7 +711,7 @@ class BatchLane(PartitionLane):
         )
         self.max_records = max_records
         self.max_wait = max_wait
-        self._batch: list[ConsumerRecord] = []
+        self._batch: list[Record] = []
 
     def running(self) -> Sequence[int]:
         offsets = [r.offset for r in self._batch]
@@ -675,7 +720,7 @@ class BatchLane(PartitionLane):
     def in_flight(self) -> int:
         return len(self._batch) + self._unacked_records
 
-    def _live(self, entry: _Unacked) -> list[ConsumerRecord]:
+    def _live(self, entry: _Unacked) -> list[Record]:
         assert entry.msgs is not None
         return Processor.live(entry.records, entry.msgs)
 

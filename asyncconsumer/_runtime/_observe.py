@@ -10,7 +10,11 @@ one empty loop; there is no report per record.
 The one per-record observation is the handler's duration: when a
 :class:`HandlerTiming` is set, the processors time each attempt (the middleware
 chain and the handler) and hand it the seconds: two clock reads and one call,
-not a middleware layer (a coroutine per record).
+not a middleware layer (a coroutine per record). A partition lane, which runs
+its records back to back, does less: it reads the clock once per record (a
+record's start is the previous one's end while the lane has not waited in
+between) and adds the duration to its topic's :meth:`~HandlerTiming.series`
+itself, with no call.
 """
 
 from __future__ import annotations
@@ -35,10 +39,18 @@ class RuntimeObserver(Protocol):
 
 
 class HandlerTiming(Protocol):
-    """What records handler durations (one at most per app)."""
+    """What records handler durations (one at most per app): a histogram per topic."""
+
+    bounds: tuple[float, ...]
+    """The buckets' upper bounds, ascending."""
 
     def observe(self, topic: str, seconds: float) -> None:
         """A handler attempt on a record (or a batch) of ``topic`` took ``seconds``."""
+
+    def series(self, topic: str) -> list[float]:
+        """``topic``'s histogram, which :meth:`observe` adds to: the count of each
+        bucket (at ``bisect_left(bounds, seconds)``; the one after the last bound
+        counts the durations above every bound), then the sum of the durations."""
 
 
 class Observers:

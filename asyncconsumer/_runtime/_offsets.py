@@ -27,8 +27,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from .._errors import CommitError
 
 if TYPE_CHECKING:
-    from aiokafka.structs import ConsumerRecord
-
+    from .._message import Record
     from .._transport import ConsumerClient
 
 __all__ = [
@@ -93,7 +92,7 @@ class CompletionTracker:
     def receive(self, offset: int) -> None:
         self._pending.append(offset)
 
-    def receive_all(self, records: Iterable[ConsumerRecord]) -> None:
+    def receive_all(self, records: Iterable[Record]) -> None:
         """:meth:`receive` for each record, in one call."""
         self._pending.extend(map(_offset, records))
 

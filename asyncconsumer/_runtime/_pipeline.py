@@ -30,13 +30,11 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .._errors import DeadLetterError, DeserializationError, HandlerCancelledError
-from .._message import Decoder, Message
+from .._message import Decoder, Message, Record
 from .._producer import SAME_KEY, Producer, ProducerRecord, encode, encode_headers
 from .._retry import NO_RETRY, FailurePolicy, Retry
 
 if TYPE_CHECKING:
-    from aiokafka.structs import ConsumerRecord
-
     from ._observe import HandlerTiming
 
 __all__ = [
@@ -141,12 +139,13 @@ class Processor:
         "producer",
         "publish_to",
         "retry",
+        "timing",
     )
 
     def __init__(
         self,
         call: CallNext,
-        decode: Decoder,
+        decode: Decoder | None,
         *,
         name: str = "",
         retry: Retry = NO_RETRY,
@@ -173,12 +172,13 @@ class Processor:
         self.backoff_scale = backoff_scale  # retry delays x this (tests: 0, at once)
         self.counters = counters if counters is not None else CounterMap()
         # The timing's observe(topic, seconds), bound once: it runs per record.
+        self.timing = timing
         self.observe = timing.observe if timing is not None else None
 
     # -- one record ----------------------------------------------------------------
 
     async def process(
-        self, record: ConsumerRecord, attempt: int = 1, sent: list[Acknowledgement] | None = None
+        self, record: Record, attempt: int = 1, sent: list[Acknowledgement] | None = None
     ) -> float | None:
         """Run attempt number ``attempt`` for ``record``.
 
@@ -191,11 +191,15 @@ class Processor:
         ``sent`` and the caller completes the record (and counts it handled) once
         they arrive; a failed one goes back through :meth:`failed`.
         """
-        try:
-            msg = self.decode(record)
-        except DeserializationError as exc:
-            await self._give_up((record,), exc, attempts=0)
-            return None
+        decode = self.decode
+        if decode is None:
+            msg: Message[Any] = record  # no codecs: the raw record is the message
+        else:
+            try:
+                msg = decode(record)
+            except DeserializationError as exc:
+                await self.undecodable(record, exc)
+                return None
         try:
             observe = self.observe
             if observe is None:
@@ -212,21 +216,34 @@ class Processor:
                 and await self._publish(record.key, (result,), sent)
             ):
                 return None  # handled once acknowledged
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
             abandon(sent)
-            return await self.failed((record,), exc, attempt)
-        except asyncio.CancelledError as exc:
-            abandon(sent)
-            return await self.failed((record,), _stray(exc, record), attempt)
+            return await self.raised(record, exc, attempt)
         self.counters[record.topic].handled += 1
         return None
 
+    async def undecodable(self, record: Record, exc: DeserializationError) -> None:
+        """``record`` could not be decoded: a poison pill, no retries (``on_failure``
+        applies at once; raises to stop)."""
+        await self._give_up((record,), exc, attempts=0)
+
+    async def raised(self, record: Record, exc: BaseException, attempt: int) -> float | None:
+        """The handler chain raised ``exc`` on attempt number ``attempt`` of
+        ``record``: as :meth:`failed`, after telling a stray ``CancelledError`` (a
+        failure of the record) from a real cancellation (raised again)."""
+        if isinstance(exc, asyncio.CancelledError):
+            exc = _stray(exc, record)
+        assert isinstance(exc, Exception)
+        return await self.failed((record,), exc, attempt)
+
     # -- a batch ---------------------------------------------------------------------
 
-    async def decode_batch(self, records: list[ConsumerRecord]) -> list[Message[Any]]:
+    async def decode_batch(self, records: list[Record]) -> list[Message[Any]]:
         """Decode a batch once (before its attempts): the records that cannot be
         decoded go their own way (dead letter, skip, or stop) and are left out."""
         decode = self.decode
+        if decode is None:
+            return records  # no codecs: the raw records are the messages
         try:
             return list(map(decode, records))
         except DeserializationError:
@@ -241,7 +258,7 @@ class Processor:
 
     async def process_batch(
         self,
-        records: list[ConsumerRecord],
+        records: list[Record],
         msgs: list[Message[Any]],
         attempt: int = 1,
         sent: list[Acknowledgement] | None = None,
@@ -274,7 +291,7 @@ class Processor:
         return None
 
     @staticmethod
-    def live(records: list[ConsumerRecord], msgs: list[Message[Any]]) -> list[ConsumerRecord]:
+    def live(records: list[Record], msgs: list[Message[Any]]) -> list[Record]:
         """The records of a batch that were decoded (the others went their own way)."""
         if len(msgs) == len(records):
             return records
@@ -283,9 +300,7 @@ class Processor:
 
     # -- failures --------------------------------------------------------------------
 
-    async def failed(
-        self, records: Sequence[ConsumerRecord], exc: Exception, attempt: int
-    ) -> float | None:
+    async def failed(self, records: Sequence[Record], exc: Exception, attempt: int) -> float | None:
         """Attempt number ``attempt`` of ``records`` failed with ``exc``: the seconds
         to wait before the next attempt, or ``None`` once the failure policy is
         applied (dead-lettered or skipped); raises ``exc`` to stop."""
@@ -306,9 +321,7 @@ class Processor:
         await self._give_up(records, exc, attempt)
         return None
 
-    async def _give_up(
-        self, records: Sequence[ConsumerRecord], exc: Exception, attempts: int
-    ) -> None:
+    async def _give_up(self, records: Sequence[Record], exc: Exception, attempts: int) -> None:
         """Apply ``on_failure`` to records whose last attempt failed (``attempts`` = 0:
         they could not be decoded)."""
         counters = self.counters[records[0].topic]
@@ -337,9 +350,7 @@ class Processor:
             exc_info=exc,
         )
 
-    async def _dead_letter(
-        self, records: Sequence[ConsumerRecord], exc: Exception, attempts: int
-    ) -> None:
+    async def _dead_letter(self, records: Sequence[Record], exc: Exception, attempts: int) -> None:
         assert self.producer is not None
         client = self.producer.client
         text = "".join(traceback.format_exception(exc))[-_TRACEBACK_LIMIT:]
@@ -420,7 +431,7 @@ def _retrieve(future: Acknowledgement) -> None:
         future.exception()
 
 
-def _stray(cancelled: asyncio.CancelledError, record: ConsumerRecord) -> Exception:
+def _stray(cancelled: asyncio.CancelledError, record: Record) -> Exception:
     """What a ``CancelledError`` out of the handler chain is: a real cancellation of
     this task (a stop's or revoke's deadline, ``abort()``: raised again, the record
     is not completed) or a stray one, which the handler caught from something it
@@ -449,7 +460,7 @@ class CounterMap(dict[str, TopicCounters]):
         return counters
 
 
-def _where(records: Sequence[ConsumerRecord]) -> str:
+def _where(records: Sequence[Record]) -> str:
     first = records[0]
     where = f"{first.topic}[{first.partition}]@{first.offset}"
     if len(records) > 1:

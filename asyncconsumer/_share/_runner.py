@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import anyio
 from anyio.abc import TaskStatus
@@ -39,6 +39,7 @@ from anyio.abc import TaskStatus
 from .._codecs import CodecSpec, resolve_codec
 from .._errors import ConfigurationError
 from .._handlers import handler_name
+from .._message import Record
 from .._retry import NO_RETRY, FailurePolicy, Retry
 from .._runtime._liveness import LivenessMonitor
 from .._runtime._observe import HandlerTiming
@@ -397,7 +398,8 @@ class ShareRuntime:
             try:
                 skipped = topic_counters.skipped
                 try:
-                    delay = await processor.process(record, record.delivery_count)
+                    # (a share record has a Record's fields, all the processor reads)
+                    delay = await processor.process(cast(Record, record), record.delivery_count)
                 except Exception as exc:  # on_failure="stop", or a dead letter failed
                     exc.add_note(
                         f"asyncconsumer: handling {record.topic}[{record.partition}]"

@@ -54,6 +54,7 @@ from aiokafka.structs import (
 )
 
 from .._errors import AuthenticationError
+from .._message import Record, as_record
 from .._producer import Headers, encode, encode_headers
 from . import MEMORY_SCHEME, register_memory
 from ._protocols import ConsumerClient, ProducerClient, Reachability, RebalanceListener
@@ -563,7 +564,7 @@ class MemoryConsumer:
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
-    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+    ) -> dict[TopicPartition, list[Record]]:
         limit = max_records or self.max_poll_records
         deadline = anyio.current_time() + timeout_ms / 1000
         while True:
@@ -581,14 +582,14 @@ class MemoryConsumer:
 
     def _take(
         self, partitions: tuple[TopicPartition, ...], limit: int
-    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+    ) -> dict[TopicPartition, list[Record]]:
         wanted = sorted(
             self._positions if not partitions else set(partitions) & set(self._positions)
         )
         if not wanted:
             return {}
         self._turn = (self._turn + 1) % len(wanted)
-        out: dict[TopicPartition, list[ConsumerRecord]] = {}
+        out: dict[TopicPartition, list[Record]] = {}
         fetched = self.kafka._fetched
         for tp in wanted[self._turn :] + wanted[: self._turn]:
             if limit <= 0:
@@ -600,7 +601,7 @@ class MemoryConsumer:
                 raise NoOffsetForPartitionError(tp)
             log_ = self.kafka._partition(tp)
             if position < len(log_):
-                records = log_[position : position + limit]
+                records = [as_record(r) for r in log_[position : position + limit]]
                 out[tp] = records
                 self._positions[tp] = position + len(records)
                 limit -= len(records)

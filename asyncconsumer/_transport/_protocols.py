@@ -3,8 +3,10 @@
 The engine, :class:`~asyncconsumer.Consumer`, the producer and the seek look-ups
 call only what these protocols name. :mod:`._aiokafka` implements them with
 aiokafka (and its work-arounds); :class:`~asyncconsumer.testing.MemoryKafka`
-implements them in memory. Records, offsets and errors keep aiokafka's types
-(``ConsumerRecord``, ``OffsetAndMetadata``, ``CommitFailedError``, ...): they are
+implements them in memory. Fetched records are :data:`~asyncconsumer._message.Record`
+objects (a :class:`~asyncconsumer.Message` of the raw bytes, built once per record);
+offsets and errors keep aiokafka's types (``OffsetAndMetadata``,
+``CommitFailedError``, ...): they are
 the vocabulary at the edge, and an in-memory client that raises exactly what the
 real one raises makes the runtime's real error paths run in tests.
 """
@@ -18,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from aiokafka.structs import (
-        ConsumerRecord,
         OffsetAndMetadata,
         OffsetAndTimestamp,
         RecordMetadata,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     )
 
     from .._errors import AuthenticationError
+    from .._message import Record
 
 __all__ = [
     "ConsumerClient",
@@ -94,7 +96,7 @@ class ConsumerClient(Protocol):
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
-    ) -> dict[TopicPartition, list[ConsumerRecord]]: ...
+    ) -> dict[TopicPartition, list[Record]]: ...
 
     async def commit(
         self, offsets: Mapping[TopicPartition, OffsetAndMetadata], *, revoking: bool = False

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .._errors import CommitError, ConsumerStoppedError
-from .._message import Message, TopicPartition, make_decoder
+from .._message import Message, TopicPartition, as_record
 from .._producer import Headers, RecordMetadata
 from .._transport._memory import MemoryConsumer, MemoryKafka
 
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["TestClient"]
 
 log = logging.getLogger("asyncconsumer")
-
-_raw = make_decoder(None, None)
 
 
 class TestClient:
@@ -137,10 +135,10 @@ class TestClient:
         to consume), ``None`` when nothing was committed."""
         return self.kafka.committed(self.group_id, TopicPartition(topic, partition))
 
-    def records(self, topic: str) -> list[Message[bytes]]:
+    def records(self, topic: str) -> list[Message[bytes | None]]:
         """What is in ``topic``: what the app produced there (dead letters, ``publish_to``
         output) or the test published, with raw keys, values and headers."""
-        return [_raw(record) for record in self.kafka.records(topic)]
+        return [as_record(record) for record in self.kafka.records(topic)]
 
     # -- failures ------------------------------------------------------------------------------
 

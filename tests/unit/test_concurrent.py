@@ -3,7 +3,6 @@
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -27,9 +26,7 @@ TP = TopicPartition("t", 0)
 
 def records(keys: list[Any], start: int = 0) -> list[Any]:
     return [
-        SimpleNamespace(
-            topic="t", partition=0, offset=start + i, key=k, value=b"", headers=(), timestamp=0
-        )
+        Message(topic="t", partition=0, offset=start + i, key=k, value=b"", headers=(), timestamp=0)
         for i, k in enumerate(keys)
     ]
 
@@ -285,7 +282,7 @@ async def test_drain_waits_then_cancel_stops_only_this_lanes_records() -> None:
         # The pool keeps serving other partitions with the same workers.
         other.push(
             [
-                SimpleNamespace(
+                Message(
                     topic="t", partition=1, offset=o, key=None, value=b"", headers=(), timestamp=0
                 )
                 for o in range(3)
@@ -614,7 +611,7 @@ async def test_a_drains_cancel_that_misses_its_record_does_not_hit_the_next_one(
         b.start(tg)
         a.push(records([None]))
         await wait_for(lambda: a.running() == [0])
-        b.push([SimpleNamespace(topic="t", partition=1, offset=0, key=None, value=b"",
+        b.push([Message(topic="t", partition=1, offset=0, key=None, value=b"",
                                 headers=(), timestamp=0)])  # fmt: skip
         # A's record finishes in the same step as a drain cancels A: the cancel
         # cannot reach it any more, and must not reach B's record instead.

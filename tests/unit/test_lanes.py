@@ -1,4 +1,3 @@
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -15,9 +14,7 @@ TP = TopicPartition("t", 0)
 
 def records(*offsets: int) -> list[Any]:
     return [
-        SimpleNamespace(
-            topic="t", partition=0, offset=o, key=None, value=b"", headers=(), timestamp=0
-        )
+        Message(topic="t", partition=0, offset=o, key=None, value=b"", headers=(), timestamp=0)
         for o in offsets
     ]
 
@@ -205,7 +202,7 @@ async def test_batch_failure_holds_the_offset_at_the_batch_start() -> None:
 async def test_bytes_bound_fills_and_drains_with_the_record_sizes() -> None:
     def sized(*offsets: int, size: int) -> list[Any]:
         return [
-            SimpleNamespace(
+            Message(
                 topic="t",
                 partition=0,
                 offset=o,
@@ -213,8 +210,6 @@ async def test_bytes_bound_fills_and_drains_with_the_record_sizes() -> None:
                 value=b"v" * size,
                 headers=(),
                 timestamp=0,
-                serialized_key_size=1,
-                serialized_value_size=size,
             )
             for o in offsets
         ]

@@ -5,19 +5,23 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any
 
+import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from asyncconsumer import (
+    Backoff,
     CommitError,
     ConsumerApp,
     HandlerStatistics,
     Message,
+    Retry,
     TopicPartition,
     TopicStatistics,
 )
 from asyncconsumer.metrics import ConsumerMetrics, HandlerTimer, instrument
+from asyncconsumer.testing import MemoryKafka, TestClient
 
 from .stats import make_statistics
 
@@ -145,6 +149,40 @@ async def test_handler_buckets_are_cumulative_and_bounds_inclusive() -> None:
     assert samples[("h_bucket", "+Inf")] == 4
     assert samples[("h_count", None)] == 4
     assert samples[("h_sum", None)] == pytest.approx(3.65)
+
+
+async def test_a_partition_lane_times_each_record_and_not_its_waits() -> None:
+    """A partition lane reads the clock once per record (a record starts when the
+    one before it ended): a wait for records, a failed attempt's handling or a retry
+    backoff between two records must not count in the next record's duration."""
+    kafka = MemoryKafka()
+    a = ConsumerApp(bootstrap_servers=kafka.bootstrap_servers, group_id=GROUP)
+    failed: set[int] = set()
+
+    @a.handler("orders", retry=Retry(attempts=2, backoff=Backoff(initial=0.3)))
+    async def handle(msg: Message[bytes]) -> None:
+        if msg.value == b"slow":
+            await anyio.sleep(0.03)
+        elif msg.value == b"fails once" and msg.offset not in failed:
+            failed.add(msg.offset)
+            raise ValueError("once")
+
+    metrics = instrument(a)
+    async with TestClient(a, kafka, backoff_scale=1.0) as client:
+        for value in (b"a", b"b", b"slow", b"c"):
+            await client.publish("orders", value, partition=0)
+        await client.wait_idle()
+        await anyio.sleep(0.2)  # the lane waits for records
+        await client.publish("orders", b"fails once", partition=0)  # then 0.3 s backoff
+        await client.publish("orders", b"d", partition=0)
+        await client.wait_idle()
+    values = scrape(metrics)
+    bucket = "asyncconsumer_handler_duration_seconds_bucket"
+    assert values[key(bucket, topic="orders", le="+Inf")] == 7  # 6 records, a retry
+    assert values[key(bucket, topic="orders", le="0.025")] == 6  # all but the slow one
+    assert values[key(bucket, topic="orders", le="0.05")] == 7
+    total = values[key("asyncconsumer_handler_duration_seconds_sum", topic="orders")]
+    assert 0.03 <= total < 0.045  # the slow record, not the 0.2 s wait or the backoff
 
 
 def test_instrument_returns_one_metrics_object_per_app() -> None:

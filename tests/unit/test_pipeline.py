@@ -1,7 +1,6 @@
 """Retry/Backoff policies, the middleware chain and the Processor's failure paths."""
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from asyncconsumer.testing import MemoryKafka
 
 
 def record(offset: int = 0, value: bytes = b"v", key: bytes | None = b"k") -> Any:
-    return SimpleNamespace(
+    return Message(
         topic="t",
         partition=2,
         offset=offset,

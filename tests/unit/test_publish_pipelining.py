@@ -3,7 +3,6 @@ runs the next record while the broker acknowledges what the previous ones publis
 and a record completes only when it and every record before it are acknowledged."""
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any, cast
 
 import anyio
@@ -22,7 +21,7 @@ TP = TopicPartition("t", 0)
 
 def records(*offsets: int) -> list[Any]:
     return [
-        SimpleNamespace(
+        Message(
             topic="t",
             partition=0,
             offset=o,

@@ -6,11 +6,10 @@ import json
 from typing import Any
 
 import pytest
-from aiokafka.structs import ConsumerRecord
 from pydantic import BaseModel
 
 from asyncconsumer import ConfigurationError, ConsumerApp, DeserializationError, Message
-from asyncconsumer._message import make_decoder
+from asyncconsumer._message import Record, make_decoder
 from asyncconsumer._typed import payload_model, typed_value_codec
 
 
@@ -33,8 +32,8 @@ async def untyped(msg: Any) -> None: ...
 def blocking(msg: Message[Order]) -> None: ...
 
 
-def record(value: bytes, offset: int = 7) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord("t", 0, offset, 0, 0, None, value, None, -1, len(value), [])
+def record(value: bytes, offset: int = 7) -> Record:
+    return Message("t", 0, offset, None, value, (), 0)
 
 
 def test_the_model_comes_from_the_first_parameter() -> None:
@@ -78,6 +77,7 @@ def test_a_payload_that_does_not_validate_is_a_deserialization_error() -> None:
     codec = typed_value_codec(typed, None)
     assert callable(codec)
     decode = make_decoder(None, codec)
+    assert decode is not None
     assert decode(record(b'{"id": 1}')).value == Order(id=1)
     with pytest.raises(DeserializationError) as caught:
         decode(record(b'{"id": "x"}', offset=9))
@@ -91,5 +91,6 @@ def test_apps_register_typed_and_def_handlers() -> None:
     app.batch_handler("c")(batch)
     for topic in "abc":
         spec = app._registry.resolve(topic)
+        assert spec.decode is not None
         message = spec.decode(record(b'{"id": 2}'))
         assert message.value == Order(id=2)
