@@ -55,7 +55,7 @@ import anyio
 from .._producer import TRANSACTION
 from ._lanes import BufferBound, Lane, LaneOwner, size_of
 from ._offsets import CompletionTracker, PartitionOffsets
-from ._pipeline import Processor
+from ._pipeline import Acknowledgement, Processor, abandon
 
 if TYPE_CHECKING:
     from aiokafka.structs import TopicPartition
@@ -166,13 +166,16 @@ class WorkerPool:
 
 
 class _Worker:
-    __slots__ = ("lane", "pool", "record", "scope")
+    __slots__ = ("lane", "pool", "record", "scope", "sent")
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
         self.scope = anyio.CancelScope(shield=True)
         self.lane: KeyedLane | None = None
         self.record: Record | None = None
+        # delivery="exactly_once": the acknowledgements of what the record published,
+        # handed to its transaction, which checks them before it commits
+        self.sent: list[Acknowledgement] = []
 
     async def run(self) -> None:
         pool = self.pool
@@ -182,6 +185,7 @@ class _Worker:
                 await self._loop()
             lane, record = self.lane, self.record
             self.lane = self.record = None
+            abandon(self.sent)
             if lane is not None and record is not None:
                 lane.abandon(self)  # cancelled: not completed, not committed
             self.scope = anyio.CancelScope(shield=True)
@@ -239,18 +243,23 @@ class _Worker:
             gen = lane.gen
             attempts = lane.attempts
             attempt = attempts.pop(record.offset, 1) if attempts else 1
+            sent = None if txn is None else self.sent
             try:
-                delay = await process(record, attempt)
+                delay = await process(record, attempt, sent)
             except Exception as exc:
                 self.lane = self.record = None
                 del running[self]
+                abandon(sent)
                 lane.failed(record, exc)
                 continue
             self.lane = self.record = None
             del running[self]
             if gen != lane.gen:
+                abandon(sent)
                 lane.obsolete(record)
             elif delay is None:
+                if sent:
+                    lane.published(record, sent)
                 lane.complete(record)
             else:
                 lane.retry_later(record, attempt + 1, delay)
@@ -462,6 +471,11 @@ class KeyedLane(Lane):
         self._release(record)
         if self.paused and self._buffered <= self.bound.low_records:
             self._drained()  # the window may have shrunk
+
+    def published(self, record: Record, sent: list[Acknowledgement]) -> None:
+        """``record`` completes with the acknowledgements of what it published still
+        to come (``delivery="exactly_once"``: its transaction checks them)."""
+        raise NotImplementedError
 
     def obsolete(self, record: Record) -> None:
         """A record that ran during a seek finished: it completes nothing, and frees
