@@ -24,11 +24,12 @@ With ``transactions`` (Apache Kafka; the embedded broker has none), exactly-once
   batch's outputs and the consumed offsets (one transactional producer, partitions
   assigned by hand: what a hand-written loop does);
 - ``asyncconsumer publish_to exactly_once``: the ``publish_to`` handler with
-  ``delivery="exactly_once"`` (a transaction per partition every ``commit_interval``
-  or 1,000 records).
+  ``delivery="exactly_once"`` (a transaction per partition, committed at 10,000
+  records, after ``commit_interval``, or once the partition has nothing to run).
 - ``asyncconsumer publish_to (key)`` and ``asyncconsumer publish_to exactly_once
-  (key)``: the same handler under ``ordering="key"`` (100 records at once, each
-  awaiting its output's acknowledgement), at-least-once and exactly-once.
+  (key)``: the same handler under ``ordering="key"`` (100 records at once),
+  at-least-once (each record awaits its output's acknowledgement) and exactly-once
+  (the transaction checks the acknowledgements before it commits).
 """
 
 from __future__ import annotations
@@ -233,6 +234,8 @@ async def app_exactly_once_key(bootstrap: str, source: str, out: str, total: int
 
 Contender = Callable[[str, str, str, int], Awaitable[Clock]]
 
+EXACTLY_ONCE = "asyncconsumer publish_to exactly_once"
+
 CONTENDERS: dict[str, Contender] = {
     BASELINE: aiokafka_loop,
     "asyncconsumer publish_to (partition)": app_publish_to,
@@ -241,11 +244,26 @@ CONTENDERS: dict[str, Contender] = {
 }
 TRANSACTIONAL: dict[str, Contender] = {
     "aiokafka transactional loop": aiokafka_transactional,
-    "asyncconsumer publish_to exactly_once": app_exactly_once,
+    EXACTLY_ONCE: app_exactly_once,
     # key ordering (100 records at once): at-least-once vs exactly-once
     "asyncconsumer publish_to (key)": app_key_ordering,
     "asyncconsumer publish_to exactly_once (key)": app_exactly_once_key,
 }
+# What exactly-once costs: (name, contender, the same without transactions), per round.
+PAIRS = (
+    (
+        "exactly_once / at-least-once, partition",
+        EXACTLY_ONCE,
+        "asyncconsumer publish_to (partition)",
+    ),
+    (
+        "exactly_once / at-least-once, key",
+        "asyncconsumer publish_to exactly_once (key)",
+        "asyncconsumer publish_to (key)",
+    ),
+    ("aiokafka: transactional / plain loop", "aiokafka transactional loop", BASELINE),
+    ("exactly_once / aiokafka transactional loop", EXACTLY_ONCE, "aiokafka transactional loop"),
+)
 
 
 async def run(
@@ -275,9 +293,15 @@ async def run(
     ratios = {
         name: [r / b for r, b in zip(values, base, strict=True)] for name, values in rates.items()
     }
+    pairs = {
+        label: [a / b for a, b in zip(rates[top], rates[bottom], strict=True)]
+        for label, top, bottom in PAIRS
+        if top in rates and bottom in rates
+    }
     return {
         "records": total,
         "repeat": repeat,
+        "pairs": {label: (statistics.median(v), min(v), max(v)) for label, v in pairs.items()},
         "median": {name: statistics.median(values) for name, values in rates.items()},
         "ratio": {name: statistics.median(values) for name, values in ratios.items()},
         "ratio_range": {name: (min(values), max(values)) for name, values in ratios.items()},
@@ -296,3 +320,5 @@ def report(results: dict[str, Any]) -> None:
             f"   {name:<45} {rate:>9,.0f} {results['ratio'][name]:>6.2f}x "
             f"[{low:.2f}-{high:.2f}] {results['cpu_median'][name]:>7.2f}"
         )
+    for label, (median, low, high) in results.get("pairs", {}).items():
+        print(f"   {label:<45} {median:>6.2f}x [{low:.2f}-{high:.2f}] (per round)")

@@ -60,7 +60,7 @@ from .._errors import DeserializationError
 from .._producer import TRANSACTION
 from ._lanes import BufferBound, Lane, LaneOwner, size_of
 from ._offsets import CompletionTracker, PartitionOffsets
-from ._pipeline import Processor
+from ._pipeline import Acknowledgement, Processor, abandon
 
 if TYPE_CHECKING:
     from aiokafka.structs import TopicPartition
@@ -186,13 +186,16 @@ class WorkerPool:
 
 
 class _Worker:
-    __slots__ = ("cancelled", "lane", "pool", "scope")
+    __slots__ = ("cancelled", "lane", "pool", "scope", "sent")
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
         self.scope = anyio.CancelScope(shield=True)
         self.cancelled = False  # scope.cancel() was called (cheaper to read than the scope)
         self.lane: KeyedLane | None = None  # while it runs records of this lane
+        # delivery="exactly_once": the acknowledgements of what the record published,
+        # handed to its transaction, which checks them before it commits
+        self.sent: list[Acknowledgement] = []
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -205,6 +208,7 @@ class _Worker:
             with self.scope:
                 await self._loop()
             lane, self.lane = self.lane, None
+            abandon(self.sent)
             if lane is not None:
                 lane.abandon(self)  # cancelled: not completed, not committed
             self.scope = anyio.CancelScope(shield=True)
@@ -281,6 +285,8 @@ class _Worker:
         running = lane.running_workers
         attempts = lane.attempts
         plain = lane.plain
+        # exactly_once: what a record publishes is not awaited (see published())
+        sent = None if lane.txn is None else self.sent
         tracker = lane.tracker
         pending = tracker.pending
         done = tracker.done
@@ -322,7 +328,7 @@ class _Worker:
             attempt = attempts.pop(record.offset, 1) if attempts else 1
             try:
                 if not inline or attempt > 1:
-                    delay = await process(record, attempt)
+                    delay = await process(record, attempt, sent)
                 else:
                     try:
                         msg = record if decode is None else decode(record)
@@ -347,6 +353,7 @@ class _Worker:
             except Exception as exc:
                 self.lane = None
                 del running[self]
+                abandon(sent)
                 lane.failed(record, exc)
                 return True
             # -- complete it (lane.complete, inline)
@@ -367,8 +374,11 @@ class _Worker:
             else:
                 del running[self]
                 if gen != lane.gen:
+                    abandon(sent)
                     lane.obsolete(record)
                 elif delay is None:
+                    if sent:
+                        lane.published(record, sent)
                     lane.complete(record)
                 else:
                     lane.retry_later(record, attempt + 1, delay)
@@ -595,6 +605,11 @@ class KeyedLane(Lane):
         self._release(record)
         if self.paused:
             self.check_drained()  # the window may have shrunk
+
+    def published(self, record: Record, sent: list[Acknowledgement]) -> None:
+        """``record`` completes with the acknowledgements of what it published still
+        to come (``delivery="exactly_once"``: its transaction checks them)."""
+        raise NotImplementedError
 
     def obsolete(self, record: Record) -> None:
         """A record that ran during a seek finished: it completes nothing, and frees

@@ -8,8 +8,9 @@ completed*, either because the committed offset passes it or because the commit
 metadata lists it among the completed offsets above that offset.
 
 So a transaction commits only when none of the partition's records is running: when
-it is due (``commit_interval`` after its first completed record, or at ``max_records``
-completed records), the lane is *held* (workers take none of its records and run other
+it is due (``commit_interval`` after its first completed record, at ``max_records``
+completed records, or once the partition has had nothing to run for
+``IDLE_COMMIT_DELAY``), the lane is *held* (workers take none of its records and run other
 partitions' meanwhile), the records running finish and complete into it, and it
 commits the partition's committable offset with the completed offsets above it in the
 metadata (``send_offsets_to_transaction``). Then the next transaction begins and the
@@ -25,7 +26,10 @@ leaves outputs that no commit may carry: the lane's open transaction is aborted 
 its running records are over.
 
 One task per lane runs the transactions (begin, wait until due, hold, commit or
-abort); workers only complete records into the open transaction and count them.
+abort); workers only complete records into the open transaction and count them. A
+record does not await the acknowledgements of what it published: the worker hands
+them to the transaction (:meth:`TransactionalKeyedLane.published`), whose commit
+checks them first (a refused one aborts it, and its records run again).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     from .._message import Record
     from ._concurrent import WorkerPool, _Worker
     from ._lanes import BufferBound, LaneOwner
+    from ._pipeline import Acknowledgement
     from ._transactions import PartitionTransactions
 
 __all__ = ["TransactionalKeyedLane"]
@@ -150,8 +155,19 @@ class TransactionalKeyedLane(KeyedLane):
         if txn.records == 1:
             txn.began = time.monotonic()  # due interval seconds from now
             self._wakeup.set()
-        elif txn.records >= txn.max_records:
-            self._wakeup.set()
+        elif txn.records >= txn.max_records or not (
+            self.running_workers or self.incoming or self.ready
+        ):
+            self._wakeup.set()  # due, or nothing more to run: see _until_due
+
+    def published(self, record: Record, sent: list[Acknowledgement]) -> None:
+        # The record completes now: its transaction checks these before it commits
+        # (a refused one aborts it, and its records run again).
+        txn = self.txn
+        assert txn is not None
+        txn.pending.extend(sent)
+        sent.clear()
+        self.processor.counters[record.topic].handled += 1
 
     def failed(self, record: Record, exc: Exception) -> None:
         if self.closed:
@@ -226,15 +242,24 @@ class TransactionalKeyedLane(KeyedLane):
 
     async def _until_due(self, txn: PartitionTransactions) -> None:
         """Until a record completed in the transaction ``interval`` seconds ago, or
-        ``max_records`` did, or the lane closed."""
+        ``max_records`` did, or the partition had nothing to run for
+        ``IDLE_COMMIT_DELAY``, or the lane closed."""
         while not self.closed and not txn.records and self._broken is None:
             await self._wait()
         while not self.closed and txn.records < txn.max_records and self._broken is None:
-            remaining = txn.remaining()
+            idle = self._idle_now()
+            remaining = txn.idle_remaining() if idle else txn.remaining()
             if remaining <= 0:
                 return
-            with anyio.move_on_after(remaining):
+            with anyio.move_on_after(remaining) as waited:
                 await self._wait()
+            if idle and waited.cancelled_caught and self._idle_now():
+                return
+
+    def _idle_now(self) -> bool:
+        """Nothing of the partition runs or may run (a record parked for a retry
+        waits for its backoff)."""
+        return not (self.running_workers or self.incoming or self.ready)
 
     async def _until_quiet(self) -> None:
         """Hold the lane until none of its records runs."""

@@ -503,18 +503,23 @@ class PartitionLane(Lane):
 
     # -- delivery="exactly_once" -----------------------------------------------------
 
-    async def _transaction_done(self, next_offset: int, count: int) -> None:
+    async def _transaction_done(self, next_offset: int, count: int, handled: int) -> None:
+        """Records up to ``next_offset`` (``count`` of them) are done: they join the
+        open transaction, which checks what they published before it commits.
+        ``handled``: how many of them the processor left to count (they published)."""
         txn = self.txn
         assert txn is not None
+        if self._sent:
+            self.processor.counters[self.tp.topic].handled += handled
         if txn.completed(next_offset, count, self._sent):
             await self._commit_transaction()
 
     async def _commit_idle_transaction(self) -> None:
-        """Nothing to run: commit the open transaction once it is due, unless records
-        arrive first."""
+        """Nothing to run: commit the open transaction unless records arrive within
+        ``IDLE_COMMIT_DELAY`` (or before it is due)."""
         txn = self.txn
         assert txn is not None
-        with anyio.move_on_after(txn.remaining()):
+        with anyio.move_on_after(txn.idle_remaining()):
             await self._wait_for_records()
         if not self._records:
             await self._commit_transaction()
@@ -652,7 +657,7 @@ class PartitionLane(Lane):
                     if delay is None and gen == self._gen:
                         if txn is not None:
                             self.current = None
-                            await self._transaction_done(record.offset + 1, 1)
+                            await self._transaction_done(record.offset + 1, 1, 1)
                         elif sent or unacked:
                             self._finish([record], None, attempt)
                         elif track:
@@ -778,7 +783,9 @@ class BatchLane(PartitionLane):
                         delay = await processor.process_batch(batch, msgs, attempt, sent)
                     if delay is None and gen == self._gen:
                         if txn is not None:
-                            await self._transaction_done(batch[-1].offset + 1, len(batch))
+                            await self._transaction_done(
+                                batch[-1].offset + 1, len(batch), len(msgs)
+                            )
                         else:
                             self._finish(batch, msgs, attempt)
                     else:

@@ -10,13 +10,15 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
 
 import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from anyio.abc import Process
 
 from asyncconsumer import Message, TopicPartition
@@ -151,13 +153,42 @@ async def spawn(env: dict[str, str], log: IO[bytes]) -> Process:
     )
 
 
+@asynccontextmanager
+async def member(env: dict[str, str], log: IO[bytes]) -> AsyncIterator[Process]:
+    """A member the block stops (signals and waits for); one still running when the
+    block fails is killed, so that a failed check fails the test instead of leaving
+    it waiting for a process that nobody told to stop."""
+    proc = await spawn(env, log)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+            await proc.aclose()
+
+
+async def group_members(bootstrap: str, group: str) -> int:
+    """How many members the group has once stable (0 while it rebalances)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_consumer_groups([group])
+        _, _, state, _, _, members, *_ = described.groups[0]
+        return len(members) if state == "Stable" else 0
+    finally:
+        await admin.close()
+
+
 # ordering: (records, seconds per record, distinct keys). Under key / none ordering
 # twenty records run at once and take 0-2x the time at random, so they complete out
-# of order (and, with few keys, wait behind their key); fewer records keep it short.
+# of order (and, with few keys, wait behind their key). About 400-2,000 records/s, so
+# that every kill lands mid-stream (checked: a member that finished the stream
+# before its kill would test nothing).
 CRASH_RUNS = {
-    "partition": (8000, "0.0005", 8000),  # about 2,000 records/s: kills land mid-stream
-    "key": (2000, "0.005", 40),
-    "none": (2000, "0.005", 2000),
+    "partition": (8000, "0.0005", 8000),  # about 2,000 records/s
+    "key": (2000, "0.05", 40),  # about 400 records/s (outputs are not awaited per record)
+    "none": (2000, "0.05", 2000),
 }
 
 
@@ -198,19 +229,27 @@ async def test_sigkills_and_a_second_member_leave_exactly_one_output_per_record(
             while await committed_total() < at_least:
                 await anyio.sleep(0.1)
 
+    async def mid_stream() -> None:
+        assert await committed_total() < records, "the stream ended first: slow the handler"
+
     for kill_at in (records // 8, records // 4, records // 2):
-        async with await spawn(env, log) as proc:
-            await wait_committed(kill_at)
-            await anyio.sleep(0.15)  # inside a transaction
+        async with member(env, log) as proc:
+            # at least one transaction of this member's, and the next one open
+            await wait_committed(max(kill_at, await committed_total() + 1))
+            await anyio.sleep(0.15)
+            await mid_stream()
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
     # Two members share the partitions, then one leaves (a rebalance mid-stream).
-    async with await spawn(env, log) as first:
-        async with await spawn(env, log) as second:
-            await wait_committed(records * 3 // 4)
-            second.send_signal(signal.SIGTERM)
-            with anyio.fail_after(60):
-                assert await second.wait() == 0
+    async with member(env, log) as first, member(env, log) as second:
+        with anyio.fail_after(60):
+            while await group_members(bootstrap, group) != 2:
+                await anyio.sleep(0.1)
+        await wait_committed(records * 3 // 4)
+        await mid_stream()
+        second.send_signal(signal.SIGTERM)
+        with anyio.fail_after(60):
+            assert await second.wait() == 0
         await wait_committed(records, timeout=120)
         first.send_signal(signal.SIGTERM)
         with anyio.fail_after(60):
@@ -255,14 +294,14 @@ async def test_a_frozen_member_cannot_commit_its_transaction_after_the_takeover(
         "TXN_COMMIT_INTERVAL": "1.0",  # transactions of about 50 records
         "TXN_SESSION_TIMEOUT_MS": "3000",
     }
-    async with await spawn(env, log) as zombie:
+    async with member(env, log) as zombie:
         with anyio.fail_after(60):
             while ((await committed_offsets(bootstrap, group, [tp]))[tp] or 0) < 50:
                 await anyio.sleep(0.05)
         await anyio.sleep(0.3)  # a transaction is open, with records in it
         zombie.send_signal(signal.SIGSTOP)
         try:
-            async with await spawn(env, log) as heir:
+            async with member(env, log) as heir:
                 # the heir joins once the zombie's session expired, fences it, and
                 # finishes the partition
                 with anyio.fail_after(90):

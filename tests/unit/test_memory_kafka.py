@@ -475,3 +475,82 @@ async def test_exactly_once_a_failed_app_producer_send_aborts_and_redoes_the_tra
         outputs = sorted(m.value or b"" for m in client.records("out"))
     assert outputs == [b"0!", b"1!", b"2!", b"3!", b"4!"]
     assert refused == [2]
+
+
+@pytest.mark.parametrize("shape", ["partition", "key", "none", "batch"])
+async def test_exactly_once_an_idle_partition_commits_without_waiting_for_commit_interval(
+    shape: str,
+) -> None:
+    # Its outputs are invisible to read_committed readers until the transaction
+    # commits, and nothing more would join it: it commits once the partition has had
+    # nothing to run for IDLE_COMMIT_DELAY (it waited out commit_interval, here 30 s).
+    kafka = MemoryKafka()
+    app = ConsumerApp(
+        bootstrap_servers="memory://eos", group_id="g", auto_offset_reset="earliest",
+        commit_interval=30.0,
+    )  # fmt: skip
+
+    if shape == "batch":
+
+        @app.batch_handler("in", publish_to="out", delivery="exactly_once", max_wait=0)
+        async def handle_batch(msgs: list[Message[bytes]]) -> list[bytes]:
+            return [m.value for m in msgs]
+
+    else:
+
+        @app.handler("in", publish_to="out", delivery="exactly_once", ordering=shape)  # type: ignore[arg-type]
+        async def handle(msg: Message[bytes]) -> bytes:
+            return msg.value
+
+    kafka.create_topic("out", 1)
+    for i in range(5):
+        kafka.publish("in", b"%d" % i, key=b"k%d" % i)
+    async with TestClient(app, kafka) as client:
+        with anyio.fail_after(3):
+            while client.committed("in", 0) != 5:
+                await anyio.sleep(0.005)
+        assert sorted(m.value or b"" for m in client.records("out")) == [
+            b"%d" % i for i in range(5)
+        ]
+        kafka.publish("in", b"5", key=b"k5")  # and again after the next record
+        with anyio.fail_after(3):
+            while client.committed("in", 0) != 6:
+                await anyio.sleep(0.005)
+        stats = app.statistics().topics["in"]
+        assert (stats.transactions, stats.handled) == (2, 6)
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key", "none"])
+async def test_exactly_once_a_refused_publish_to_output_aborts_and_redoes_the_transaction(
+    ordering: str,
+) -> None:
+    # The acknowledgement of a publish_to output is checked when its transaction
+    # commits (under key / none ordering too: the record does not await it): a
+    # refused one aborts the transaction and its records run again, each output once.
+    kafka = MemoryKafka()
+    app = ConsumerApp(
+        bootstrap_servers="memory://eos", group_id="g", auto_offset_reset="earliest",
+        commit_interval=0.05,
+    )  # fmt: skip
+    refused: list[int] = []
+
+    @app.handler("in", publish_to="out", delivery="exactly_once", ordering=ordering)  # type: ignore[arg-type]
+    async def handle(msg: Message[bytes]) -> bytes:
+        if msg.offset == 2 and not refused:
+            refused.append(msg.offset)
+            kafka.fail_next_send()  # refused by the broker, after the send returned
+        return msg.value + b"!"
+
+    kafka.create_topic("out", 1)
+    for i in range(5):
+        kafka.publish("in", b"%d" % i, key=b"k%d" % i)
+    async with TestClient(app, kafka) as client:
+        with anyio.fail_after(5):
+            while client.committed("in", 0) != 5:
+                await anyio.sleep(0.005)
+        stats = app.statistics().topics["in"]
+        outputs = sorted(m.value or b"" for m in client.records("out"))
+    assert outputs == [b"0!", b"1!", b"2!", b"3!", b"4!"]
+    assert refused == [2]
+    assert stats.aborted_transactions == 1
+    assert stats.handled >= 5

@@ -303,8 +303,13 @@ async def test_a_timing_observes_every_attempt_and_a_batch_once() -> None:
     observed: list[tuple[str, float]] = []
 
     class Timing:
+        bounds: tuple[float, ...] = (1.0,)
+
         def observe(self, topic: str, seconds: float) -> None:
             observed.append((topic, seconds))
+
+        def series(self, topic: str) -> list[float]:
+            raise AssertionError("only partition lanes add to a series themselves")
 
     async def handler(msg: Any) -> None:
         if isinstance(msg, Message) and msg.offset == 1:
