@@ -56,6 +56,7 @@ from .._producer import TRANSACTION
 from ._lanes import BufferBound, Lane, LaneOwner, size_of
 from ._offsets import CompletionTracker, PartitionOffsets
 from ._pipeline import Acknowledgement, Processor, abandon
+from ._transactions import WorkerTransaction
 
 if TYPE_CHECKING:
     from aiokafka.structs import TopicPartition
@@ -197,6 +198,7 @@ class _Worker:
         scope = self.scope
         woken = False
         routed = None  # delivery="exactly_once": the transaction this task's sends join
+        view: WorkerTransaction | None = None  # (and this worker's view of it)
         while not pool._closed:
             if scope.cancel_called:
                 # A drain cancelled the record this worker ran, but it finished
@@ -239,13 +241,28 @@ class _Worker:
             if txn is not None and txn is not routed:
                 # What the handler sends joins the partition's transaction.
                 routed = txn
-                TRANSACTION.set(txn)
+                view = WorkerTransaction(txn)
+                TRANSACTION.set(view)
             gen = lane.gen
             attempts = lane.attempts
             attempt = attempts.pop(record.offset, 1) if attempts else 1
             sent = None if txn is None else self.sent
             try:
-                delay = await process(record, attempt, sent)
+                if txn is None:
+                    delay = await process(record, attempt, sent)
+                else:
+                    assert view is not None
+                    view.attempt_sends = 0
+                    resumed = txn.failed_at.pop(record.offset, None) if txn.failed_at else None
+                    if resumed is None:
+                        delay = await process(record, attempt, sent)
+                    elif resumed[1] is not None:  # out of attempts (see redo)
+                        attempt = resumed[0]
+                        await pool.processor.give_up((record,), resumed[1], attempt)
+                        delay = None
+                    else:
+                        attempt = resumed[0] + 1
+                        delay = await process(record, attempt, sent)
             except Exception as exc:
                 self.lane = self.record = None
                 del running[self]
@@ -261,6 +278,12 @@ class _Worker:
                 if sent:
                     lane.published(record, sent)
                 lane.complete(record)
+            elif view is not None and view.attempt_sends:
+                # It failed having sent into the transaction: a retry in place
+                # would commit its outputs twice. The transaction aborts instead.
+                abandon(sent)
+                gave_up, view.gave_up = view.gave_up, None
+                lane.redo(record, attempt, gave_up, delay)
             else:
                 lane.retry_later(record, attempt + 1, delay)
 
@@ -475,6 +498,13 @@ class KeyedLane(Lane):
     def published(self, record: Record, sent: list[Acknowledgement]) -> None:
         """``record`` completes with the acknowledgements of what it published still
         to come (``delivery="exactly_once"``: its transaction checks them)."""
+        raise NotImplementedError
+
+    def redo(self, record: Record, attempt: int, gave_up: Exception | None, delay: float) -> None:
+        """Attempt ``attempt`` of ``record`` failed having sent into the partition's
+        transaction (``delivery="exactly_once"``): it aborts, and its records run
+        again after ``delay``; ``record`` resumes at the next attempt, or gives up
+        with ``gave_up``."""
         raise NotImplementedError
 
     def obsolete(self, record: Record) -> None:
