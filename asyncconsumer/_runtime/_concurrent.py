@@ -253,7 +253,7 @@ class _Worker:
                 else:
                     assert view is not None
                     view.attempt_sends = 0
-                    resumed = txn.failed_at.pop(record.offset, None) if txn.failed_at else None
+                    resumed = txn.failed_at.get(record.offset) if txn.failed_at else None
                     if resumed is None:
                         delay = await process(record, attempt, sent)
                     elif resumed[1] is not None:  # out of attempts (see redo)

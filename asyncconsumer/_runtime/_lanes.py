@@ -276,7 +276,6 @@ class PartitionLane(Lane):
     __slots__ = (
         "_ack_failed",
         "_ack_waiting",
-        "_failed_at",
         "_gen",
         "_interrupt",
         "_records",
@@ -327,10 +326,6 @@ class PartitionLane(Lane):
         self._unsettled = 0
         self._ack_failed = False
         self._ack_waiting = False
-        # exactly_once: records whose failed attempt had sent into the transaction,
-        # which aborted to run them again: offset -> (attempts so far, the error to
-        # give up with, None to retry).
-        self._failed_at: dict[int, tuple[int, Exception | None]] = {}
 
     @property
     def buffered(self) -> int:
@@ -584,7 +579,7 @@ class PartitionLane(Lane):
         txn = self.txn
         assert txn is not None
         gave_up, txn.gave_up = txn.gave_up, None
-        self._failed_at[records[0].offset] = (attempt, gave_up)
+        txn.failed_at[records[0].offset] = (attempt, gave_up)
         try:
             await txn.abort_attempt()
         except FENCED as exc:
@@ -599,8 +594,9 @@ class PartitionLane(Lane):
     def _resumed(self, first: int, last: int) -> tuple[int, Exception | None] | None:
         """The attempts so far of records from ``first`` to ``last`` that failed in an
         aborted transaction, and the error to give up with (``None``: retry)."""
-        failed_at = self._failed_at
-        found = [failed_at.pop(o) for o in list(failed_at) if first <= o <= last]
+        assert self.txn is not None
+        failed_at = self.txn.failed_at
+        found = [f for o, f in failed_at.items() if first <= o <= last]
         if not found:
             return None
         return max(found, key=lambda f: (f[1] is not None, f[0]))
@@ -675,7 +671,7 @@ class PartitionLane(Lane):
                     attempt = 1
                     if txn is not None:
                         txn.attempt_sends = 0
-                        if self._failed_at:  # (after an attempt aborted the last one)
+                        if txn.failed_at:  # (after an attempt aborted a transaction)
                             assert sent is not None
                             delay, attempt = await self._resumed_attempt(record, sent)
                         else:
@@ -847,7 +843,7 @@ class BatchLane(PartitionLane):
                     resumed = None
                     if txn is not None:
                         txn.attempt_sends = 0
-                        if self._failed_at:
+                        if txn.failed_at:
                             resumed = self._resumed(batch[0].offset, batch[-1].offset)
                     if not msgs:
                         delay = None

@@ -154,9 +154,9 @@ class PartitionTransactions:
         self.redo_failed = False
         self.attempt_sends = 0
         self.gave_up: Exception | None = None
-        # Under key / none ordering (see WorkerTransaction): records whose failed
-        # attempt aborted the transaction: offset -> (attempts so far, the error to
-        # give up with, None to retry). Kept across the rewind.
+        # Records whose failed attempt aborted a transaction: offset -> (attempts so
+        # far, the error to give up with, None to retry). Kept across rewinds (a
+        # later abort runs them again) until a commit passes them.
         self.failed_at: dict[int, tuple[int, Exception | None]] = {}
 
     @property
@@ -256,6 +256,8 @@ class PartitionTransactions:
         await client.commit_transaction()
         self.open = False
         self.failures = 0
+        if self.failed_at:
+            self.failed_at = {o: f for o, f in self.failed_at.items() if o >= offset}
         self.counters.transactions += 1
         return offset
 
@@ -277,6 +279,9 @@ class PartitionTransactions:
         self.open = False
         self.counters.aborted_transactions += 1
         abandon(self.pending)
+        # What the attempts sent is delivered first, as before a commit: the abort
+        # does not race batches still lingering or in flight.
+        await self.client.flush()
         await self.client.abort_transaction()
 
     def fenced(self, exc: BaseException) -> None:
