@@ -46,6 +46,15 @@ class Transaction(Protocol):
     def sent(self, future: asyncio.Future[RecordMetadata]) -> None:
         """A record sent in the transaction: its commit checks the acknowledgement."""
 
+    def published(self, count: int) -> None:
+        """A failed attempt had published ``count`` results into the transaction."""
+
+    def failed_attempt(self, exc: Exception, *, retry: bool) -> bool:
+        """An attempt failed with ``exc``; return whether the transaction takes the
+        failure over: the attempt had sent into it, so a retry in place would commit
+        its outputs twice. The transaction then aborts and its records run again
+        (``retry``), or the record gives up in the next transaction (``not retry``)."""
+
 
 TRANSACTION: ContextVar[Transaction | None] = ContextVar("asyncconsumer_transaction", default=None)
 """In the task of a ``delivery="exactly_once"`` lane or worker: the partition's

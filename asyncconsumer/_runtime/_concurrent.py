@@ -61,6 +61,7 @@ from .._producer import TRANSACTION
 from ._lanes import BufferBound, Lane, LaneOwner, size_of
 from ._offsets import CompletionTracker, PartitionOffsets
 from ._pipeline import Acknowledgement, Processor, abandon
+from ._transactions import WorkerTransaction
 
 if TYPE_CHECKING:
     from aiokafka.structs import TopicPartition
@@ -219,6 +220,7 @@ class _Worker:
         ready_lanes = pool._ready
         woken = False
         routed = None  # delivery="exactly_once": the transaction this task's sends join
+        view: WorkerTransaction | None = None  # (and this worker's view of it)
         while not pool._closed:
             if self.cancelled:
                 # A drain cancelled the record this worker ran, but it finished
@@ -246,11 +248,12 @@ class _Worker:
             if txn is not None and txn is not routed:
                 # What the handler sends joins the partition's transaction.
                 routed = txn
-                TRANSACTION.set(txn)
-            if await self._run(lane, woken):
+                view = WorkerTransaction(txn)
+                TRANSACTION.set(view)
+            if await self._run(lane, woken, view):
                 woken = False
 
-    async def _run(self, lane: KeyedLane, woken: bool) -> bool:
+    async def _run(self, lane: KeyedLane, woken: bool, view: WorkerTransaction | None) -> bool:
         """Run records of ``lane``, up to :data:`RUN` in a row while other lanes
         wait for a worker (more if none does); ``False`` if none may run now.
 
@@ -286,7 +289,8 @@ class _Worker:
         attempts = lane.attempts
         plain = lane.plain
         # exactly_once: what a record publishes is not awaited (see published())
-        sent = None if lane.txn is None else self.sent
+        txn = lane.txn
+        sent = None if txn is None else self.sent
         tracker = lane.tracker
         pending = tracker.pending
         done = tracker.done
@@ -327,7 +331,20 @@ class _Worker:
             gen = lane.gen
             attempt = attempts.pop(record.offset, 1) if attempts else 1
             try:
-                if not inline or attempt > 1:
+                if txn is not None:
+                    assert view is not None
+                    view.attempt_sends = 0
+                    resumed = txn.failed_at.get(record.offset) if txn.failed_at else None
+                    if resumed is None:
+                        delay = await process(record, attempt, sent)
+                    elif resumed[1] is not None:  # out of attempts (see redo)
+                        attempt = resumed[0]
+                        await processor.give_up((record,), resumed[1], attempt)
+                        delay = None
+                    else:
+                        attempt = resumed[0] + 1
+                        delay = await process(record, attempt, sent)
+                elif not inline or attempt > 1:
                     delay = await process(record, attempt, sent)
                 else:
                     try:
@@ -380,6 +397,12 @@ class _Worker:
                     if sent:
                         lane.published(record, sent)
                     lane.complete(record)
+                elif view is not None and txn is not None and view.attempt_sends:
+                    # It failed having sent into the transaction: a retry in place
+                    # would commit its outputs twice. The transaction aborts instead.
+                    abandon(sent)
+                    gave_up, view.gave_up = view.gave_up, None
+                    lane.redo(record, attempt, gave_up, delay)
                 else:
                     lane.retry_later(record, attempt + 1, delay)
             if lane.paused and len(incoming) <= low:
@@ -609,6 +632,13 @@ class KeyedLane(Lane):
     def published(self, record: Record, sent: list[Acknowledgement]) -> None:
         """``record`` completes with the acknowledgements of what it published still
         to come (``delivery="exactly_once"``: its transaction checks them)."""
+        raise NotImplementedError
+
+    def redo(self, record: Record, attempt: int, gave_up: Exception | None, delay: float) -> None:
+        """Attempt ``attempt`` of ``record`` failed having sent into the partition's
+        transaction (``delivery="exactly_once"``): it aborts, and its records run
+        again after ``delay``; ``record`` resumes at the next attempt, or gives up
+        with ``gave_up``."""
         raise NotImplementedError
 
     def obsolete(self, record: Record) -> None:

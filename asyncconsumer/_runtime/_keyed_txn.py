@@ -71,6 +71,7 @@ class TransactionalKeyedLane(KeyedLane):
         "_abort",
         "_broken",
         "_quiet",
+        "_redo",
         "_wakeup",
         "base",
         "committed_metadata",
@@ -108,6 +109,9 @@ class TransactionalKeyedLane(KeyedLane):
         self._abort = False  # what the open transaction holds must not commit
         self._broken: Exception | None = None  # why it cannot commit (it aborts at once)
         self._quiet: anyio.Event | None = None  # set once no record runs (while held)
+        # A record failed having sent into the transaction: the seconds to wait
+        # (its retry's backoff) between the abort and the rewind; None: no redo.
+        self._redo: float | None = None
         self._wakeup = anyio.Event()
         self.scope = anyio.CancelScope(shield=True)  # only the engine cancels it
 
@@ -186,6 +190,17 @@ class TransactionalKeyedLane(KeyedLane):
         if (self.closed or self.hold) and not self.running_workers:
             self._idle()  # it may have been the last record a commit waits for
 
+    def redo(self, record: Record, attempt: int, gave_up: Exception | None, delay: float) -> None:
+        txn = self.txn
+        assert txn is not None
+        if not self.closed:
+            txn.failed_at[record.offset] = (attempt, gave_up)
+            self._redo = max(delay, self._redo or 0.0)
+            self.hold = True  # no more records into a transaction that aborts
+            self._wakeup.set()
+        self._abort = True  # what it sent must not commit, even if the lane closes now
+        self._release(record)
+
     def abandon(self, worker: _Worker) -> None:
         self._abort = True  # cancelled mid-way: what it sent must vanish
         super().abandon(worker)
@@ -244,9 +259,14 @@ class TransactionalKeyedLane(KeyedLane):
         """Until a record completed in the transaction ``interval`` seconds ago, or
         ``max_records`` did, or the partition had nothing to run for
         ``IDLE_COMMIT_DELAY``, or the lane closed."""
-        while not self.closed and not txn.records and self._broken is None:
+        while not self.closed and not txn.records and self._broken is None and self._redo is None:
             await self._wait()
-        while not self.closed and txn.records < txn.max_records and self._broken is None:
+        while (
+            not self.closed
+            and txn.records < txn.max_records
+            and self._broken is None
+            and self._redo is None
+        ):
             idle = self._idle_now()
             remaining = txn.idle_remaining() if idle else txn.remaining()
             if remaining <= 0:
@@ -270,6 +290,9 @@ class TransactionalKeyedLane(KeyedLane):
         self._quiet = None
 
     async def _commit(self, txn: PartitionTransactions) -> None:
+        if self._redo is not None:
+            await self._redo_failed(txn)
+            return
         broken, self._broken = self._broken, None
         if broken is not None:
             # The producer left its transaction: an abortable error, or fenced by a
@@ -293,6 +316,27 @@ class TransactionalKeyedLane(KeyedLane):
         self.offsets.committed = self.offsets.completed = offset
         self.committed_metadata = txn.metadata
         await self._owner.lane_committed(self, offset, time.monotonic() - started)
+
+    async def _redo_failed(self, txn: PartitionTransactions) -> None:
+        """A record failed having sent into the transaction (see :meth:`redo`):
+        abort it, wait the record's retry backoff, and run its records again."""
+        delay, self._redo = self._redo or 0.0, None
+        self._broken = None  # (the abort covers it)
+        try:
+            await txn.abort_attempt()
+        except FENCED as exc:
+            self._fenced(exc)
+            return
+        except Exception as exc:
+            # As a refused send: it may have been fenced without being told.
+            await self._recover(txn, exc, replace=False)
+            return
+        self._abort = False
+        with anyio.move_on_after(delay):
+            while not self.closed:
+                await self._wait()
+        if not self.closed:
+            self._rewind()
 
     async def _recover(
         self, txn: PartitionTransactions, exc: Exception, *, replace: bool = True

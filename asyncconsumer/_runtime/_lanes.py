@@ -569,6 +569,53 @@ class PartitionLane(Lane):
             except Exception as exc:
                 log.warning("aborting the transaction of %s failed: %r", self.tp, exc)
 
+    async def _redo_attempt(
+        self, records: list[Record], attempt: int, delay: float, gen: int
+    ) -> None:
+        """Attempt ``attempt`` of ``records`` failed having sent into the open
+        transaction: abort it, wait the retry's backoff, and run its records again
+        from its first offset; ``records`` then resume at attempt ``attempt + 1``
+        (or give up, when the retry policy says so)."""
+        txn = self.txn
+        assert txn is not None
+        gave_up, txn.gave_up = txn.gave_up, None
+        txn.failed_at[records[0].offset] = (attempt, gave_up)
+        try:
+            await txn.abort_attempt()
+        except FENCED as exc:
+            self._fenced(exc)
+            return
+        except Exception as exc:
+            await self._abort_transaction(exc)  # (abort again, or a new producer)
+            return
+        if await self._backoff(delay, gen):
+            self._owner.lane_rewind(self, txn.first)
+
+    def _resumed(self, first: int, last: int) -> tuple[int, Exception | None] | None:
+        """The attempts so far of records from ``first`` to ``last`` that failed in an
+        aborted transaction, and the error to give up with (``None``: retry)."""
+        assert self.txn is not None
+        failed_at = self.txn.failed_at
+        found = [f for o, f in failed_at.items() if first <= o <= last]
+        if not found:
+            return None
+        return max(found, key=lambda f: (f[1] is not None, f[0]))
+
+    async def _resumed_attempt(
+        self, record: Record, sent: list[Acknowledgement]
+    ) -> tuple[float | None, int]:
+        """Run ``record``'s first attempt in this transaction: the next one after a
+        failure that aborted the last transaction (or attempt 1); return the delay
+        and the attempt."""
+        resumed = self._resumed(record.offset, record.offset)
+        if resumed is None:
+            return await self.processor.process(record, 1, sent), 1
+        attempts, gave_up = resumed
+        if gave_up is not None:
+            await self.processor.give_up((record,), gave_up, attempts)
+            return None, attempts
+        return await self.processor.process(record, attempts + 1, sent), attempts + 1
+
     # -- the worker ------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -586,6 +633,7 @@ class PartitionLane(Lane):
         sent = self._sent if processor.publish_to is not None or txn else None
         if txn is not None:
             TRANSACTION.set(txn)  # the app's producer sends in the transaction
+            txn.redo_failed = True
         # Nothing to publish, no transaction: the first attempt runs inline (what
         # Processor.process does, without a coroutine of its own per record).
         inline = sent is None
@@ -620,7 +668,15 @@ class PartitionLane(Lane):
                     gen = self._gen
                     if txn is not None and not txn.open:
                         await txn.begin(record.offset)
-                    if not inline:
+                    attempt = 1
+                    if txn is not None:
+                        txn.attempt_sends = 0
+                        if txn.failed_at:  # (after an attempt aborted a transaction)
+                            assert sent is not None
+                            delay, attempt = await self._resumed_attempt(record, sent)
+                        else:
+                            delay = await process(record, 1, sent)
+                    elif not inline:
                         delay = await process(record, 1, sent)
                     else:
                         try:
@@ -649,10 +705,16 @@ class PartitionLane(Lane):
                             else:
                                 counters.handled += 1
                                 delay = None
-                    attempt = 1
-                    while delay is not None and await self._backoff(delay, gen):
+                    while delay is not None:
+                        if txn is not None and txn.attempt_sends:
+                            await self._redo_attempt([record], attempt, delay, gen)
+                            break
+                        if not await self._backoff(delay, gen):
+                            break
                         clock = 0.0
                         attempt += 1
+                        if txn is not None:
+                            txn.attempt_sends = 0
                         delay = await process(record, attempt, sent)
                     if delay is None and gen == self._gen:
                         if txn is not None:
@@ -744,6 +806,7 @@ class BatchLane(PartitionLane):
         sent = self._sent if processor.publish_to is not None or txn else None
         if txn is not None:
             TRANSACTION.set(txn)  # the app's producer sends in the transaction
+            txn.redo_failed = True
         try:
             with self.scope:
                 while not self.closed:
@@ -776,10 +839,32 @@ class BatchLane(PartitionLane):
                     if txn is not None and not txn.open:
                         await txn.begin(batch[0].offset)
                     msgs = await processor.decode_batch(batch)
-                    delay = await processor.process_batch(batch, msgs, 1, sent) if msgs else None
                     attempt = 1
-                    while delay is not None and await self._backoff(delay, gen):
+                    resumed = None
+                    if txn is not None:
+                        txn.attempt_sends = 0
+                        if txn.failed_at:
+                            resumed = self._resumed(batch[0].offset, batch[-1].offset)
+                    if not msgs:
+                        delay = None
+                    elif resumed is None:
+                        delay = await processor.process_batch(batch, msgs, 1, sent)
+                    elif resumed[1] is not None:  # out of attempts: give up on it now
+                        attempt = resumed[0]
+                        await processor.give_up(processor.live(batch, msgs), resumed[1], attempt)
+                        delay = None
+                    else:
+                        attempt = resumed[0] + 1
+                        delay = await processor.process_batch(batch, msgs, attempt, sent)
+                    while delay is not None:
+                        if txn is not None and txn.attempt_sends:
+                            await self._redo_attempt(batch, attempt, delay, gen)
+                            break
+                        if not await self._backoff(delay, gen):
+                            break
                         attempt += 1
+                        if txn is not None:
+                            txn.attempt_sends = 0
                         delay = await processor.process_batch(batch, msgs, attempt, sent)
                     if delay is None and gen == self._gen:
                         if txn is not None:

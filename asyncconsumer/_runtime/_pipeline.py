@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .._errors import DeadLetterError, DeserializationError, HandlerCancelledError
 from .._message import Decoder, Message, Record
-from .._producer import SAME_KEY, Producer, ProducerRecord, encode, encode_headers
+from .._producer import SAME_KEY, TRANSACTION, Producer, ProducerRecord, encode, encode_headers
 from .._retry import NO_RETRY, FailurePolicy, Retry
 
 if TYPE_CHECKING:
@@ -217,6 +217,8 @@ class Processor:
             ):
                 return None  # handled once acknowledged
         except (Exception, asyncio.CancelledError) as exc:
+            if sent:
+                _sent_in_transaction(len(sent))
             abandon(sent)
             return await self.raised(record, exc, attempt)
         self.counters[record.topic].handled += 1
@@ -225,7 +227,7 @@ class Processor:
     async def undecodable(self, record: Record, exc: DeserializationError) -> None:
         """``record`` could not be decoded: a poison pill, no retries (``on_failure``
         applies at once; raises to stop)."""
-        await self._give_up((record,), exc, attempts=0)
+        await self.give_up((record,), exc, attempts=0)
 
     async def raised(self, record: Record, exc: BaseException, attempt: int) -> float | None:
         """The handler chain raised ``exc`` on attempt number ``attempt`` of
@@ -253,7 +255,7 @@ class Processor:
             try:
                 msgs.append(decode(record))
             except DeserializationError as exc:
-                await self._give_up((record,), exc, attempts=0)
+                await self.give_up((record,), exc, attempts=0)
         return msgs
 
     async def process_batch(
@@ -283,6 +285,8 @@ class Processor:
                 if await self._publish(None, result, sent):
                     return None  # handled once acknowledged
         except (Exception, asyncio.CancelledError) as exc:
+            if sent:
+                _sent_in_transaction(len(sent))
             abandon(sent)
             if isinstance(exc, asyncio.CancelledError):
                 exc = _stray(exc, records[0])
@@ -305,7 +309,19 @@ class Processor:
         to wait before the next attempt, or ``None`` once the failure policy is
         applied (dead-lettered or skipped); raises ``exc`` to stop."""
         retry = self.retry
-        if retry.allows(exc, attempt):
+        # exactly_once: what a failed attempt sent is in the open transaction; a
+        # retry in place would send it again, and the transaction commit both. The
+        # lane aborts the transaction and redoes its records instead (the attempts
+        # still counted); a record out of attempts gives up in the next transaction
+        # (with on_failure="stop", the stop aborts the transaction anyway).
+        allowed = retry.allows(exc, attempt)
+        routed = TRANSACTION.get()
+        redo = (
+            routed is not None
+            and (allowed or self.on_failure != "stop")
+            and routed.failed_attempt(exc, retry=allowed)
+        )
+        if allowed:
             delay = retry.backoff.delay(attempt) * self.backoff_scale
             self.counters[records[0].topic].retried += len(records)
             log.warning(
@@ -318,10 +334,12 @@ class Processor:
                 delay,
             )
             return delay
-        await self._give_up(records, exc, attempt)
+        if redo:
+            return 0.0  # (the lane gives up on the records after the abort)
+        await self.give_up(records, exc, attempt)
         return None
 
-    async def _give_up(self, records: Sequence[Record], exc: Exception, attempts: int) -> None:
+    async def give_up(self, records: Sequence[Record], exc: Exception, attempts: int) -> None:
         """Apply ``on_failure`` to records whose last attempt failed (``attempts`` = 0:
         they could not be decoded)."""
         counters = self.counters[records[0].topic]
@@ -415,6 +433,14 @@ class Processor:
                 await future
             return False
         return bool(sent)
+
+
+def _sent_in_transaction(count: int) -> None:
+    """A failed attempt had published ``count`` results (into the open transaction,
+    under ``exactly_once``)."""
+    routed = TRANSACTION.get()
+    if routed is not None:
+        routed.published(count)
 
 
 def abandon(sent: list[Acknowledgement] | None) -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "IDLE_COMMIT_DELAY",
     "MAX_TRANSACTION_FAILURES",
     "PartitionTransactions",
+    "WorkerTransaction",
     "caused_by",
     "transactional_id",
 ]
@@ -95,10 +96,13 @@ class PartitionTransactions:
 
     __slots__ = (
         "_base",
+        "attempt_sends",
         "began",
         "counters",
+        "failed_at",
         "failures",
         "first",
+        "gave_up",
         "group_id",
         "interval",
         "max_records",
@@ -108,6 +112,7 @@ class PartitionTransactions:
         "pending",
         "producer",
         "records",
+        "redo_failed",
         "tp",
     )
 
@@ -140,6 +145,19 @@ class PartitionTransactions:
         # even if a record of it was refused, so the commit checks these first.
         self.pending: list[Acknowledgement] = []
         self.failures = 0  # aborts in a row of a transaction beginning at ``first``
+        # A failed attempt that sent into the transaction is not retried in place
+        # (the retry would send again, and both would commit): with ``redo_failed``
+        # (a lane that runs one record or batch at a time) the lane aborts and runs
+        # the transaction's records again. ``attempt_sends``: what the attempt
+        # running now sent (the lane resets it); ``gave_up``: the error of a record
+        # out of attempts whose failure policy applies after the abort.
+        self.redo_failed = False
+        self.attempt_sends = 0
+        self.gave_up: Exception | None = None
+        # Records whose failed attempt aborted a transaction: offset -> (attempts so
+        # far, the error to give up with, None to retry). Kept across rewinds (a
+        # later abort runs them again) until a commit passes them.
+        self.failed_at: dict[int, tuple[int, Exception | None]] = {}
 
     @property
     def client(self) -> ProducerClient:
@@ -149,6 +167,16 @@ class PartitionTransactions:
         """A record the handler sent through the app's producer (routed here): the
         commit checks its acknowledgement too."""
         self.pending.append(future)
+        self.attempt_sends += 1
+
+    def published(self, count: int) -> None:
+        self.attempt_sends += count
+
+    def failed_attempt(self, exc: Exception, *, retry: bool) -> bool:
+        if not (self.redo_failed and self.attempt_sends):
+            return False
+        self.gave_up = None if retry else exc
+        return True
 
     async def start(self) -> None:
         """``InitProducerId``: fences the partition's previous owner (see the module)."""
@@ -228,6 +256,8 @@ class PartitionTransactions:
         await client.commit_transaction()
         self.open = False
         self.failures = 0
+        if self.failed_at:
+            self.failed_at = {o: f for o, f in self.failed_at.items() if o >= offset}
         self.counters.transactions += 1
         return offset
 
@@ -240,6 +270,18 @@ class PartitionTransactions:
             self.failures += 1
             self.counters.aborted_transactions += 1
         abandon(self.pending)
+        await self.client.abort_transaction()
+
+    async def abort_attempt(self) -> None:
+        """Abort the open transaction because an attempt that sent into it failed
+        (its records run again; not counted among the aborts in a row that stop the
+        app: the retry policy bounds these)."""
+        self.open = False
+        self.counters.aborted_transactions += 1
+        abandon(self.pending)
+        # What the attempts sent is delivered first, as before a commit: the abort
+        # does not race batches still lingering or in flight.
+        await self.client.flush()
         await self.client.abort_transaction()
 
     def fenced(self, exc: BaseException) -> None:
@@ -293,3 +335,35 @@ class PartitionTransactions:
             )
             raise exc
         return restarted
+
+
+class WorkerTransaction:
+    """A pooled worker's view of its partition's transaction (key / none ordering):
+    the partition's records run concurrently, so what an attempt sent into the
+    transaction is counted per worker, for :meth:`Processor.failed
+    <asyncconsumer._runtime._pipeline.Processor.failed>` to tell whether the attempt
+    can be retried in place (it sent nothing) or the transaction must abort."""
+
+    __slots__ = ("attempt_sends", "gave_up", "txn")
+
+    def __init__(self, txn: PartitionTransactions) -> None:
+        self.txn = txn
+        self.attempt_sends = 0
+        self.gave_up: Exception | None = None
+
+    @property
+    def client(self) -> ProducerClient:
+        return self.txn.producer.client
+
+    def sent(self, future: Acknowledgement) -> None:
+        self.txn.pending.append(future)
+        self.attempt_sends += 1
+
+    def published(self, count: int) -> None:
+        self.attempt_sends += count
+
+    def failed_attempt(self, exc: Exception, *, retry: bool) -> bool:
+        if not self.attempt_sends:
+            return False
+        self.gave_up = None if retry else exc
+        return True

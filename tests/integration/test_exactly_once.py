@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from anyio.abc import Process
 
-from asyncconsumer import Message, TopicPartition
+from asyncconsumer import Backoff, Message, Retry, TopicPartition
 from asyncconsumer.testing.pytest_plugin import KafkaTestBroker
 
 from .conftest import Topics, aproduce, committed_offsets, describe_partitions, make_app, unique
@@ -103,6 +103,66 @@ async def test_outputs_dead_letters_and_offsets_commit_together(
     assert stats.transactions >= 2
     assert stats.aborted_transactions == 0
     assert {tp for c in commits for tp in c} == set(ends)
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+async def test_a_retried_attempt_that_had_sent_commits_its_outputs_once(
+    ordering: str, kafka_broker: KafkaTestBroker, topics: Topics
+) -> None:
+    """Every tenth record's first attempt sends through ``app.producer`` and then
+    fails; record 55 fails every time. The transactions those attempts sent into
+    abort (a read_uncommitted reader sees their outputs) and their records run
+    again: read_committed sees each output once, none of record 55's, which goes to
+    the dead-letter topic after its three attempts."""
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = await topics.create("eos-retry", partitions=2)
+    out = await topics.create("eos-retry-out")
+    side = await topics.create("eos-retry-side")
+    # Created up front: aiokafka's idempotent producer can end in
+    # OutOfOrderSequenceNumber after retrying its first sends to a topic the broker
+    # is still creating (NotLeaderForPartition).
+    dead = await topics.create("eos-retry-dlq")
+    produced = await aproduce(bootstrap, topic, [(b"k%d" % i, b"%d" % i) for i in range(200)])
+    ends = {tp: max(offsets) + 1 for tp, offsets in produced.items()}
+    group = unique("g-eos-retry")
+    app = make_app(bootstrap, group)
+    calls: Counter[bytes] = Counter()
+
+    @app.handler(
+        topic,
+        ordering=ordering,  # type: ignore[arg-type]
+        publish_to=out,
+        delivery="exactly_once",
+        retry=Retry(attempts=3, backoff=Backoff(initial=0.01)),
+        on_failure="dead_letter",
+        dead_letter_topic=dead,
+    )
+    async def handle(msg: Message[bytes]) -> bytes:
+        calls[msg.value] += 1
+        await app.producer.send(side, msg.value)
+        number = int(msg.value)
+        if number == 55 or (number % 10 == 0 and calls[msg.value] == 1):
+            raise Boom("after sending")
+        return msg.value
+
+    async with app:
+        with anyio.fail_after(60):
+            while app.statistics().completed != ends:
+                await anyio.sleep(0.05)
+        stats = app.statistics().topics[topic]
+
+    assert calls[b"55"] == 3
+    expected = {b"%d" % i: 1 for i in range(200) if i != 55}
+    assert Counter(await read_all(bootstrap, out)) == expected
+    assert Counter(await read_all(bootstrap, side)) == expected
+    uncommitted = Counter(await read_all(bootstrap, side, committed=False))
+    assert uncommitted[b"55"] == 3  # its attempts did send, in aborted transactions
+    assert all(uncommitted[b"%d" % i] >= 2 for i in range(0, 200, 10))
+    assert await read_all(bootstrap, dead) == [b"55"]
+    assert await committed_offsets(bootstrap, group, ends) == ends
+    # (Counted per run: a record that gave up runs again after a later abort.)
+    assert stats.aborted_transactions >= 20 + 2
+    assert stats.dead_lettered >= 1
 
 
 async def test_a_stop_aborts_the_open_transaction(

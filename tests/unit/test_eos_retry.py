@@ -1,0 +1,192 @@
+"""``delivery="exactly_once"``: a failed attempt that already sent into the open
+transaction is not retried in place (its outputs would commit twice, issue 11): the
+transaction aborts and its records run again, the retry policy still counting the
+failed record's attempts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncconsumer import ConsumerApp, Message, ProducerRecord, Retry
+from asyncconsumer.testing import MemoryKafka, TestClient
+
+ORDERINGS = ["partition", "key"]
+
+
+def make_app() -> ConsumerApp:
+    return ConsumerApp(
+        bootstrap_servers="127.0.0.1:9092",
+        group_id="g",
+        auto_offset_reset="earliest",
+        commit_interval=0.05,
+    )
+
+
+async def wait_for(condition: Any, timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+async def test_an_attempt_that_sent_then_failed_commits_its_outputs_once(ordering: str) -> None:
+    kafka = MemoryKafka()
+    app = make_app()
+    calls: Counter[int] = Counter()
+
+    @app.handler(
+        "in",
+        ordering=ordering,  # type: ignore[arg-type]
+        delivery="exactly_once",
+        publish_to="out",
+        retry=Retry(attempts=3),
+    )
+    async def handle(msg: Message[bytes]) -> bytes:
+        calls[msg.offset] += 1
+        await app.producer.send("side", b"%d" % msg.offset)
+        if msg.offset == 3 and calls[3] == 1:
+            raise ValueError("after sending")
+        return b"%d" % msg.offset
+
+    for i in range(6):
+        kafka.publish("in", b"v", key=b"k%d" % i, partition=0)
+    async with TestClient(app, kafka) as client:
+        await wait_for(lambda: client.committed("in", 0) == 6)
+
+    assert calls[3] == 2  # retried once
+    want = {b"%d" % i: 1 for i in range(6)}
+    assert Counter(m.value for m in client.records("side")) == want
+    assert Counter(m.value for m in client.records("out")) == want
+    assert app._counters["in"].retried == 1
+    assert app._counters["in"].failed == 0
+    assert app._counters["in"].aborted_transactions == 1
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+async def test_an_attempt_that_sent_nothing_is_retried_in_place(ordering: str) -> None:
+    kafka = MemoryKafka()
+    app = make_app()
+    calls: Counter[int] = Counter()
+
+    @app.handler(
+        "in",
+        ordering=ordering,  # type: ignore[arg-type]
+        delivery="exactly_once",
+        publish_to="out",
+        retry=Retry(attempts=3),
+    )
+    async def handle(msg: Message[bytes]) -> bytes:
+        calls[msg.offset] += 1
+        if msg.offset == 1 and calls[1] == 1:
+            raise ValueError("before sending")
+        await app.producer.send("side", b"%d" % msg.offset)
+        return b"%d" % msg.offset
+
+    for i in range(3):
+        kafka.publish("in", b"v", key=b"k%d" % i, partition=0)
+    async with TestClient(app, kafka) as client:
+        await wait_for(lambda: client.committed("in", 0) == 3)
+
+    assert dict(calls) == {0: 1, 1: 2, 2: 1}  # nothing ran again but the record
+    assert app._counters["in"].aborted_transactions == 0
+    want = {b"%d" % i: 1 for i in range(3)}
+    assert Counter(m.value for m in client.records("side")) == want
+    assert Counter(m.value for m in client.records("out")) == want
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+async def test_retries_exhausted_across_aborts_apply_on_failure(ordering: str) -> None:
+    kafka = MemoryKafka()
+    app = make_app()
+    calls: Counter[int] = Counter()
+
+    @app.handler(
+        "in",
+        ordering=ordering,  # type: ignore[arg-type]
+        delivery="exactly_once",
+        publish_to="out",
+        retry=Retry(attempts=3),
+        on_failure="dead_letter",
+    )
+    async def handle(msg: Message[bytes]) -> bytes:
+        calls[msg.offset] += 1
+        await app.producer.send("side", b"%d" % msg.offset)
+        if msg.offset == 2:
+            raise ValueError("always")
+        return b"%d" % msg.offset
+
+    for i in range(5):
+        kafka.publish("in", b"v", key=b"k%d" % i, partition=0)
+    async with TestClient(app, kafka) as client:
+        await wait_for(lambda: client.committed("in", 0) == 5)
+
+    assert calls[2] == 3  # the policy bounds the attempts across the aborts
+    want = {b"%d" % i: 1 for i in (0, 1, 3, 4)}
+    assert Counter(m.value for m in client.records("side")) == want  # none of offset 2
+    assert Counter(m.value for m in client.records("out")) == want
+    dead = client.records("in.DLQ")
+    assert len(dead) == 1
+    headers = dict(dead[0].headers)
+    assert headers["dlq.original.offset"] == b"2"
+    assert headers["dlq.attempts"] == b"3"
+    assert app._counters["in"].dead_lettered == 1
+
+
+async def test_a_publish_that_failed_partway_is_not_committed_twice() -> None:
+    """A batch handler returns an output per record; the second cannot be sent (its
+    value does not encode: the send fails synchronously) after the first joined the
+    transaction. The retry publishes them all; the first attempt's one vanishes."""
+    kafka = MemoryKafka()
+    app = make_app()
+    calls = 0
+
+    @app.batch_handler(
+        "in", publish_to="out", delivery="exactly_once", max_wait=0, retry=Retry(attempts=2)
+    )
+    async def handle(msgs: list[Message[bytes]]) -> list[object]:
+        nonlocal calls
+        calls += 1
+        outputs: list[object] = [ProducerRecord(b"%d" % m.offset) for m in msgs]
+        if calls == 1:
+            outputs[1] = object()  # not JSON: its send raises TypeError
+        return outputs
+
+    for _ in range(3):
+        kafka.publish("in", b"v", partition=0)
+    async with TestClient(app, kafka) as client:
+        await wait_for(lambda: client.committed("in", 0) == 3)
+
+    assert calls == 2
+    assert Counter(m.value for m in client.records("out")) == {b"%d" % i: 1 for i in range(3)}
+
+
+async def test_a_batch_that_sent_then_failed_commits_its_outputs_once() -> None:
+    kafka = MemoryKafka()
+    app = make_app()
+    calls = 0
+
+    @app.batch_handler(
+        "in", publish_to="out", delivery="exactly_once", max_wait=0, retry=Retry(attempts=3)
+    )
+    async def handle(msgs: list[Message[bytes]]) -> list[bytes]:
+        nonlocal calls
+        calls += 1
+        for msg in msgs:
+            await app.producer.send("side", b"%d" % msg.offset)
+        if calls == 1:
+            raise ValueError("after sending")
+        return [b"%d" % m.offset for m in msgs]
+
+    for _ in range(4):
+        kafka.publish("in", b"v", partition=0)
+    async with TestClient(app, kafka) as client:
+        await wait_for(lambda: client.committed("in", 0) == 4)
+
+    assert calls >= 2
+    want = {b"%d" % i: 1 for i in range(4)}
+    assert Counter(m.value for m in client.records("side")) == want
+    assert Counter(m.value for m in client.records("out")) == want
