@@ -160,8 +160,11 @@ async def test_a_retried_attempt_that_had_sent_commits_its_outputs_once(
     assert all(uncommitted[b"%d" % i] >= 2 for i in range(0, 200, 10))
     assert await read_all(bootstrap, dead) == [b"55"]
     assert await committed_offsets(bootstrap, group, ends) == ends
-    # (Counted per run: a record that gave up runs again after a later abort.)
-    assert stats.aborted_transactions >= 20 + 2
+    # Record 55's three attempts abort one after another; the tenth records' first
+    # attempts may share aborts (under key ordering several fail in one transaction
+    # before it aborts: 17 aborts were seen in one run). Counted per run: a record
+    # that gave up runs again after a later abort.
+    assert stats.aborted_transactions >= 3
     assert stats.dead_lettered >= 1
 
 
