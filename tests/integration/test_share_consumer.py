@@ -213,6 +213,9 @@ class Member:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            if not line.endswith("\n"):
+                break  # a SIGKILLed member's last line, cut short (the record was not
+                # reported finished: it is not in the member's records)
             if line.strip() == "ready":
                 self.ready.set()
             elif line.strip():
