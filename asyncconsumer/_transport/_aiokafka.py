@@ -61,7 +61,9 @@ a cost). aiokafka turns each record of a fetch response into a ``ConsumerRecord`
 passes :data:`RAW_MESSAGES` as aiokafka's ``key_deserializer`` (users cannot:
 asyncconsumer has codecs instead), and the fetch responses of such a consumer are
 read by :class:`_MessageRecords`, which builds the :data:`~asyncconsumer._message.Record`
-directly. Every other consumer in the process keeps aiokafka's own class.
+directly, inline in its reading of the batches, and hands aiokafka's ``getall`` its
+generator itself (no call per record but the generator's own step). Every other
+consumer in the process keeps aiokafka's own class.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ from aiokafka.protocol.commit import OffsetFetchRequest
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from .._errors import AuthenticationError, ConfigurationError
-from .._message import Message, Record
+from .._message import Message
 from . import _refusals
 from ._protocols import ConsumerClient, ProducerClient, Reachability, RebalanceListener
 
@@ -313,26 +315,66 @@ RAW_MESSAGES = _RawMessages()
 :data:`~asyncconsumer._message.Record` objects (see the module docstring)."""
 
 _PartitionRecords: Any = aiokafka_fetcher.PartitionRecords
-_new = tuple.__new__
 
 
 class _MessageRecords(_PartitionRecords):  # type: ignore[misc]
-    """aiokafka's ``PartitionRecords`` (which reads a fetch response's batches, skips
-    aborted transactions and control batches), building a :data:`Record` per record."""
+    """aiokafka's ``PartitionRecords`` building a :data:`~asyncconsumer._message.Record` per record.
 
-    def _consumer_record(self, tp: TopicPartition, record: Any) -> Record:
-        return _new(
-            Message,
-            (
-                tp.topic,
-                tp.partition,
-                record.offset,
-                record.key,
-                record.value,
-                tuple(record.headers),
-                record.timestamp,
-            ),
-        )
+    It reads a fetch response's batches as aiokafka's ``_unpack_records`` does
+    (CRC check, aborted transactions under ``read_committed``, control batches,
+    records below the fetch offset, the position after a compacted batch), with the
+    record built inline: no ``_consumer_record`` call per record. And ``iter()``
+    returns that generator itself, so that ``FetchResult.getall`` loops over it
+    with no Python-level ``__next__`` per record (aiokafka's ``__next__`` stays, for
+    ``getone``). Together about 0.25 us less per record than a ``_consumer_record``
+    override (0.55 against 0.8 us in a decode loop of 100-byte records).
+    """
+
+    def __iter__(self) -> Any:
+        records = self._records_iterator
+        return iter(()) if records is None else records
+
+    def _unpack_records(self) -> Any:
+        topic, partition = self._tp
+        records = self._records
+        committed = self._isolation_level == aiokafka_fetcher.READ_COMMITTED
+        make, message = tuple.__new__, Message
+        while records.has_next():
+            batch = records.next_batch()
+            if self._check_crcs and not batch.validate_crc():
+                # Closes this iterator; the batches are fetched again.
+                raise kafka_errors.CorruptRecordException(f"Invalid CRC - {self._tp}")
+            if committed and batch.producer_id is not None:
+                self._consume_aborted_up_to(batch.base_offset)
+                if batch.is_control_batch and self._contains_abort_marker(batch):
+                    self._aborted_producers.discard(batch.producer_id)
+                if batch.is_transactional and batch.producer_id in self._aborted_producers:
+                    self.next_fetch_offset = batch.next_offset
+                    continue
+            if batch.is_control_batch:
+                self.next_fetch_offset = batch.next_offset
+                continue
+            for record in batch:
+                offset = record.offset
+                if offset < self.next_fetch_offset:
+                    continue  # (a compressed message set of the old formats)
+                msg = make(
+                    message,
+                    (
+                        topic,
+                        partition,
+                        offset,
+                        record.key,
+                        record.value,
+                        tuple(record.headers),
+                        record.timestamp,
+                    ),
+                )
+                self.next_fetch_offset = offset + 1
+                yield msg
+            # The batch's last offset (a compacted batch may end below it).
+            self.next_fetch_offset = batch.next_offset
+        self._records_iterator = None  # (the generator's frame holds self)
 
 
 def _partition_records(tp: TopicPartition, records: Any, *args: Any) -> Any:
@@ -348,9 +390,11 @@ def install() -> None:
     if getattr(original, "_asyncconsumer_patched", False):
         return
     _install_fetch_wait()
-    if not callable(getattr(_PartitionRecords, "_consumer_record", None)):
-        raise ImportError(  # aiokafka is pinned to versions that have it
-            "this aiokafka has no PartitionRecords._consumer_record: asyncconsumer "
+    needed = ("_unpack_records", "_consume_aborted_up_to", "_contains_abort_marker")
+    missing = [name for name in needed if not callable(getattr(_PartitionRecords, name, None))]
+    if missing or not hasattr(aiokafka_fetcher, "READ_COMMITTED"):
+        raise ImportError(  # aiokafka is pinned to versions that have them
+            f"this aiokafka's fetcher has no {missing or 'READ_COMMITTED'}: asyncconsumer "
             "supports aiokafka 0.12-0.14"
         )
     aiokafka_fetcher.PartitionRecords = _partition_records
