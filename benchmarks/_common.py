@@ -218,6 +218,36 @@ class Clock:
         return (self.count - self.head) / span if span > 0 else 0.0
 
 
+def machine_steadiness(slices: int = 200) -> dict[str, float]:
+    """CPU milliseconds of the same fixed Python work, ``slices`` times in a row (about
+    10 ms each on these machines): how steady the machine's speed is.
+
+    On the shared VMs this project is measured on, it flips between two speeds about
+    1.8x apart in phases of 0.1-0.5 s, whatever runs in the process: the same scale as a
+    200,000-record round of scenario 1 (0.3-0.5 s), which is why the published runs use
+    1,000,000 records per round. Printed at the start of a run and kept in its results.
+    """
+
+    def work() -> None:
+        table: dict[int, tuple[int, str]] = {}
+        for i in range(60_000):
+            table[i & 1023] = (i, str(i))
+
+    took = []
+    for _ in range(slices):
+        started = time.process_time()
+        work()
+        took.append((time.process_time() - started) * 1000)
+    took.sort()
+    return {
+        "min_ms": took[0],
+        "median_ms": took[len(took) // 2],
+        "p90_ms": took[int(len(took) * 0.9)],
+        "max_ms": took[-1],
+        "slow_share": sum(t > 1.4 * took[0] for t in took) / len(took),
+    }
+
+
 def rss_bytes(pid: int | None = None) -> int:
     with open(f"/proc/{pid or 'self'}/status") as status:
         for line in status:

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 
 from . import dispatch, io_bound, latency, memory, publish, share, throughput
-from ._common import broker, c_extension_loaded
+from ._common import broker, c_extension_loaded, machine_steadiness
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -257,6 +257,14 @@ async def main() -> int:
     print(
         f"broker: {results['broker']}; aiokafka C extension loaded: {results['c_extension']}; "
         f"{results['versions']}"
+    )
+    steadiness = results["steadiness"] = machine_steadiness()
+    print(
+        "machine steadiness, CPU ms of a fixed slice of work: "
+        f"min {steadiness['min_ms']:.1f}, median {steadiness['median_ms']:.1f}, "
+        f"p90 {steadiness['p90_ms']:.1f}, max {steadiness['max_ms']:.1f}; "
+        f"{steadiness['slow_share']:.0%} of slices over 1.4x the fastest",
+        flush=True,
     )
     if "7" in scenarios:
         print("\n7. the framework's cost per record, no broker ...", flush=True)
