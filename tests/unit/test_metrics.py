@@ -20,6 +20,7 @@ from asyncconsumer import (
     TopicPartition,
     TopicStatistics,
 )
+from asyncconsumer._runtime._lanes import TIMING_FLUSH
 from asyncconsumer.metrics import ConsumerMetrics, HandlerTimer, instrument
 from asyncconsumer.testing import MemoryKafka, TestClient
 
@@ -172,6 +173,17 @@ async def test_a_partition_lane_times_each_record_and_not_its_waits() -> None:
         for value in (b"a", b"b", b"slow", b"c"):
             await client.publish("orders", value, partition=0)
         await client.wait_idle()
+        # (a lane adds its fast records to the histogram when it waits: a scrape now
+        # sees them all)
+        idle = scrape(metrics)
+        assert idle[key("asyncconsumer_handler_duration_seconds_count", topic="orders")] == 4
+        assert (
+            idle[key("asyncconsumer_handler_duration_seconds_bucket", topic="orders", le="0.001")]
+            == 3
+        )
+        assert (
+            0.03 <= idle[key("asyncconsumer_handler_duration_seconds_sum", topic="orders")] < 0.045
+        )
         await anyio.sleep(0.2)  # the lane waits for records
         await client.publish("orders", b"fails once", partition=0)  # then 0.3 s backoff
         await client.publish("orders", b"d", partition=0)
@@ -183,6 +195,35 @@ async def test_a_partition_lane_times_each_record_and_not_its_waits() -> None:
     assert values[key(bucket, topic="orders", le="0.05")] == 7
     total = values[key("asyncconsumer_handler_duration_seconds_sum", topic="orders")]
     assert 0.03 <= total < 0.045  # the slow record, not the 0.2 s wait or the backoff
+
+
+async def test_a_busy_partition_lane_adds_its_timings_every_64_records() -> None:
+    """A lane that never waits (a backlog) still shows its fast records to a scrape,
+    within TIMING_FLUSH records: here while record 150 of 200 awaits."""
+    kafka = MemoryKafka()
+    a = ConsumerApp(
+        bootstrap_servers=kafka.bootstrap_servers, group_id=GROUP, auto_offset_reset="earliest"
+    )
+    reached, release = anyio.Event(), anyio.Event()
+
+    @a.handler("orders")
+    async def handle(msg: Message[bytes]) -> None:
+        if msg.offset == 150:
+            reached.set()
+            await release.wait()
+
+    metrics = instrument(a)
+    for i in range(200):  # before the app starts: one poll takes them all
+        kafka.publish("orders", b"%d" % i, partition=0)
+    async with TestClient(a, kafka) as client:
+        with anyio.fail_after(5):
+            await reached.wait()
+        busy = scrape(metrics)
+        release.set()
+        await client.wait_idle()
+    count = "asyncconsumer_handler_duration_seconds_count"
+    assert 150 - TIMING_FLUSH < busy[key(count, topic="orders")] <= 150
+    assert scrape(metrics)[key(count, topic="orders")] == 200
 
 
 def test_instrument_returns_one_metrics_object_per_app() -> None:
