@@ -1,6 +1,7 @@
 """Run every benchmark against one broker and print one table.
 
     python -m benchmarks.run [--broker embedded|apache-kafka] [--records 200000]
+                             [--publish-records 200000]
                              [--repeat 3] [--scenarios 1,2,3,4,5,6,7,8] [--quick]
                              [--shapes 100b,json,json32] [--contenders NAME,...]
 
@@ -201,7 +202,10 @@ async def on_broker(bootstrap: str, args: argparse.Namespace, results: dict[str,
     if "6" in scenarios:
         print("\n6. consume, transform, produce (publish_to) ...", flush=True)
         results["publish"] = await publish.run(
-            bootstrap, args.records, args.repeat, transactions=results["broker"] != "embedded"
+            bootstrap,
+            args.publish_records,
+            args.repeat,
+            transactions=results["broker"] != "embedded",
         )
     if "5" in scenarios:
         print("\n5. latency at a steady 5,000 records/s ...", flush=True)
@@ -222,7 +226,12 @@ async def main() -> int:
         default="embedded",
         help="the broker to start (unless $KAFKA_BOOTSTRAP_SERVERS is set)",
     )
-    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument(
+        "--records", type=int, default=200_000, help="scenario 1's records per round"
+    )
+    parser.add_argument(
+        "--publish-records", type=int, default=200_000, help="scenario 6's records per round"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--scenarios",
@@ -245,7 +254,7 @@ async def main() -> int:
     )
     args = parser.parse_args()
     if args.quick:
-        args.records, args.repeat = 20_000, 1
+        args.records, args.publish_records, args.repeat = 20_000, 20_000, 1
     scenarios = set(args.scenarios.split(","))
 
     results: dict[str, Any] = {
