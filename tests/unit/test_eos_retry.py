@@ -6,6 +6,7 @@ failed record's attempts."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -15,6 +16,7 @@ from asyncconsumer import ConsumerApp, Message, ProducerRecord, Retry
 from asyncconsumer.testing import MemoryKafka, TestClient
 
 ORDERINGS = ["partition", "key"]
+Handle = Callable[[Message[bytes]], Awaitable[bytes]]
 
 
 def make_app() -> ConsumerApp:
@@ -23,6 +25,18 @@ def make_app() -> ConsumerApp:
         group_id="g",
         auto_offset_reset="earliest",
         commit_interval=0.05,
+    )
+
+
+def eos_handler(app: ConsumerApp, ordering: str, **options: Any) -> Callable[[Handle], Handle]:
+    """The tests' handler registration: "in" to "out", exactly-once, 3 attempts."""
+    return app.handler(
+        "in",
+        ordering=ordering,  # type: ignore[arg-type]
+        delivery="exactly_once",
+        publish_to="out",
+        retry=Retry(attempts=3),
+        **options,
     )
 
 
@@ -38,13 +52,7 @@ async def test_an_attempt_that_sent_then_failed_commits_its_outputs_once(orderin
     app = make_app()
     calls: Counter[int] = Counter()
 
-    @app.handler(
-        "in",
-        ordering=ordering,  # type: ignore[arg-type]
-        delivery="exactly_once",
-        publish_to="out",
-        retry=Retry(attempts=3),
-    )
+    @eos_handler(app, ordering)
     async def handle(msg: Message[bytes]) -> bytes:
         calls[msg.offset] += 1
         await app.producer.send("side", b"%d" % msg.offset)
@@ -72,13 +80,7 @@ async def test_an_attempt_that_sent_nothing_is_retried_in_place(ordering: str) -
     app = make_app()
     calls: Counter[int] = Counter()
 
-    @app.handler(
-        "in",
-        ordering=ordering,  # type: ignore[arg-type]
-        delivery="exactly_once",
-        publish_to="out",
-        retry=Retry(attempts=3),
-    )
+    @eos_handler(app, ordering)
     async def handle(msg: Message[bytes]) -> bytes:
         calls[msg.offset] += 1
         if msg.offset == 1 and calls[1] == 1:
@@ -104,14 +106,7 @@ async def test_retries_exhausted_across_aborts_apply_on_failure(ordering: str) -
     app = make_app()
     calls: Counter[int] = Counter()
 
-    @app.handler(
-        "in",
-        ordering=ordering,  # type: ignore[arg-type]
-        delivery="exactly_once",
-        publish_to="out",
-        retry=Retry(attempts=3),
-        on_failure="dead_letter",
-    )
+    @eos_handler(app, ordering, on_failure="dead_letter")
     async def handle(msg: Message[bytes]) -> bytes:
         calls[msg.offset] += 1
         await app.producer.send("side", b"%d" % msg.offset)
