@@ -115,14 +115,21 @@ def report(results: dict[str, Any]) -> None:
         s1 = results["throughput"]
         for shape, figures in s1["shapes"].items():
             print(
-                f"\n1. no-op handler, {shape}: median rec/s, vs getmany (median, range "
-                f"over {s1['repeat']} rounds), CPU s per million records"
+                f"\n1. no-op handler, {shape}: median rec/s, vs the getmany runs around "
+                f"it (median, range over {s1['repeat']} rounds), CPU s per million records"
             )
             for name, rate in figures["median"].items():
                 low, high = figures["ratio_range"][name]
                 print(
                     f"   {name:<40} {rate:>10,.0f} {figures['ratio'][name]:>6.2f}x "
                     f"[{low:.2f}-{high:.2f}] {figures['cpu_median'][name]:>7.2f}"
+                )
+            if "metrics" in figures:
+                pair = figures["metrics"]
+                low, high = pair["range"]
+                print(
+                    f"   {'metrics on / off (per round)':<51} {pair['median']:>6.2f}x "
+                    f"[{low:.2f}-{high:.2f}]"
                 )
     if "dispatch" in results:
         print("\n7. framework cost per record, no broker (CPU µs, median [range])")

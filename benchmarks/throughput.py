@@ -1,7 +1,9 @@
-"""Scenario 1: no-op handling of 200,000 records, on several data shapes.
+"""Scenario 1: no-op handling of ``--records`` records, on several data shapes.
 
-Every contender reads the same topic of a shape, in turn, round after round; rates
-are first-to-last record, with the process's CPU seconds per million records.
+Every contender reads the same topic of a shape, in turn, round after round, each
+between two runs of the baseline (``B C1 B C2 ... B``, the order reversed every other
+round); rates are first-to-last record, with the process's CPU seconds per million
+records, and a contender's ratio is to the baseline runs around it.
 
 Shapes (what users' topics look like differs from what suits a benchmark):
 
@@ -257,44 +259,106 @@ CONTENDERS: dict[str, Contender] = {
 }
 
 
+METRICS_PAIR = ("asyncconsumer per-record + metrics", "asyncconsumer per-record (partition)")
+
+
+def bracketed(
+    rates: dict[str, list[float]], baselines: list[list[float]]
+) -> dict[str, list[float]]:
+    """Per contender, its rate in each round over the baseline's rate around it: the
+    geometric mean of the baseline runs just before and just after it.
+
+    A round runs ``B C1 B C2 ... B Cn B``, so each contender is compared with the
+    baseline seconds away, not with one baseline run at the round's start that may
+    have met another speed phase of the machine (see ``machine_steadiness``)."""
+    ratios: dict[str, list[float]] = {name: [] for name in rates}
+    for name, values in rates.items():
+        for value, (before, after) in zip(values, _around(name, rates, baselines), strict=True):
+            ratios[name].append(value / (before * after) ** 0.5)
+    return ratios
+
+
+def _around(
+    name: str, rates: dict[str, list[float]], baselines: list[list[float]]
+) -> list[tuple[float, float]]:
+    """The baseline rates before and after ``name`` in each round (the order is
+    reversed in odd rounds: see :func:`round_order`)."""
+    names = list(rates)
+    pairs = []
+    for attempt, runs in enumerate(baselines):
+        position = round_order(names, attempt).index(name)
+        pairs.append((runs[position], runs[position + 1]))
+    return pairs
+
+
+def round_order(names: list[str], attempt: int) -> list[str]:
+    """Contenders in listed order in even rounds, reversed in odd ones: a contender
+    that suffers from what runs before it (a broker still busy with the last
+    group, a collection the last contender's garbage triggers) is not always the
+    same one."""
+    return names if attempt % 2 == 0 else names[::-1]
+
+
 async def run(
     bootstrap: str, shape: Shape, total: int, repeat: int, only: set[str] | None = None
 ) -> dict[str, Any]:
-    """Every contender on a new topic of ``shape``, interleaved, ``repeat`` rounds.
+    """Every contender on a new topic of ``shape``, ``repeat`` rounds, each contender
+    bracketed by runs of the baseline (see :func:`bracketed`).
 
-    Returns the rates and CPU figures per contender, and per contender the ratio to
-    the baseline's rate *of the same round* (median and range), so that a round
-    slowed by the machine counts against both."""
+    Returns the rates and CPU figures per contender, and per contender its ratio to
+    the baseline around it (median and range over the rounds), so that a phase of
+    the machine's speed counts against both. ``metrics`` is the per-record
+    contender with metrics on over the same with metrics off, per round (each
+    through its own baseline ratio)."""
     topic = Topic(await shape.make(bootstrap, total), shape.partitions)
     contenders = {
         name: contender
         for name, contender in CONTENDERS.items()
-        if only is None or name == BASELINE or any(part in name for part in only)
+        if name != BASELINE and (only is None or any(part in name for part in only))
     }
+    names = list(contenders)
     rates: dict[str, list[float]] = {name: [] for name in contenders}
-    cpu: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in [BASELINE, *contenders]}
+    baselines: list[list[float]] = []
+
+    async def measure(name: str, attempt: int) -> float:
+        started = time.perf_counter()
+        clock = await CONTENDERS[name](bootstrap, topic, total)
+        cpu[name].append(clock.cpu_per_million)
+        print(
+            f"  [{attempt + 1}/{repeat}] {name:<40} {clock.rate:>10,.0f} rec/s "
+            f"{clock.cpu_per_million:>6.2f} CPU s/M "
+            f"({time.perf_counter() - started:.1f}s wall)",
+            flush=True,
+        )
+        return clock.rate
+
     for attempt in range(repeat):
-        for name, contender in contenders.items():
-            started = time.perf_counter()
-            clock = await contender(bootstrap, topic, total)
-            rates[name].append(clock.rate)
-            cpu[name].append(clock.cpu_per_million)
-            print(
-                f"  [{attempt + 1}/{repeat}] {name:<40} {clock.rate:>10,.0f} rec/s "
-                f"{clock.cpu_per_million:>6.2f} CPU s/M "
-                f"({time.perf_counter() - started:.1f}s wall)",
-                flush=True,
-            )
-    base = rates[BASELINE]
-    ratios = {
-        name: [r / b for r, b in zip(values, base, strict=True)] for name, values in rates.items()
-    }
-    return {
+        runs = [await measure(BASELINE, attempt)]
+        for name in round_order(names, attempt):
+            rates[name].append(await measure(name, attempt))
+            runs.append(await measure(BASELINE, attempt))
+        baselines.append(runs)
+    ratios = bracketed(rates, baselines)
+    rates = {BASELINE: [rate for runs in baselines for rate in runs], **rates}
+    ratios = {BASELINE: [1.0] * repeat, **ratios}
+    figures: dict[str, Any] = {
         "partitions": shape.partitions,
         "rates": rates,
+        "baseline_runs": baselines,
         "cpu_per_million": cpu,
         "median": {name: statistics.median(values) for name, values in rates.items()},
+        "ratios": ratios,
         "ratio": {name: statistics.median(values) for name, values in ratios.items()},
         "ratio_range": {name: (min(values), max(values)) for name, values in ratios.items()},
         "cpu_median": {name: statistics.median(values) for name, values in cpu.items()},
     }
+    on, off = METRICS_PAIR
+    if on in ratios and off in ratios:
+        pairs = [a / b for a, b in zip(ratios[on], ratios[off], strict=True)]
+        figures["metrics"] = {
+            "ratios": pairs,
+            "median": statistics.median(pairs),
+            "range": (min(pairs), max(pairs)),
+        }
+    return figures

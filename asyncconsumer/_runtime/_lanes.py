@@ -616,6 +616,20 @@ class PartitionLane(Lane):
             return None, attempts
         return await self.processor.process(record, attempts + 1, sent), attempts + 1
 
+    async def _retried(self, record: Record, delay: float, gen: int) -> bool:
+        """Retry ``record`` (nothing sent, no transaction) after its first attempt
+        failed, ``delay`` seconds from now, until an attempt succeeds or the retry
+        policy gives up (True: done with), or the lane closes or moves (False:
+        abandoned, not completed)."""
+        attempt = 1
+        wait: float | None = delay
+        while wait is not None:
+            if not await self._backoff(wait, gen):
+                return False
+            attempt += 1
+            wait = await self.processor.process(record, attempt, None)
+        return gen == self._gen
+
     # -- the worker ------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -668,6 +682,61 @@ class PartitionLane(Lane):
                         else:
                             await self._wait_for_records()
                         continue
+                    if inline:
+                        # The first attempts of records one after another, with
+                        # nothing else per record: a lane that sends nothing never
+                        # has records waiting for acknowledgements nor a
+                        # transaction. Leaves when the buffer is empty (also when
+                        # close() or seek() empties it during a handler).
+                        while records:
+                            record = records.popleft()
+                            if count_bytes:
+                                self.buffered_bytes -= size_of(record)
+                            self.current = record
+                            gen = self._gen
+                            try:
+                                msg = record if decode is None else decode(record)
+                            except DeserializationError as exc:
+                                if clock:
+                                    _timed_chain(durations, fast, clock - chain)
+                                    clock, fast = 0.0, 0
+                                await processor.undecodable(record, exc)
+                            else:
+                                try:
+                                    if durations is None:
+                                        await call(msg)
+                                    else:
+                                        if not clock:
+                                            clock = chain = perf_counter()
+                                        started = clock
+                                        try:
+                                            await call(msg)
+                                        finally:
+                                            clock = perf_counter()
+                                            if clock - started <= first:
+                                                fast += 1
+                                                if fast == TIMING_FLUSH:
+                                                    _timed_chain(durations, fast, clock - chain)
+                                                    chain, fast = clock, 0
+                                            else:
+                                                durations[bisect_left(bounds, clock - started)] += 1
+                                except (Exception, asyncio.CancelledError) as exc:
+                                    if clock:
+                                        _timed_chain(durations, fast, clock - chain)
+                                        clock, fast = 0.0, 0
+                                    delay = await processor.raised(record, exc, 1)
+                                    if delay is not None and not await self._retried(
+                                        record, delay, gen
+                                    ):
+                                        continue  # abandoned: not completed
+                                else:
+                                    counters.handled += 1
+                            if track and gen == self._gen:
+                                offsets.completed = record.offset + 1
+                            if self.paused and len(records) <= low_records:
+                                self._drained()  # (only below the mark: not per record)
+                        self.current = None
+                        continue
                     record = records.popleft()
                     if count_bytes:
                         self.buffered_bytes -= size_of(record)
@@ -683,44 +752,8 @@ class PartitionLane(Lane):
                             delay, attempt = await self._resumed_attempt(record, sent)
                         else:
                             delay = await process(record, 1, sent)
-                    elif not inline:
-                        delay = await process(record, 1, sent)
                     else:
-                        try:
-                            msg = record if decode is None else decode(record)
-                        except DeserializationError as exc:
-                            if clock:
-                                _timed_chain(durations, fast, clock - chain)
-                                clock, fast = 0.0, 0
-                            await processor.undecodable(record, exc)
-                            delay = None
-                        else:
-                            try:
-                                if durations is None:
-                                    await call(msg)
-                                else:
-                                    if not clock:
-                                        clock = chain = perf_counter()
-                                    started = clock
-                                    try:
-                                        await call(msg)
-                                    finally:
-                                        clock = perf_counter()
-                                        if clock - started <= first:
-                                            fast += 1
-                                            if fast == TIMING_FLUSH:
-                                                _timed_chain(durations, fast, clock - chain)
-                                                chain, fast = clock, 0
-                                        else:
-                                            durations[bisect_left(bounds, clock - started)] += 1
-                            except (Exception, asyncio.CancelledError) as exc:
-                                if clock:
-                                    _timed_chain(durations, fast, clock - chain)
-                                    clock, fast = 0.0, 0
-                                delay = await processor.raised(record, exc, 1)
-                            else:
-                                counters.handled += 1
-                                delay = None
+                        delay = await process(record, 1, sent)
                     while delay is not None:
                         if txn is not None and txn.attempt_sends:
                             await self._redo_attempt([record], attempt, delay, gen)
