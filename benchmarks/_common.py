@@ -218,6 +218,19 @@ class Clock:
         return (self.count - self.head) / span if span > 0 else 0.0
 
 
+def print_round(
+    attempt: int, repeat: int, name: str, clock: Clock, started: float, width: int = 40
+) -> None:
+    """One contender's round, as it ends: its rate, CPU s per million records, wall time
+    since ``started`` (``time.perf_counter()``)."""
+    print(
+        f"  [{attempt + 1}/{repeat}] {name:<{width}} {clock.rate:>10,.0f} rec/s "
+        f"{clock.cpu_per_million:>6.2f} CPU s/M "
+        f"({time.perf_counter() - started:.1f}s wall)",
+        flush=True,
+    )
+
+
 def machine_steadiness(slices: int = 200) -> dict[str, float]:
     """CPU milliseconds of the same fixed Python work, ``slices`` times in a row (about
     10 ms each on these machines): how steady the machine's speed is.

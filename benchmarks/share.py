@@ -42,7 +42,7 @@ import anyio
 
 from asyncconsumer import ConsumerApp, Message, ShareConsumer, ShareMessage
 
-from ._common import PARTITIONS, Clock, make_librdkafka_topic, unique
+from ._common import PARTITIONS, Clock, make_librdkafka_topic, print_round, unique
 
 DELAY = 0.005
 CONCURRENCY = 100
@@ -203,12 +203,7 @@ async def run(
                 clock = await contender(bootstrap, topic, count, delay)
                 rates[name].append(clock.rate)
                 cpu[name].append(clock.cpu_per_million)
-                print(
-                    f"  [{attempt + 1}/{repeat}] {name:<50} {clock.rate:>9,.0f} rec/s "
-                    f"{clock.cpu_per_million:>6.2f} CPU s/M "
-                    f"({time.perf_counter() - started:.1f}s wall)",
-                    flush=True,
-                )
+                print_round(attempt, repeat, name, clock, started, width=50)
         classic = next(name for name in contenders if name.startswith(CLASSIC))
         figures: dict[str, Any] = {
             "records": count,

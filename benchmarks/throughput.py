@@ -35,6 +35,7 @@ from ._common import (
     make_librdkafka_topic,
     make_topic,
     partitions,
+    print_round,
     raw_client,
     run_faststream,
     unique,
@@ -325,12 +326,7 @@ async def run(
         started = time.perf_counter()
         clock = await CONTENDERS[name](bootstrap, topic, total)
         cpu[name].append(clock.cpu_per_million)
-        print(
-            f"  [{attempt + 1}/{repeat}] {name:<40} {clock.rate:>10,.0f} rec/s "
-            f"{clock.cpu_per_million:>6.2f} CPU s/M "
-            f"({time.perf_counter() - started:.1f}s wall)",
-            flush=True,
-        )
+        print_round(attempt, repeat, name, clock, started)
         return clock.rate
 
     for attempt in range(repeat):
