@@ -263,35 +263,6 @@ CONTENDERS: dict[str, Contender] = {
 METRICS_PAIR = ("asyncconsumer per-record + metrics", "asyncconsumer per-record (partition)")
 
 
-def bracketed(
-    rates: dict[str, list[float]], baselines: list[list[float]]
-) -> dict[str, list[float]]:
-    """Per contender, its rate in each round over the baseline's rate around it: the
-    geometric mean of the baseline runs just before and just after it.
-
-    A round runs ``B C1 B C2 ... B Cn B``, so each contender is compared with the
-    baseline seconds away, not with one baseline run at the round's start that may
-    have met another speed phase of the machine (see ``machine_steadiness``)."""
-    ratios: dict[str, list[float]] = {name: [] for name in rates}
-    for name, values in rates.items():
-        for value, (before, after) in zip(values, _around(name, rates, baselines), strict=True):
-            ratios[name].append(value / (before * after) ** 0.5)
-    return ratios
-
-
-def _around(
-    name: str, rates: dict[str, list[float]], baselines: list[list[float]]
-) -> list[tuple[float, float]]:
-    """The baseline rates before and after ``name`` in each round (the order is
-    reversed in odd rounds: see :func:`round_order`)."""
-    names = list(rates)
-    pairs = []
-    for attempt, runs in enumerate(baselines):
-        position = round_order(names, attempt).index(name)
-        pairs.append((runs[position], runs[position + 1]))
-    return pairs
-
-
 def round_order(names: list[str], attempt: int) -> list[str]:
     """Contenders in listed order in even rounds, reversed in odd ones: a contender
     that suffers from what runs before it (a broker still busy with the last
@@ -304,7 +275,10 @@ async def run(
     bootstrap: str, shape: Shape, total: int, repeat: int, only: set[str] | None = None
 ) -> dict[str, Any]:
     """Every contender on a new topic of ``shape``, ``repeat`` rounds, each contender
-    bracketed by runs of the baseline (see :func:`bracketed`).
+    between two runs of the baseline: a round runs ``B C1 B C2 ... B Cn B``, and a
+    contender's ratio is its rate over the geometric mean of the baseline runs just
+    before and just after it, seconds away, not one baseline run at the round's start
+    that may have met another speed phase of the machine (see ``machine_steadiness``).
 
     Returns the rates and CPU figures per contender, and per contender its ratio to
     the baseline around it (median and range over the rounds), so that a phase of
@@ -319,6 +293,7 @@ async def run(
     }
     names = list(contenders)
     rates: dict[str, list[float]] = {name: [] for name in contenders}
+    ratios: dict[str, list[float]] = {name: [] for name in contenders}
     cpu: dict[str, list[float]] = {name: [] for name in [BASELINE, *contenders]}
     baselines: list[list[float]] = []
 
@@ -332,10 +307,11 @@ async def run(
     for attempt in range(repeat):
         runs = [await measure(BASELINE, attempt)]
         for name in round_order(names, attempt):
-            rates[name].append(await measure(name, attempt))
+            rate = await measure(name, attempt)
             runs.append(await measure(BASELINE, attempt))
+            rates[name].append(rate)
+            ratios[name].append(rate / (runs[-2] * runs[-1]) ** 0.5)
         baselines.append(runs)
-    ratios = bracketed(rates, baselines)
     rates = {BASELINE: [rate for runs in baselines for rate in runs], **rates}
     ratios = {BASELINE: [1.0] * repeat, **ratios}
     figures: dict[str, Any] = {
