@@ -90,8 +90,9 @@ class HandlerTimer:
     The app's processors call :meth:`observe` around each attempt when the app is
     instrumented: two clock reads and a call per record, where a middleware layer
     would add a coroutine per record (partition lanes do less: one clock read per
-    record, and they add to the topic's :meth:`series` themselves, their fast
-    attempts at most 64 at a time). It keeps its
+    group of up to 64 back-to-back attempts, which they add to the topic's
+    :meth:`series` themselves, exact while a group spans less than the lowest
+    bound). It keeps its
     own bucket counts (a list per topic, no lock: only the event loop writes them)
     and the collector turns them into the ``handler_duration_seconds`` histogram at scrape time;
     prometheus_client's ``Histogram.observe`` takes a lock and cost about a third

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from .._message import Message, Record
+    from ._observe import HandlerTiming
     from ._transactions import PartitionTransactions
 
 __all__ = [
@@ -653,19 +654,12 @@ class PartitionLane(Lane):
         inline = sent is None
         decode, call = processor.decode, processor.call
         counters = processor.counters[self.tp.topic]
-        # Handler durations (metrics on): one clock read per record. ``clock`` is the
-        # end of the last attempt while the lane has not waited since (the next
-        # record starts then), else 0. Such records make a chain, from ``chain``:
-        # the sum of their durations is the chain's span, and those under the lowest
-        # bound (``fast``) are counted at once, every TIMING_FLUSH records and when
-        # the chain ends (see _timed_chain); a slower one's bucket is counted at
-        # once. The histogram: see HandlerTiming.series.
-        timing = processor.timing
-        durations = None if timing is None else timing.series(self.tp.topic)
-        bounds = () if timing is None else timing.bounds
-        first = bounds[0] if bounds else float("inf")
-        clock = chain = 0.0
-        fast = 0
+        # Handler durations (metrics on): one clock read per group of back-to-back
+        # first attempts; ``left`` attempts until the open group is full (see
+        # LaneTiming). A group closes whenever the lane does anything else between
+        # two records (a wait, a failure's handling, a backoff).
+        timing = None if processor.timing is None else LaneTiming(processor.timing, self.tp.topic)
+        left = 0
         record: Record | None = None
         try:
             with self.scope:
@@ -674,9 +668,6 @@ class PartitionLane(Lane):
                         await self._wait_or_redo()
                         continue
                     if not records:
-                        if clock:
-                            _timed_chain(durations, fast, clock - chain)
-                            clock, fast = 0.0, 0
                         if txn is not None and txn.open:
                             await self._commit_idle_transaction()
                         else:
@@ -688,6 +679,8 @@ class PartitionLane(Lane):
                         # has records waiting for acknowledgements nor a
                         # transaction. Leaves when the buffer is empty (also when
                         # close() or seek() empties it during a handler).
+                        if timing is not None:
+                            left = timing.resume()
                         while records:
                             record = records.popleft()
                             if count_bytes:
@@ -697,37 +690,26 @@ class PartitionLane(Lane):
                             try:
                                 msg = record if decode is None else decode(record)
                             except DeserializationError as exc:
-                                if clock:
-                                    _timed_chain(durations, fast, clock - chain)
-                                    clock, fast = 0.0, 0
+                                if timing is not None:
+                                    timing.close(left)
                                 await processor.undecodable(record, exc)
+                                if timing is not None:
+                                    left = timing.resume()
                             else:
                                 try:
-                                    if durations is None:
-                                        await call(msg)
-                                    else:
-                                        if not clock:
-                                            clock = chain = perf_counter()
-                                        started = clock
-                                        try:
-                                            await call(msg)
-                                        finally:
-                                            clock = perf_counter()
-                                            if clock - started <= first:
-                                                fast += 1
-                                                if fast == TIMING_FLUSH:
-                                                    _timed_chain(durations, fast, clock - chain)
-                                                    chain, fast = clock, 0
-                                            else:
-                                                durations[bisect_left(bounds, clock - started)] += 1
+                                    await call(msg)
+                                    if timing is not None:
+                                        left -= 1
+                                        if not left:
+                                            left = timing.lap()
                                 except (Exception, asyncio.CancelledError) as exc:
-                                    if clock:
-                                        _timed_chain(durations, fast, clock - chain)
-                                        clock, fast = 0.0, 0
+                                    if timing is not None:
+                                        timing.close(left - 1)  # (with this attempt)
                                     delay = await processor.raised(record, exc, 1)
-                                    if delay is not None and not await self._retried(
-                                        record, delay, gen
-                                    ):
+                                    done = delay is None or await self._retried(record, delay, gen)
+                                    if timing is not None:
+                                        left = timing.resume()
+                                    if not done:
                                         continue  # abandoned: not completed
                                 else:
                                     counters.handled += 1
@@ -735,6 +717,8 @@ class PartitionLane(Lane):
                                 offsets.completed = record.offset + 1
                             if self.paused and len(records) <= low_records:
                                 self._drained()  # (only below the mark: not per record)
+                        if timing is not None:
+                            timing.close(left)
                         self.current = None
                         continue
                     record = records.popleft()
@@ -787,24 +771,82 @@ class PartitionLane(Lane):
             await self._abort_on_failure()
             self._owner.lane_failed(self, failed, exc)
         finally:
-            if clock:
-                _timed_chain(durations, fast, clock - chain)
+            if timing is not None:
+                timing.close(left)
             self.current = None
             self.done.set()
 
 
-TIMING_FLUSH = 64
-"""With metrics on, a partition lane adds its fast attempts (under the lowest bucket
-bound) to the histogram every this many records, and whenever it waits: a scrape
-while a handler awaits sees up to this many fewer observations than were made."""
+TIMING_GROUP = 64
+"""With metrics on, a partition lane reads the clock once per group of up to this many
+back-to-back attempts (see LaneTiming): a scrape while a handler awaits sees up to
+this many fewer observations than were made."""
 
 
-def _timed_chain(durations: list[float] | None, fast: int, span: float) -> None:
-    """Add to a histogram series (see HandlerTiming.series) ``fast`` attempts under
-    its lowest bound, and ``span``, the sum of a chain of back-to-back attempts."""
-    assert durations is not None
-    durations[0] += fast
-    durations[-1] += span
+class LaneTiming:
+    """The handler durations of one partition lane's first attempts (metrics on),
+    added to its topic's series of the histogram (see HandlerTiming.series) with one
+    clock read per group of back-to-back attempts rather than one per attempt.
+
+    An attempt starts when the one before it ended, so a group's span is the sum of
+    its attempts' durations: the histogram's sum is always exact. Each attempt's
+    bucket is exact in a group of one, and in a group whose span is within the
+    lowest bucket bound, since each of its attempts is too. A group of several that
+    spans more than that bound (an attempt slower than the ones before it) is filed
+    as its other attempts at the lane's last mean and what remains of the span on one
+    attempt. The group size keeps a group's expected span under half the lowest
+    bound: it doubles (up to TIMING_GROUP) after a group under a quarter of it,
+    halves after one over half, and drops to one after a group of several over the
+    bound, so a handler slower than the bound is timed attempt by attempt.
+    """
+
+    __slots__ = ("bounds", "durations", "first", "mean", "size", "start")
+
+    def __init__(self, timing: HandlerTiming, topic: str) -> None:
+        self.durations = timing.series(topic)
+        self.bounds = timing.bounds
+        self.first = self.bounds[0] if self.bounds else float("inf")
+        self.size = 1
+        self.mean = 0.0  # seconds per attempt in the last group filed exactly
+        self.start = 0.0  # when the open group started; 0: none is open
+
+    def resume(self) -> int:
+        """Open a group now; returns its size (attempts until the next lap)."""
+        self.start = perf_counter()
+        return self.size
+
+    def lap(self) -> int:
+        """File the open group, full, and open the next; returns its size."""
+        now = perf_counter()
+        self._file(self.size, now - self.start)
+        self.start = now
+        return self.size
+
+    def close(self, left: int) -> None:
+        """File the open group, if any, ``left`` attempts short of its size."""
+        if self.start:
+            count = self.size - left
+            if count:
+                self._file(count, perf_counter() - self.start)
+            self.start = 0.0
+
+    def _file(self, count: int, span: float) -> None:
+        durations, first = self.durations, self.first
+        durations[-1] += span
+        if span <= first or count == 1:
+            durations[0 if span <= first else bisect_left(self.bounds, span)] += count
+            mean = self.mean = span / count
+            expected = mean * self.size
+            if expected * 4 <= first:
+                if self.size < TIMING_GROUP:
+                    self.size *= 2
+            elif expected * 2 > first and self.size > 1:
+                self.size //= 2
+            return
+        slowest = span - (count - 1) * self.mean
+        durations[0] += count - 1
+        durations[0 if slowest <= first else bisect_left(self.bounds, slowest)] += 1
+        self.size = 1
 
 
 class BatchLane(PartitionLane):

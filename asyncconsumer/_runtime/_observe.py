@@ -11,10 +11,10 @@ The one per-record observation is the handler's duration: when a
 :class:`HandlerTiming` is set, the processors time each attempt (the middleware
 chain and the handler) and hand it the seconds: two clock reads and one call,
 not a middleware layer (a coroutine per record). A partition lane, which runs
-its records back to back, does less: it reads the clock once per record (a
-record's start is the previous one's end while the lane has not waited in
-between) and adds the duration to its topic's :meth:`~HandlerTiming.series`
-itself, with no call.
+its records back to back, does less: it reads the clock once per group of up to
+64 first attempts (an attempt starts when the one before it ended) and adds the
+group to its topic's :meth:`~HandlerTiming.series` itself, with exact buckets
+while a group spans less than the lowest bound (see ``_lanes.LaneTiming``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from asyncconsumer import (
     TopicPartition,
     TopicStatistics,
 )
-from asyncconsumer._runtime._lanes import TIMING_FLUSH
+from asyncconsumer._runtime import _lanes
+from asyncconsumer._runtime._lanes import TIMING_GROUP, LaneTiming
 from asyncconsumer.metrics import ConsumerMetrics, HandlerTimer, instrument
 from asyncconsumer.testing import MemoryKafka, TestClient
 
@@ -153,8 +154,8 @@ async def test_handler_buckets_are_cumulative_and_bounds_inclusive() -> None:
 
 
 async def test_a_partition_lane_times_each_record_and_not_its_waits() -> None:
-    """A partition lane reads the clock once per record (a record starts when the
-    one before it ended): a wait for records, a failed attempt's handling or a retry
+    """A partition lane times back-to-back records (a record starts when the one
+    before it ended): a wait for records, a failed attempt's handling or a retry
     backoff between two records must not count in the next record's duration."""
     kafka = MemoryKafka()
     a = ConsumerApp(bootstrap_servers=kafka.bootstrap_servers, group_id=GROUP)
@@ -199,7 +200,7 @@ async def test_a_partition_lane_times_each_record_and_not_its_waits() -> None:
 
 async def test_a_busy_partition_lane_adds_its_timings_every_64_records() -> None:
     """A lane that never waits (a backlog) still shows its fast records to a scrape,
-    within TIMING_FLUSH records: here while record 150 of 200 awaits."""
+    within TIMING_GROUP records: here while record 150 of 200 awaits."""
     kafka = MemoryKafka()
     a = ConsumerApp(
         bootstrap_servers=kafka.bootstrap_servers, group_id=GROUP, auto_offset_reset="earliest"
@@ -222,8 +223,123 @@ async def test_a_busy_partition_lane_adds_its_timings_every_64_records() -> None
         release.set()
         await client.wait_idle()
     count = "asyncconsumer_handler_duration_seconds_count"
-    assert 150 - TIMING_FLUSH < busy[key(count, topic="orders")] <= 150
+    assert 150 - TIMING_GROUP < busy[key(count, topic="orders")] <= 150
     assert scrape(metrics)[key(count, topic="orders")] == 200
+
+
+class Attempts:
+    """Drives a LaneTiming as a partition lane's loop does, on a clock of its own:
+    each attempt advances the clock by its duration."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, bounds: tuple[float, ...]) -> None:
+        self.now, self.reads = 1.0, 0
+        monkeypatch.setattr(_lanes, "perf_counter", self.clock)
+        self.timer = HandlerTimer(bounds)
+        self.timing = LaneTiming(self.timer, "t")
+        self.left = self.timing.resume()
+
+    def clock(self) -> float:
+        self.reads += 1
+        return self.now
+
+    def run(self, *durations: float) -> None:
+        for seconds in durations:
+            self.now += seconds
+            self.left -= 1
+            if not self.left:
+                self.left = self.timing.lap()
+
+    def filed(self) -> list[float]:
+        self.timing.close(self.left)
+        self.left = self.timing.resume()
+        return self.timer.by_topic["t"]
+
+
+BOUNDS = (0.001, 0.0025, 0.005, 0.01)
+
+
+def test_fast_attempts_are_filed_exactly_with_one_clock_read_per_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts = Attempts(monkeypatch, BOUNDS)
+    attempts.run(*[0.000001] * 1000)
+    counts = attempts.filed()
+    assert counts[:-1] == [1000, 0, 0, 0, 0]
+    assert counts[-1] == pytest.approx(0.001)
+    assert attempts.timing.size == TIMING_GROUP
+    assert attempts.reads < 1000 / TIMING_GROUP + 10  # 1,000 attempts: 23 reads
+
+
+def test_a_slow_attempt_among_fast_ones_is_filed_in_its_own_bucket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A group of fast attempts that one slow attempt takes over the lowest bound:
+    the slow one gets what the others did not take at their mean (here 4 ms: the
+    (2.5 ms, 5 ms] bucket), not the group's mean; the sum stays exact; the next
+    attempts are timed one by one again."""
+    attempts = Attempts(monkeypatch, BOUNDS)
+    attempts.run(*[0.00001] * 200, 0.004, *[0.00001] * 99)
+    counts = attempts.filed()
+    assert counts[:-1] == [299, 0, 1, 0, 0]
+    assert counts[-1] == pytest.approx(0.004 + 299 * 0.00001)
+
+
+def test_a_handler_slower_than_the_lowest_bound_is_timed_attempt_by_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts = Attempts(monkeypatch, BOUNDS)
+    attempts.run(*[0.002, 0.007, 0.02] * 10)
+    assert attempts.timing.size == 1
+    assert attempts.filed()[:-1] == [0, 10, 0, 10, 10]
+
+
+def test_groups_of_steady_attempts_stay_under_half_the_lowest_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attempts of 40 us: groups grow to 8 (320 us) and no group passes the bound,
+    so every attempt's bucket is exact. When they slow down to 300 us, the group of 8
+    that passes the bound is filed as one slow attempt (2.12 ms: what the other 7
+    did not take at 40 us), the only attempt out of its bucket; from then on, one
+    attempt per group, exact."""
+    attempts = Attempts(monkeypatch, BOUNDS)
+    attempts.run(*[0.00004] * 500)
+    assert attempts.timing.size == 8
+    assert attempts.filed()[:-1] == [500, 0, 0, 0, 0]
+    attempts.run(*[0.0003] * 50)
+    assert attempts.timing.size == 1
+    counts = attempts.filed()
+    assert counts[:-1] == [549, 1, 0, 0, 0]
+    assert counts[-1] == pytest.approx(500 * 0.00004 + 50 * 0.0003)
+
+
+async def test_a_partition_lane_files_slow_records_among_fast_ones_in_their_buckets() -> None:
+    """Records 100, 200 and 300 of 400, run back to back, take 4 ms each: the
+    histogram has them above 2.5 ms and the others under the lowest bound."""
+    kafka = MemoryKafka()
+    a = ConsumerApp(
+        bootstrap_servers=kafka.bootstrap_servers, group_id=GROUP, auto_offset_reset="earliest"
+    )
+
+    @a.handler("orders")
+    async def handle(msg: Message[bytes]) -> None:
+        if msg.offset and not msg.offset % 100:
+            await anyio.sleep(0.004)
+
+    metrics = instrument(a)
+    for i in range(400):  # before the app starts: one poll takes them all
+        kafka.publish("orders", b"%d" % i, partition=0)
+    async with TestClient(a, kafka) as client:
+        await client.wait_idle()
+    values = scrape(metrics)
+    bucket = "asyncconsumer_handler_duration_seconds_bucket"
+    slow = (
+        values[key(bucket, topic="orders", le="+Inf")]
+        - values[key(bucket, topic="orders", le="0.0025")]
+    )
+    assert values[key(bucket, topic="orders", le="+Inf")] == 400
+    assert 3 <= slow <= 5  # (a stall of the machine may make a record slow)
+    assert values[key(bucket, topic="orders", le="0.001")] >= 394
+    assert values[key("asyncconsumer_handler_duration_seconds_sum", topic="orders")] >= 0.012
 
 
 def test_instrument_returns_one_metrics_object_per_app() -> None:
