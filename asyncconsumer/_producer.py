@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from aiokafka.structs import RecordMetadata
 
@@ -16,6 +16,9 @@ from ._errors import ConfigurationError, ConsumerStoppedError
 from ._security import Security, check_security, redact_options
 from ._transport import ProducerClient, Transport, transport_for
 from ._transport._aiokafka import PRODUCER_OPTIONS
+
+if TYPE_CHECKING:
+    from ._runtime._pipeline import TopicCounters
 
 __all__ = ["Headers", "Producer", "ProducerRecord", "RecordMetadata", "encode"]
 
@@ -42,6 +45,12 @@ class Transaction(Protocol):
     @property
     def client(self) -> ProducerClient:
         """The partition's transactional producer."""
+
+    @property
+    def outcomes(self) -> TopicCounters:
+        """What became of the transaction's records (handled, dead-lettered, ...),
+        counted into the topic's totals when it commits, dropped when it aborts
+        (its records run again)."""
 
     def sent(self, future: asyncio.Future[RecordMetadata]) -> None:
         """A record sent in the transaction: its commit checks the acknowledgement."""

@@ -171,7 +171,7 @@ class TransactionalKeyedLane(KeyedLane):
         assert txn is not None
         txn.pending.extend(sent)
         sent.clear()
-        self.processor.counters[record.topic].handled += 1
+        txn.outcomes.handled += 1
 
     def failed(self, record: Record, exc: Exception) -> None:
         if self.closed:

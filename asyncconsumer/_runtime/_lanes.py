@@ -511,7 +511,7 @@ class PartitionLane(Lane):
         txn = self.txn
         assert txn is not None
         if self._sent:
-            self.processor.counters[self.tp.topic].handled += handled
+            txn.outcomes.handled += handled
         if txn.completed(next_offset, count, self._sent):
             await self._commit_transaction()
 

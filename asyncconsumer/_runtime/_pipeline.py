@@ -221,8 +221,15 @@ class Processor:
                 _sent_in_transaction(len(sent))
             abandon(sent)
             return await self.raised(record, exc, attempt)
-        self.counters[record.topic].handled += 1
+        self.outcomes(record.topic).handled += 1
         return None
+
+    def outcomes(self, topic: str) -> TopicCounters:
+        """Where to count what became of a record of ``topic``: its topic's totals,
+        or under ``delivery="exactly_once"`` the open transaction's, counted when it
+        commits (an aborted one's records run again)."""
+        routed = TRANSACTION.get()
+        return self.counters[topic] if routed is None else routed.outcomes
 
     async def undecodable(self, record: Record, exc: DeserializationError) -> None:
         """``record`` could not be decoded: a poison pill, no retries (``on_failure``
@@ -291,7 +298,7 @@ class Processor:
             if isinstance(exc, asyncio.CancelledError):
                 exc = _stray(exc, records[0])
             return await self.failed(self.live(records, msgs), exc, attempt)
-        self.counters[records[0].topic].handled += len(msgs)
+        self.outcomes(records[0].topic).handled += len(msgs)
         return None
 
     @staticmethod
@@ -342,11 +349,12 @@ class Processor:
     async def give_up(self, records: Sequence[Record], exc: Exception, attempts: int) -> None:
         """Apply ``on_failure`` to records whose last attempt failed (``attempts`` = 0:
         they could not be decoded)."""
-        counters = self.counters[records[0].topic]
-        counters.failed += len(records)
         policy = self.on_failure
         if policy == "stop":
+            self.counters[records[0].topic].failed += len(records)
             raise exc
+        counters = self.outcomes(records[0].topic)
+        counters.failed += len(records)
         where = _where(records)
         if policy == "skip":
             counters.skipped += len(records)

@@ -38,13 +38,13 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 
 from .._producer import Producer
-from ._pipeline import abandon
+from ._pipeline import TopicCounters, abandon
 
 if TYPE_CHECKING:
     from aiokafka.structs import TopicPartition
 
     from .._transport import ProducerClient
-    from ._pipeline import Acknowledgement, TopicCounters
+    from ._pipeline import Acknowledgement
 
 __all__ = [
     "FENCED",
@@ -109,6 +109,7 @@ class PartitionTransactions:
         "metadata",
         "next_offset",
         "open",
+        "outcomes",
         "pending",
         "producer",
         "records",
@@ -144,6 +145,10 @@ class PartitionTransactions:
         # What the transaction's records published: aiokafka commits a transaction
         # even if a record of it was refused, so the commit checks these first.
         self.pending: list[Acknowledgement] = []
+        # What became of its records (handled, failed, skipped, dead-lettered): added
+        # to ``counters`` when it commits; an abort drops them, and the records run
+        # again and are counted then.
+        self.outcomes = TopicCounters()
         self.failures = 0  # aborts in a row of a transaction beginning at ``first``
         # A failed attempt that sent into the transaction is not retried in place
         # (the retry would send again, and both would commit): with ``redo_failed``
@@ -162,6 +167,8 @@ class PartitionTransactions:
     @property
     def client(self) -> ProducerClient:
         return self.producer.client
+
+    # (``outcomes`` is an attribute: see __init__)
 
     def sent(self, future: Acknowledgement) -> None:
         """A record the handler sent through the app's producer (routed here): the
@@ -210,6 +217,7 @@ class PartitionTransactions:
         self.open = True
         self.began = time.monotonic()
         self.records = 0
+        self.outcomes = TopicCounters()  # (what an aborted one counted is dropped)
         self.first = offset
 
     def completed(self, next_offset: int, count: int, sent: list[Acknowledgement]) -> bool:
@@ -256,10 +264,19 @@ class PartitionTransactions:
         await client.commit_transaction()
         self.open = False
         self.failures = 0
+        self._count_outcomes()
         if self.failed_at:
             self.failed_at = {o: f for o, f in self.failed_at.items() if o >= offset}
         self.counters.transactions += 1
         return offset
+
+    def _count_outcomes(self) -> None:
+        outcomes, counters = self.outcomes, self.counters
+        counters.handled += outcomes.handled
+        counters.failed += outcomes.failed
+        counters.skipped += outcomes.skipped
+        counters.dead_lettered += outcomes.dead_lettered
+        self.outcomes = TopicCounters()
 
     async def abort(self, *, failed: bool = True) -> None:
         """Abort the open transaction: its outputs vanish, its offset stays uncommitted.
@@ -354,6 +371,10 @@ class WorkerTransaction:
     @property
     def client(self) -> ProducerClient:
         return self.txn.producer.client
+
+    @property
+    def outcomes(self) -> TopicCounters:
+        return self.txn.outcomes
 
     def sent(self, future: Acknowledgement) -> None:
         self.txn.pending.append(future)

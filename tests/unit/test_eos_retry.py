@@ -72,6 +72,9 @@ async def test_an_attempt_that_sent_then_failed_commits_its_outputs_once(orderin
     assert app._counters["in"].retried == 1
     assert app._counters["in"].failed == 0
     assert app._counters["in"].aborted_transactions == 1
+    # each record once, as committed (before: the 3 records of the aborted
+    # transaction twice, 9)
+    assert app._counters["in"].handled == 6
 
 
 @pytest.mark.parametrize("ordering", ORDERINGS)
@@ -129,6 +132,75 @@ async def test_retries_exhausted_across_aborts_apply_on_failure(ordering: str) -
     assert headers["dlq.original.offset"] == b"2"
     assert headers["dlq.attempts"] == b"3"
     assert app._counters["in"].dead_lettered == 1
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+async def test_what_became_of_records_counts_once_when_their_transaction_commits(
+    ordering: str,
+) -> None:
+    """Offset 1 is dead-lettered in the transaction that offset 3 then aborts (it
+    sent, then failed): all of it runs again. The totals count each record once, as
+    the committed transaction has it (before: offset 1 dead-lettered twice, and the
+    records before offset 3 handled twice)."""
+    kafka = MemoryKafka()
+    app = make_app()
+    calls: Counter[int] = Counter()
+
+    @eos_handler(app, ordering, on_failure="dead_letter")
+    async def handle(msg: Message[bytes]) -> bytes:
+        calls[msg.offset] += 1
+        if msg.offset == 1:
+            raise ValueError("never")  # sends nothing: retried in place, then dead-lettered
+        await app.producer.send("side", b"%d" % msg.offset)
+        if msg.offset == 3 and calls[3] == 1:
+            await wait_for(lambda: calls[1] == 3)  # (under key: in the same transaction)
+            raise ValueError("after sending")
+        return b"%d" % msg.offset
+
+    for i in range(5):
+        kafka.publish("in", b"v", key=b"k%d" % i, partition=0)
+    async with TestClient(app, kafka) as client:
+        await wait_for(lambda: client.committed("in", 0) == 5)
+
+    assert calls[1] == 6  # 3 attempts, twice: the abort ran it again
+    assert len(client.records("in.DLQ")) == 1
+    counters = app._counters["in"]
+    assert counters.aborted_transactions == 1
+    assert (counters.handled, counters.failed, counters.dead_lettered) == (4, 1, 1)
+
+
+async def test_a_batch_transaction_counts_its_records_once() -> None:
+    """Two batches of two in one transaction; the second sends, then fails once: the
+    transaction aborts and both batches run again, counted once (before: 6)."""
+    kafka = MemoryKafka()
+    app = make_app()
+    calls: Counter[int] = Counter()
+
+    @app.batch_handler(
+        "in",
+        publish_to="out",
+        delivery="exactly_once",
+        max_records=2,
+        max_wait=0,
+        retry=Retry(attempts=3),
+    )
+    async def handle(msgs: list[Message[bytes]]) -> list[bytes]:
+        first = msgs[0].offset
+        calls[first] += 1
+        for msg in msgs:
+            await app.producer.send("side", b"%d" % msg.offset)
+        if first == 2 and calls[first] == 1:
+            raise ValueError("after sending")
+        return [b"%d" % m.offset for m in msgs]
+
+    for _ in range(4):
+        kafka.publish("in", b"v", partition=0)
+    async with TestClient(app, kafka) as client:
+        await wait_for(lambda: client.committed("in", 0) == 4)
+
+    assert calls == {0: 2, 2: 2}
+    assert app._counters["in"].aborted_transactions == 1
+    assert app._counters["in"].handled == 4
 
 
 async def test_a_publish_that_failed_partway_is_not_committed_twice() -> None:
