@@ -15,7 +15,7 @@ import pytest
 from asyncconsumer import ConsumerApp, Message, ProducerRecord, Retry
 from asyncconsumer.testing import MemoryKafka, TestClient
 
-ORDERINGS = ["partition", "key"]
+ORDERINGS = ["partition", "key", "none"]
 Handle = Callable[[Message[bytes]], Awaitable[bytes]]
 
 
@@ -201,6 +201,45 @@ async def test_a_batch_transaction_counts_its_records_once() -> None:
     assert calls == {0: 2, 2: 2}
     assert app._counters["in"].aborted_transactions == 1
     assert app._counters["in"].handled == 4
+
+
+async def test_a_batch_out_of_attempts_across_aborts_is_dead_lettered_once() -> None:
+    """Every attempt of the batch sends, then fails: each aborts the transaction; once
+    out of attempts the batch is dead-lettered in the next one, and nothing it sent
+    is committed."""
+    kafka = MemoryKafka()
+    app = make_app()
+    calls = 0
+
+    @app.batch_handler(
+        "in",
+        publish_to="out",
+        delivery="exactly_once",
+        max_wait=0,
+        retry=Retry(attempts=2),
+        on_failure="dead_letter",
+    )
+    async def handle(msgs: list[Message[bytes]]) -> list[bytes]:
+        nonlocal calls
+        calls += 1
+        for msg in msgs:
+            await app.producer.send("side", b"%d" % msg.offset)
+        raise ValueError("always")
+
+    for _ in range(3):
+        kafka.publish("in", b"v", partition=0)
+    async with TestClient(app, kafka) as client:
+        await wait_for(lambda: client.committed("in", 0) == 3)
+
+    assert calls == 2  # the policy bounds the attempts across the aborts
+    assert client.records("side") == []
+    assert client.records("out") == []
+    dead = client.records("in.DLQ")
+    assert sorted(dict(m.headers)["dlq.original.offset"] for m in dead) == [b"0", b"1", b"2"]
+    assert {dict(m.headers)["dlq.attempts"] for m in dead} == {b"2"}
+    counters = app._counters["in"]
+    assert counters.aborted_transactions == 2
+    assert (counters.handled, counters.failed, counters.dead_lettered) == (0, 3, 3)
 
 
 async def test_a_publish_that_failed_partway_is_not_committed_twice() -> None:
