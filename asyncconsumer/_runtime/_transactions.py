@@ -168,8 +168,6 @@ class PartitionTransactions:
     def client(self) -> ProducerClient:
         return self.producer.client
 
-    # (``outcomes`` is an attribute: see __init__)
-
     def sent(self, future: Acknowledgement) -> None:
         """A record the handler sent through the app's producer (routed here): the
         commit checks its acknowledgement too."""

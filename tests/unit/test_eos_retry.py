@@ -46,9 +46,19 @@ async def wait_for(condition: Any, timeout: float = 5.0) -> None:
             await anyio.sleep(0.005)
 
 
+async def run_all(app: ConsumerApp, count: int, *, keyed: bool = False) -> TestClient:
+    """Run ``app`` on ``count`` records of "in"[0] (keys k0, k1, ... when ``keyed``:
+    under key / none ordering they run concurrently) until all are committed."""
+    kafka = MemoryKafka()
+    for i in range(count):
+        kafka.publish("in", b"v", key=b"k%d" % i if keyed else None, partition=0)
+    async with TestClient(app, kafka) as client:
+        await wait_for(lambda: client.committed("in", 0) == count)
+    return client
+
+
 @pytest.mark.parametrize("ordering", ORDERINGS)
 async def test_an_attempt_that_sent_then_failed_commits_its_outputs_once(ordering: str) -> None:
-    kafka = MemoryKafka()
     app = make_app()
     calls: Counter[int] = Counter()
 
@@ -60,10 +70,7 @@ async def test_an_attempt_that_sent_then_failed_commits_its_outputs_once(orderin
             raise ValueError("after sending")
         return b"%d" % msg.offset
 
-    for i in range(6):
-        kafka.publish("in", b"v", key=b"k%d" % i, partition=0)
-    async with TestClient(app, kafka) as client:
-        await wait_for(lambda: client.committed("in", 0) == 6)
+    client = await run_all(app, 6, keyed=True)
 
     assert calls[3] == 2  # retried once
     want = {b"%d" % i: 1 for i in range(6)}
@@ -79,7 +86,6 @@ async def test_an_attempt_that_sent_then_failed_commits_its_outputs_once(orderin
 
 @pytest.mark.parametrize("ordering", ORDERINGS)
 async def test_an_attempt_that_sent_nothing_is_retried_in_place(ordering: str) -> None:
-    kafka = MemoryKafka()
     app = make_app()
     calls: Counter[int] = Counter()
 
@@ -91,10 +97,7 @@ async def test_an_attempt_that_sent_nothing_is_retried_in_place(ordering: str) -
         await app.producer.send("side", b"%d" % msg.offset)
         return b"%d" % msg.offset
 
-    for i in range(3):
-        kafka.publish("in", b"v", key=b"k%d" % i, partition=0)
-    async with TestClient(app, kafka) as client:
-        await wait_for(lambda: client.committed("in", 0) == 3)
+    client = await run_all(app, 3, keyed=True)
 
     assert dict(calls) == {0: 1, 1: 2, 2: 1}  # nothing ran again but the record
     assert app._counters["in"].aborted_transactions == 0
@@ -105,7 +108,6 @@ async def test_an_attempt_that_sent_nothing_is_retried_in_place(ordering: str) -
 
 @pytest.mark.parametrize("ordering", ORDERINGS)
 async def test_retries_exhausted_across_aborts_apply_on_failure(ordering: str) -> None:
-    kafka = MemoryKafka()
     app = make_app()
     calls: Counter[int] = Counter()
 
@@ -117,10 +119,7 @@ async def test_retries_exhausted_across_aborts_apply_on_failure(ordering: str) -
             raise ValueError("always")
         return b"%d" % msg.offset
 
-    for i in range(5):
-        kafka.publish("in", b"v", key=b"k%d" % i, partition=0)
-    async with TestClient(app, kafka) as client:
-        await wait_for(lambda: client.committed("in", 0) == 5)
+    client = await run_all(app, 5, keyed=True)
 
     assert calls[2] == 3  # the policy bounds the attempts across the aborts
     want = {b"%d" % i: 1 for i in (0, 1, 3, 4)}
@@ -142,7 +141,6 @@ async def test_what_became_of_records_counts_once_when_their_transaction_commits
     sent, then failed): all of it runs again. The totals count each record once, as
     the committed transaction has it (before: offset 1 dead-lettered twice, and the
     records before offset 3 handled twice)."""
-    kafka = MemoryKafka()
     app = make_app()
     calls: Counter[int] = Counter()
 
@@ -157,10 +155,7 @@ async def test_what_became_of_records_counts_once_when_their_transaction_commits
             raise ValueError("after sending")
         return b"%d" % msg.offset
 
-    for i in range(5):
-        kafka.publish("in", b"v", key=b"k%d" % i, partition=0)
-    async with TestClient(app, kafka) as client:
-        await wait_for(lambda: client.committed("in", 0) == 5)
+    client = await run_all(app, 5, keyed=True)
 
     assert calls[1] == 6  # 3 attempts, twice: the abort ran it again
     assert len(client.records("in.DLQ")) == 1
@@ -172,7 +167,6 @@ async def test_what_became_of_records_counts_once_when_their_transaction_commits
 async def test_a_batch_transaction_counts_its_records_once() -> None:
     """Two batches of two in one transaction; the second sends, then fails once: the
     transaction aborts and both batches run again, counted once (before: 6)."""
-    kafka = MemoryKafka()
     app = make_app()
     calls: Counter[int] = Counter()
 
@@ -193,10 +187,7 @@ async def test_a_batch_transaction_counts_its_records_once() -> None:
             raise ValueError("after sending")
         return [b"%d" % m.offset for m in msgs]
 
-    for _ in range(4):
-        kafka.publish("in", b"v", partition=0)
-    async with TestClient(app, kafka) as client:
-        await wait_for(lambda: client.committed("in", 0) == 4)
+    await run_all(app, 4)
 
     assert calls == {0: 2, 2: 2}
     assert app._counters["in"].aborted_transactions == 1
@@ -207,7 +198,6 @@ async def test_a_batch_out_of_attempts_across_aborts_is_dead_lettered_once() -> 
     """Every attempt of the batch sends, then fails: each aborts the transaction; once
     out of attempts the batch is dead-lettered in the next one, and nothing it sent
     is committed."""
-    kafka = MemoryKafka()
     app = make_app()
     calls = 0
 
@@ -226,10 +216,7 @@ async def test_a_batch_out_of_attempts_across_aborts_is_dead_lettered_once() -> 
             await app.producer.send("side", b"%d" % msg.offset)
         raise ValueError("always")
 
-    for _ in range(3):
-        kafka.publish("in", b"v", partition=0)
-    async with TestClient(app, kafka) as client:
-        await wait_for(lambda: client.committed("in", 0) == 3)
+    client = await run_all(app, 3)
 
     assert calls == 2  # the policy bounds the attempts across the aborts
     assert client.records("side") == []
@@ -246,7 +233,6 @@ async def test_a_publish_that_failed_partway_is_not_committed_twice() -> None:
     """A batch handler returns an output per record; the second cannot be sent (its
     value does not encode: the send fails synchronously) after the first joined the
     transaction. The retry publishes them all; the first attempt's one vanishes."""
-    kafka = MemoryKafka()
     app = make_app()
     calls = 0
 
@@ -261,17 +247,13 @@ async def test_a_publish_that_failed_partway_is_not_committed_twice() -> None:
             outputs[1] = object()  # not JSON: its send raises TypeError
         return outputs
 
-    for _ in range(3):
-        kafka.publish("in", b"v", partition=0)
-    async with TestClient(app, kafka) as client:
-        await wait_for(lambda: client.committed("in", 0) == 3)
+    client = await run_all(app, 3)
 
     assert calls == 2
     assert Counter(m.value for m in client.records("out")) == {b"%d" % i: 1 for i in range(3)}
 
 
 async def test_a_batch_that_sent_then_failed_commits_its_outputs_once() -> None:
-    kafka = MemoryKafka()
     app = make_app()
     calls = 0
 
@@ -287,10 +269,7 @@ async def test_a_batch_that_sent_then_failed_commits_its_outputs_once() -> None:
             raise ValueError("after sending")
         return [b"%d" % m.offset for m in msgs]
 
-    for _ in range(4):
-        kafka.publish("in", b"v", partition=0)
-    async with TestClient(app, kafka) as client:
-        await wait_for(lambda: client.committed("in", 0) == 4)
+    client = await run_all(app, 4)
 
     assert calls >= 2
     want = {b"%d" % i: 1 for i in range(4)}
