@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import anyio
 from aiokafka.errors import (
     InvalidProducerEpoch,
+    OutOfOrderSequenceNumber,
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
 )
@@ -114,6 +115,7 @@ class PartitionTransactions:
         "producer",
         "records",
         "redo_failed",
+        "refused_output",
         "tp",
     )
 
@@ -145,6 +147,9 @@ class PartitionTransactions:
         # What the transaction's records published: aiokafka commits a transaction
         # even if a record of it was refused, so the commit checks these first.
         self.pending: list[Acknowledgement] = []
+        # Whether the broker refused one of them: then aiokafka's idempotent producer
+        # holds a sequence number the broker never wrote (see :meth:`recover`).
+        self.refused_output = False
         # What became of its records (handled, failed, skipped, dead-lettered): added
         # to ``counters`` when it commits; an abort drops them, and the records run
         # again and are counted then.
@@ -255,6 +260,8 @@ class PartitionTransactions:
             for future in pending:
                 error = None if future.cancelled() else future.exception()
                 if error is not None:
+                    self.refused_output = True
+                    abandon(pending)  # the others' errors must not go unretrieved
                     raise error
             await adding
         else:
@@ -311,14 +318,21 @@ class PartitionTransactions:
         self.open = False
 
     async def recover(self, exc: Exception, *, replace: bool = True) -> bool:
-        """The transaction could not commit (``exc``): abort it, or replace a producer
-        that cannot even abort; return whether the producer was replaced. Raises
-        ``exc`` once the transaction from ``first`` aborted
-        :data:`MAX_TRANSACTION_FAILURES` times in a row, and a :data:`FENCED` error
-        if another member's producer fenced this one. ``replace=False``: a producer
-        that cannot abort is not replaced (its error is raised): when it may have
-        been fenced without saying so, a new one would fence the partition's new
-        owner."""
+        """The transaction could not commit (``exc``): abort it, and replace its producer
+        when that cannot even abort or when an output was refused; return whether the
+        producer was replaced. Raises ``exc`` once the transaction from ``first``
+        aborted :data:`MAX_TRANSACTION_FAILURES` times in a row, and a :data:`FENCED`
+        error if another member's producer fenced this one. ``replace=False``: the
+        producer is not replaced (an abort that fails raises its error): when it may
+        have been fenced without saying so, a new one would fence the partition's new
+        owner.
+
+        A refused output (``NotLeaderForPartition`` from a topic whose leader is not
+        elected yet, a timeout) leaves aiokafka's idempotent producer with a sequence
+        number the broker never wrote: the abort succeeds, and every later transaction
+        that sends to that partition fails with ``OutOfOrderSequenceNumber``. Java's
+        producer bumps its epoch on such an abort (KIP-360); aiokafka does not, so the
+        producer is replaced: the new one starts from sequence 0 with a new epoch."""
         log.warning(
             "the transaction of %s[%d] from offset %d failed and was aborted; its records "
             "run again: %r",
@@ -327,6 +341,8 @@ class PartitionTransactions:
             self.first,
             exc,
         )
+        refused = self.refused_output or caused_by(exc, OutOfOrderSequenceNumber)
+        self.refused_output = False
         restarted = False
         try:
             await self.abort()
@@ -343,6 +359,17 @@ class PartitionTransactions:
             )
             await self.restart()
             restarted = True
+        else:
+            if refused and replace:
+                log.warning(
+                    "an output of the transaction of %s[%d] was refused (%r): starting a "
+                    "new transactional producer, whose sequence numbers start afresh",
+                    self.tp.topic,
+                    self.tp.partition,
+                    exc,
+                )
+                await self.restart()
+                restarted = True
         if self.failures >= MAX_TRANSACTION_FAILURES:
             exc.add_note(
                 f"asyncconsumer: the transaction from offset {self.first} aborted "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 from typing import Any
 
@@ -19,6 +21,7 @@ from asyncconsumer import (
     Retry,
     TopicPartition,
 )
+from asyncconsumer._handlers import Ordering
 from asyncconsumer._transport import transport_for
 from asyncconsumer._transport._memory import MemoryConsumer
 from asyncconsumer.testing import MemoryKafka, TestClient
@@ -386,6 +389,67 @@ async def test_a_transactional_producer_that_cannot_abort_is_replaced_and_the_re
     assert not broken  # the abort did fail once
     assert outputs == [b"0!", b"1!", b"2!", b"3!", b"4!"]
     assert stats.aborted_transactions == 1
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key"])
+async def test_a_transactional_producer_whose_output_was_refused_is_replaced(
+    ordering: Ordering, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An output refused (here NotLeaderForPartition: a dead-letter topic created by
+    its first record, whose leader was not elected yet) leaves aiokafka's idempotent
+    producer with a sequence number the broker never wrote: it aborts fine, and each
+    later transaction fails with OutOfOrderSequenceNumber (Java's producer bumps its
+    epoch on abort; aiokafka does not). The producer is replaced after the abort, and
+    the records run again on the new one. Before, the same producer went on, and the
+    third abort in a row stopped the app (seen on Apache Kafka under load); and the
+    refused outputs after the first went unretrieved (asyncio logged each at ERROR)."""
+    from aiokafka.errors import NotLeaderForPartitionError, OutOfOrderSequenceNumber
+
+    from asyncconsumer._transport._memory import MemoryProducer
+
+    original = MemoryProducer.send
+    broken: set[int] = set()  # producers a refused send left out of sequence
+
+    async def send(self: MemoryProducer, topic: str, *args: Any, **kwargs: Any) -> Any:
+        if id(self) in broken:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(OutOfOrderSequenceNumber())
+            return future
+        future = await original(self, topic, *args, **kwargs)
+        if future.done() and future.exception() is not None:
+            broken.add(id(self))
+        return future
+
+    monkeypatch.setattr(MemoryProducer, "send", send)
+    kafka = MemoryKafka()
+    app = ConsumerApp(
+        bootstrap_servers="127.0.0.1:9092",
+        group_id="g",
+        auto_offset_reset="earliest",
+        commit_interval=0.05,
+    )
+
+    @app.handler("in", delivery="exactly_once", publish_to="out", ordering=ordering)
+    async def handle(msg: Message[bytes]) -> bytes:
+        return msg.value + b"!"
+
+    for i in range(5):
+        kafka.publish("in", b"%d" % i, key=b"k")
+    kafka.fail_next_send(NotLeaderForPartitionError())
+    async with TestClient(app, kafka) as client:
+        with anyio.fail_after(5):
+            while client.committed("in", 0) != 5:
+                if app.error is not None:
+                    raise app.error
+                await anyio.sleep(0.005)
+        outputs = [m.value for m in client.records("out")]
+        stats = app.statistics().topics["in"]
+    assert len(broken) == 1  # the first producer; its replacement sent every output
+    assert outputs == [b"0!", b"1!", b"2!", b"3!", b"4!"]
+    assert stats.aborted_transactions == 1
+    assert stats.handled == 5
+    gc.collect()  # an unretrieved future's error is logged when it is freed
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 async def test_a_transactional_producer_that_cannot_start_stops_the_app_with_its_error(
