@@ -2,18 +2,25 @@
 
 A producer in its own process (:mod:`benchmarks._steady_producer`, confluent-kafka,
 ``linger.ms=1``) writes 5,000 records/s for 30 s to 4 partitions; each value is its
-send time (``time.time_ns()``, the same clock on the same machine). Every
-contender gets a fresh topic, starts, and must have seen the warm-up record of
-every partition (so it is assigned and fetching) before the steady production
-begins. Its handler's first statement takes the time: the latency of a record is
-handler start minus send time. All records must arrive (no loss); contenders run
-interleaved, ``repeat`` times.
+send time (``time.time_ns()``, the same clock on the same machine) and its number.
+Each contender runs in a process of its own (:mod:`benchmarks._latency_member`)
+*beside the baseline* in another, both in groups of their own on the same fresh
+topic: they read the same records at the same time, through the same broker
+backlog. Both must have seen the warm-up record of every partition (so they are
+assigned and fetching) before the steady production begins. A handler's first
+statement takes the time: the latency of a record is handler start minus send
+time. All records must arrive at both (no loss); each contender runs ``repeat``
+times, each time with a baseline of its own.
 
 That latency includes the producer's and the broker's share, which on a loaded
-machine dwarfs the consumer's. So, for the contenders built on aiokafka that see
-each record's partition and offset (the raw loop and asyncconsumer), the time
-from aiokafka's parsing of the fetch response that brought the record to the
-handler's start is measured too (:class:`FetchStamps`).
+machine dwarfs the consumer's and varies from one 30 s window to the next (the
+embedded broker's acknowledgements took 1-9 s at p99): so each p99 ratio is
+taken against the baseline that ran beside it, and the latency a contender adds
+is measured record by record, as its latency minus the baseline's for the same
+record. For the contenders built on aiokafka that see each record's partition and
+offset (the raw loop and asyncconsumer), the time from aiokafka's parsing of the
+fetch response that brought the record to the handler's start is measured too
+(:class:`FetchStamps`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
+from array import array
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +94,7 @@ class Sink:
 
     __slots__ = (
         "arrived",
+        "by_number",
         "done",
         "duplicates",
         "fetched",
@@ -101,6 +111,7 @@ class Sink:
         self.latencies: list[int] = []  # ns from send to handler start, in arrival order
         self.fetched: list[int] = []  # ns from the fetch response to handler start
         self.seen = bytearray(total)  # by record number
+        self.by_number = array("q", [-1]) * total  # latency (ns) by record number
         self.duplicates = 0  # records the producer sent twice (a produce retry)
         self.warm = 0
         self.ready = anyio.Event()  # every partition's warm-up record arrived
@@ -114,7 +125,9 @@ class Sink:
                 self.duplicates += 1
                 return
             self.seen[number] = 1
-            self.latencies.append(now - int.from_bytes(value[:8], "big"))
+            latency = now - int.from_bytes(value[:8], "big")
+            self.latencies.append(latency)
+            self.by_number[number] = latency
             arrived = self.arrived.pop((partition, offset), 0)
             if arrived:
                 self.fetched.append(now - arrived)
@@ -227,108 +240,147 @@ def summary(latencies: list[int], prefix: str = "") -> dict[str, float]:
 
 
 async def measure(
-    bootstrap: str,
-    contender: Contender,
-    rate: int,
-    seconds: float,
-    arrived: dict[tuple[int, int], int] | None = None,
-) -> dict[str, Any]:
-    """One contender on a fresh topic: latencies (ms), the load average and what
-    the producer says about itself. ``arrived``: :attr:`FetchStamps.arrived`."""
+    bootstrap: str, name: str, rate: int, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """The contender ``name`` and the baseline side by side on a fresh topic: each
+    one's latencies (ms) with its CPU seconds, the load average and what the producer
+    says about itself; and the latency the contender adds, record by record (its
+    latency minus the baseline's for the same record, ms: p50, p99)."""
     topic = unique("bench-lat")
     await create_topic(bootstrap, topic, PARTITIONS)
     total = int(rate * seconds)
-    if arrived is None:
-        arrived = {}
-    arrived.clear()
-    sink = Sink(total, arrived)
     command = [sys.executable, "-m", "benchmarks._steady_producer", bootstrap, topic]
-    async with (
-        await anyio.open_process(
-            [*command, str(rate), str(seconds)], cwd=ROOT, stderr=None
-        ) as producer,
-        anyio.create_task_group() as tg,
-    ):
-        assert producer.stdout is not None
-        assert producer.stdin is not None
-        lines = BufferedByteReceiveStream(producer.stdout)
-        with anyio.fail_after(60):
-            warm = await lines.receive_until(b"\n", 4096)
-        assert warm == b"warm", warm
 
-        async def consume() -> None:
-            await contender(bootstrap, topic, sink)
+    def member(contender: str, out: str) -> list[str]:
+        module = "benchmarks._latency_member"
+        return [sys.executable, "-m", module, bootstrap, topic, contender, str(total), out]
 
-        tg.start_soon(consume)
-        with anyio.fail_after(READY_TIMEOUT):
-            await sink.ready.wait()
-        load = os.getloadavg()[0]
-        cpu = time.process_time()
-        await producer.stdin.send(b"go\n")
-        try:
-            produced = json.loads(await lines.receive_until(b"\n", 65536))
-        except anyio.IncompleteRead:
-            raise RuntimeError(f"the producer exited ({await producer.wait()})") from None
-        with anyio.move_on_after(DRAIN_TIMEOUT):
-            await sink.done.wait()
-        cpu = time.process_time() - cpu
-        load_end = os.getloadavg()[0]
-        if not sink.done.is_set():
-            tg.cancel_scope.cancel()  # records were lost: the contender would wait forever
-    received = len(sink.latencies)
+    with tempfile.TemporaryDirectory(prefix="bench-lat-") as tmp:
+        outs = [os.path.join(tmp, f"{i}.json") for i in range(2)]
+        async with (
+            await anyio.open_process(
+                [*command, str(rate), str(seconds)], cwd=ROOT, stderr=None
+            ) as producer,
+            await anyio.open_process(member(BASELINE, outs[0]), cwd=ROOT, stderr=None) as baseline,
+            await anyio.open_process(member(name, outs[1]), cwd=ROOT, stderr=None) as contender,
+        ):
+            members = (baseline, contender)
+            lines = [BufferedByteReceiveStream(p.stdout) for p in (producer, *members)]  # type: ignore[arg-type]
+            with anyio.fail_after(60):
+                warm = await lines[0].receive_until(b"\n", 4096)
+            assert warm == b"warm", warm
+            with anyio.fail_after(READY_TIMEOUT):
+                for stream in lines[1:]:
+                    ready = await stream.receive_until(b"\n", 4096)
+                    assert ready == b"ready", ready
+            load = os.getloadavg()[0]
+            assert producer.stdin is not None
+            await producer.stdin.send(b"go\n")
+            try:
+                produced = json.loads(await lines[0].receive_until(b"\n", 65536))
+            except anyio.IncompleteRead:
+                raise RuntimeError(f"the producer exited ({await producer.wait()})") from None
+            finished = [False] * len(members)
+
+            async def finish(index: int) -> None:
+                await lines[1 + index].receive_until(b"\n", 4096)
+                finished[index] = True
+
+            with anyio.move_on_after(DRAIN_TIMEOUT):
+                async with anyio.create_task_group() as tg:
+                    for index in range(len(members)):
+                        tg.start_soon(finish, index)
+            load_end = os.getloadavg()[0]
+            for index, process in enumerate(members):
+                assert process.stdin is not None
+                if not finished[index]:  # records were lost: it writes what it has
+                    await process.stdin.send(b"stop\n")
+                    with anyio.fail_after(30):
+                        await finish(index)
+                await process.stdin.aclose()
+        results = [json.loads(await anyio.Path(out).read_text()) for out in outs]
     if produced["sent"] != total or produced["failed"] or produced["unacknowledged"]:
         raise RuntimeError(f"the producer did not deliver {total:,} records: {produced}")
-    if received != total:
-        raise AssertionError(f"lost records: received {received:,} of {total:,}")
-    row: dict[str, Any] = summary(sink.latencies)
-    if len(sink.fetched) == total:
-        row |= summary(sink.fetched, "fetched_")
-    return row | {
-        "count": received,
-        "duplicates": sink.duplicates,
-        "load": load,
-        "load_end": load_end,
-        "cpu_seconds": cpu,
-        "producer": produced,
+    rows: list[dict[str, Any]] = []
+    for who, result in zip((BASELINE, name), results, strict=True):
+        latencies = [x for x in result["latencies"] if x >= 0]
+        if len(latencies) != total:
+            raise AssertionError(f"{who} lost records: received {len(latencies):,} of {total:,}")
+        row: dict[str, Any] = summary(latencies)
+        if len(result["fetched"]) == total:
+            row |= summary(result["fetched"], "fetched_")
+        rows.append(
+            row
+            | {
+                "count": len(latencies),
+                "duplicates": result["duplicates"],
+                "load": load,
+                "load_end": load_end,
+                "cpu_seconds": result["cpu_seconds"],
+                "producer": produced,
+            }
+        )
+    added = sorted(
+        c - b for b, c in zip(results[0]["latencies"], results[1]["latencies"], strict=True)
+    )
+    paired = {
+        "added_p1": added[int(len(added) * 0.01)] / 1e6,
+        "added_p50": added[len(added) // 2] / 1e6,
+        "added_p99": added[min(len(added) - 1, int(len(added) * 0.99))] / 1e6,
     }
+    return rows[0], rows[1], paired
 
 
 FIGURES = ("p50", "p99", "max", "fetched_p50", "fetched_p99", "fetched_max")
 
 
+def _line(attempt: int, repeat: int, name: str, row: dict[str, Any], tail: str = "") -> str:
+    fetched = (
+        f"; from the fetch response p99 {row['fetched_p99']:.2f} ms" if "fetched_p99" in row else ""
+    )
+    return (
+        f"  [{attempt + 1}/{repeat}] {name:<40} p50 {row['p50']:7.2f} ms  "
+        f"p99 {row['p99']:7.2f} ms  max {row['max']:7.1f} ms{fetched}{tail} "
+        f"({row['count']:,} records"
+        + (f" + {row['duplicates']} sent twice" if row["duplicates"] else "")
+        + f", load {row['load']:.1f}-{row['load_end']:.1f}, "
+        f"CPU {row['cpu_seconds']:.1f}s, producer late by up to "
+        f"{row['producer']['max_late_ms']:.1f} ms, its acks p99 "
+        f"{row['producer']['ack_p99_ms']:.1f} ms)"
+    )
+
+
 async def run(
     bootstrap: str, *, rate: int = RATE, seconds: float = SECONDS, repeat: int = 3
 ) -> dict[str, Any]:
+    contenders = [name for name in CONTENDERS if name != BASELINE]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
-    stamps = FetchStamps()
-    with stamps.installed():
-        # A discarded round of the baseline first: a fresh Apache Kafka's JVM is cold,
-        # and its acknowledgements then took 11.6 s at p99 (1.8 s a round later), which
-        # the first contender's figures carried.
-        warm = await measure(
-            bootstrap, CONTENDERS[BASELINE], rate, min(seconds, WARM_UP_SECONDS), stamps.arrived
-        )
-        print(f"  (warm-up: the producer's acks p99 {warm['producer']['ack_p99_ms']:.1f} ms)")
-        for attempt in range(repeat):
-            for name, contender in CONTENDERS.items():
-                row = await measure(bootstrap, contender, rate, seconds, stamps.arrived)
-                runs[name].append(row)
-                fetched = (
-                    f"; from the fetch response p99 {row['fetched_p99']:.2f} ms"
-                    if "fetched_p99" in row
-                    else ""
-                )
-                print(
-                    f"  [{attempt + 1}/{repeat}] {name:<40} p50 {row['p50']:7.2f} ms  "
-                    f"p99 {row['p99']:7.2f} ms  max {row['max']:7.1f} ms{fetched} "
-                    f"({row['count']:,} records"
-                    + (f" + {row['duplicates']} sent twice" if row["duplicates"] else "")
-                    + f", load {row['load']:.1f}-{row['load_end']:.1f}, "
-                    f"CPU {row['cpu_seconds']:.1f}s, producer late by up to "
-                    f"{row['producer']['max_late_ms']:.1f} ms, its acks p99 "
-                    f"{row['producer']['ack_p99_ms']:.1f} ms)",
-                    flush=True,
-                )
+    beside: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+    added: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
+    # A discarded round first: a fresh Apache Kafka's JVM is cold, and its
+    # acknowledgements then took 11.6 s at p99 (1.8 s a round later), which the
+    # first contender's figures carried.
+    _, warm, _ = await measure(bootstrap, contenders[0], rate, min(seconds, WARM_UP_SECONDS))
+    print(f"  (warm-up: the producer's acks p99 {warm['producer']['ack_p99_ms']:.1f} ms)")
+    for attempt in range(repeat):
+        for name in contenders:
+            base, row, paired = await measure(bootstrap, name, rate, seconds)
+            runs[BASELINE].append(base)
+            runs[name].append(row)
+            beside[name].append(base)
+            added[name].append(paired)
+            print(_line(attempt, repeat, f"{BASELINE} (beside)", base), flush=True)
+            print(
+                _line(
+                    attempt,
+                    repeat,
+                    name,
+                    row,
+                    f"; adds {paired['added_p50']:+.2f} ms to the median record "
+                    f"(p1 {paired['added_p1']:+.2f}, p99 {paired['added_p99']:+.2f})",
+                ),
+                flush=True,
+            )
     median = {
         name: {k: statistics.median(r[k] for r in rows) for k in FIGURES if k in rows[0]}
         for name, rows in runs.items()
@@ -337,15 +389,16 @@ async def run(
         name: {k: (min(r[k] for r in rows), max(r[k] for r in rows)) for k in median[name]}
         for name, rows in runs.items()
     }
-    # Per repeat, each contender's p99 over the baseline's in the same repeat.
+    # Per run, a contender's p99 over that of the baseline beside it.
     ratios = {
         name: {
-            k: [r[k] / b[k] for r, b in zip(rows, runs[BASELINE], strict=True)]
+            k: [r[k] / b[k] for r, b in zip(runs[name], beside[name], strict=True)]
             for k in ("p99", "fetched_p99")
             if k in median[name]
         }
-        for name, rows in runs.items()
+        for name in contenders
     }
+    ratios[BASELINE] = {k: [1.0] for k in ("p99", "fetched_p99")}
     return {
         "rate": rate,
         "seconds": seconds,
@@ -353,11 +406,23 @@ async def run(
         "runs": runs,
         "median": median,
         "spread": spread,
+        # the median of the per-run ratios
         "p99_ratio": {
-            name: {k: m[k] / median[BASELINE][k] for k in ratios[name]}
-            for name, m in median.items()
+            name: {k: statistics.median(v) for k, v in by_figure.items()}
+            for name, by_figure in ratios.items()
         },
         "p99_ratios": ratios,
+        "added": {
+            name: {
+                k: (
+                    statistics.median(p[k] for p in pairs),
+                    min(p[k] for p in pairs),
+                    max(p[k] for p in pairs),
+                )
+                for k in ("added_p1", "added_p50", "added_p99")
+            }
+            for name, pairs in added.items()
+        },
         "load": [r[k] for rows in runs.values() for r in rows for k in ("load", "load_end")],
     }
 
@@ -369,7 +434,7 @@ def report(result: dict[str, Any]) -> None:
     )
     print(
         f"   {'send to handler start':<40} {'p50':<20} {'p99':<20} {'max':<20} "
-        "p99 vs getmany (per repeat)"
+        "p99 vs the getmany loop beside it (per run)"
     )
     for prefix in ("", "fetched_"):
         if prefix:
@@ -387,5 +452,15 @@ def report(result: dict[str, Any]) -> None:
                 f"   {name:<40} {cells}{result['p99_ratio'][name][f'{prefix}p99']:.2f}x "
                 f"({min(ratios):.2f}-{max(ratios):.2f})"
             )
+    print(
+        f"   {'added to the same record, vs the baseline beside it (ms)':<60} "
+        "median (min-max) of the runs' p50; p1 and p99 of the differences"
+    )
+    for name, added in result.get("added", {}).items():
+        m, lo, hi = added["added_p50"]
+        print(
+            f"   {name:<60} {m:+.2f} ({lo:+.2f} to {hi:+.2f});  "
+            f"p1 {added['added_p1'][0]:+.2f}  p99 {added['added_p99'][0]:+.2f}"
+        )
     loads = result["load"]
     print(f"   load average (1 min) at the runs' start and end: {min(loads):.1f}-{max(loads):.1f}")
