@@ -27,21 +27,26 @@ async def main(bootstrap: str, topic: str, name: str, total: int, out: str) -> N
         sink = Sink(total, stamps.arrived)
         async with anyio.create_task_group() as tg:
 
-            async def consume() -> None:
-                await CONTENDERS[name](bootstrap, topic, sink)
-
             async def watch_stdin() -> None:
                 # (the parent closes stdin once it read "done": the thread ends then)
                 await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
                 sink.done.set()
 
-            tg.start_soon(consume)
             tg.start_soon(watch_stdin)
-            await sink.ready.wait()
-            cpu = time.process_time()
-            print("ready", flush=True)
-            await sink.done.wait()
-            cpu = time.process_time() - cpu
+
+            async def consume() -> None:
+                await CONTENDERS[name](bootstrap, topic, sink)
+
+            async with anyio.create_task_group() as contender:
+                contender.start_soon(consume)
+                await sink.ready.wait()
+                cpu = time.process_time()
+                print("ready", flush=True)
+                await sink.done.wait()
+                cpu = time.process_time() - cpu
+                # Every contender returns once ``done`` is set, having stopped its
+                # client; one that does not within 10 s is cancelled.
+                contender.cancel_scope.deadline = anyio.current_time() + 10
             tg.cancel_scope.cancel()
     measured = {
         "latencies": list(sink.by_number),
