@@ -359,23 +359,22 @@ class PartitionTransactions:
             )
             await self.restart()
             restarted = True
-        else:
-            if refused and replace:
-                log.warning(
-                    "an output of the transaction of %s[%d] was refused (%r): starting a "
-                    "new transactional producer, whose sequence numbers start afresh",
-                    self.tp.topic,
-                    self.tp.partition,
-                    exc,
-                )
-                await self.restart()
-                restarted = True
         if self.failures >= MAX_TRANSACTION_FAILURES:
             exc.add_note(
                 f"asyncconsumer: the transaction from offset {self.first} aborted "
                 f"{self.failures} times in a row"
             )
             raise exc
+        if refused and replace and not restarted:
+            log.warning(
+                "an output of the transaction of %s[%d] was refused (%r): starting a new "
+                "transactional producer, whose sequence numbers start afresh",
+                self.tp.topic,
+                self.tp.partition,
+                exc,
+            )
+            await self.restart()
+            restarted = True
         return restarted
 
 
