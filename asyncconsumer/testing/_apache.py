@@ -643,7 +643,14 @@ class ApacheKafka:
                     f"Apache Kafka node {node.index} ({node.address}) exited with code {code} "
                     f"while starting; the end of its output ({node.log_path}):\n{node.tail()}"
                 )
-        if all(_accepts(node.port) for node in nodes):
+        # Every client listener, not only PLAINTEXT: the secured ones open a moment
+        # later, and a test that connected to one right after the start was refused.
+        if all(
+            _accepts(port)
+            for node in nodes
+            for port in (node.port, node.sasl_port, node.ssl_port, *node.extra_ports.values())
+            if port is not None
+        ):
             return True
         if time.monotonic() - started > self.startup_timeout:
             tails = "\n".join(f"-- node {n.index}:\n{n.tail(15)}" for n in nodes)
